@@ -1,0 +1,57 @@
+"""The `trade-md` command line.
+
+Each subcommand lives in the module of its concept; that module exposes ``register_cli(subparsers)``, which
+adds its parser(s) and sets ``func`` to a handler ``(args: argparse.Namespace) -> int``. Errors derived from
+:class:`trade_md.errors.TradeMDError` print as one line (exit status 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from trade_md import __version__
+from trade_md.errors import TradeMDError
+
+__all__ = ["main", "build_parser"]
+
+# Modules that contribute subcommands, in the order `trade-md --help` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "trade_md.md",
+    "trade_md.train",
+    "trade_md.replica",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trade-md",
+        description="Temperature-transferable Boltzmann generators trained with TRADE.",
+    )
+    parser.add_argument("--version", action="version", version=f"trade-md {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register_cli(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except TradeMDError as error:
+        print(f"trade-md {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trade-md: interrupted; finished checkpoints and datasets are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
