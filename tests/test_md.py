@@ -1,0 +1,287 @@
+"""Tests of trade_md.md: thermostat physics, convergence analysis, dataset files, resume, replicas, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import doctest
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trade_md import md
+from trade_md.errors import InputError, SystemMismatchError
+from trade_md.md import (
+    Dataset,
+    basin_entries,
+    block_standard_error,
+    convergence_report,
+    degrees_of_freedom,
+    load_dataset,
+    run_md,
+)
+from trade_md.systems import SYSTEMS_DIR, MolecularSystem, load_system
+from trade_md.units import KB
+
+pytestmark = pytest.mark.filterwarnings("ignore::trade_md.md.ConvergenceWarning")
+
+# Short runs: Reference platform (no timing probe), one in-process replica.
+QUICK = {"replicas": 1, "platform": "Reference", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def ala2() -> MolecularSystem:
+    return load_system("alanine-dipeptide")
+
+
+@pytest.fixture(scope="module")
+def thermostat_runs(ala2: MolecularSystem, tmp_path_factory: pytest.TempPathFactory) -> dict[float, Dataset]:
+    """80 ps at 300 K and at 1000 K after 10 ps equilibration, frames every 0.08 ps (1,000 frames each)."""
+    root = tmp_path_factory.mktemp("thermostat")
+    return {t: run_md(ala2, t, root / f"{t:g}K", ns=0.08, seed=7, frame_interval_ps=0.08, equilibration_ps=10.0,
+                      **QUICK) for t in (300.0, 1000.0)}
+
+
+def _kinetic_temperature(out: Path, dof: int) -> tuple[float, float]:
+    """Equipartition temperature 2<K>/(dof k_B) and its block-averaged standard error, from data.npz."""
+    with np.load(out / "data.npz") as data:
+        series = 2.0 * data["kinetic_energies"] / (dof * KB)
+    return float(series.mean()), block_standard_error([series])
+
+
+# ----------------------------------------------------------------------------------------------------- physics
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(md).failed == 0
+
+
+def test_degrees_of_freedom(ala2: MolecularSystem) -> None:
+    assert degrees_of_freedom(ala2.system) == 3 * 22 - 3  # CMMotionRemover removes 3
+    assert degrees_of_freedom(load_system("alanine-dipeptide", constraints="HBonds").system) == 3 * 22 - 12 - 3
+
+
+def test_mean_potential_energy_is_ordered_by_temperature(thermostat_runs: dict[float, Dataset]) -> None:
+    cold, hot = thermostat_runs[300.0], thermostat_runs[1000.0]
+    error = math.hypot(block_standard_error([cold.energies]), block_standard_error([hot.energies]))
+    # Harmonic estimate of the gap: (dof/2) k_B ΔT = 31.5 * 0.0083 * 700 ≈ 183 kJ/mol; demand 10 standard errors.
+    assert hot.energies.mean() - cold.energies.mean() > 10.0 * error
+    assert 100.0 < hot.energies.mean() - cold.energies.mean() < 300.0
+
+
+def test_kinetic_temperature_matches_thermostat(thermostat_runs: dict[float, Dataset]) -> None:
+    for temperature, dataset in thermostat_runs.items():
+        out = dataset.path
+        mean, error = _kinetic_temperature(out, 63)
+        assert error < 0.03 * temperature  # the test has resolving power
+        assert abs(mean - temperature) < 4.0 * error, (temperature, mean, error)
+        print(f"equipartition at {temperature:g} K: {mean:.1f} +- {error:.1f} K")
+        assert dataset.metadata["kinetic_temperature"] == pytest.approx(mean, rel=1e-12)
+
+
+def test_hbond_constraints_two_femtoseconds(tmp_path: Path) -> None:
+    constrained = load_system("alanine-dipeptide", constraints="HBonds")
+    # 200 ps: the kinetic energy of this molecule stays correlated for tens of ps (block SE ~8 K at 600 K).
+    dataset = run_md(constrained, 600.0, tmp_path / "hb", ns=0.2, seed=3, timestep_fs=2.0, frame_interval_ps=0.1,
+                     equilibration_ps=10.0, **QUICK)
+    mean, error = _kinetic_temperature(tmp_path / "hb", 51)
+    assert error < 0.03 * 600.0 and abs(mean - 600.0) < 4.0 * error, (mean, error)
+    print(f"equipartition with HBonds, 2 fs: {mean:.1f} +- {error:.1f} K")
+    # With 63 dof (constraints ignored) the same kinetic energies would read ~19 % too cold: far outside 4 sigma.
+    assert abs(mean * 51 / 63 - 600.0) > 4.0 * error
+    for i, j, length in constrained.constrained_bonds():
+        distances = np.linalg.norm(dataset.positions[:, i] - dataset.positions[:, j], axis=-1)
+        np.testing.assert_allclose(distances, length, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------- analysis
+
+
+def test_basin_entries_ignore_boundary_noise() -> None:
+    noise_at_zero = np.tile([-0.1, 0.1], 50)
+    noise_at_pi = np.tile([3.1, -3.1], 50)
+    phi = np.concatenate([np.full(10, -1.5), noise_at_zero, noise_at_pi, np.full(10, -1.2), np.full(10, 1.0),
+                          noise_at_zero, np.full(5, 1.1), np.full(10, -2.0), np.full(3, 1.2)])
+    assert basin_entries(phi) == (1, 2)
+    assert basin_entries(np.full(20, 1.0)) == (0, 0)
+    assert basin_entries(noise_at_zero) == (0, 0)
+
+
+def test_block_standard_error_for_correlated_series(rng: np.random.Generator) -> None:
+    white = rng.normal(size=2**15)
+    assert block_standard_error([white]) == pytest.approx(1.0 / math.sqrt(white.size), rel=0.25)
+    # AR(1) with rho = 0.9: SE = sigma/sqrt(n) * sqrt((1 + rho)/(1 - rho)) = sqrt(19)/sqrt(n) for sigma = 1.
+    rho, n = 0.9, 2**16
+    noise = rng.normal(scale=math.sqrt(1 - rho**2), size=n)
+    series = np.empty(n)
+    series[0] = rng.normal()
+    for t in range(1, n):
+        series[t] = rho * series[t - 1] + noise[t]
+    expected = math.sqrt((1 + rho) / (1 - rho) / n)
+    assert block_standard_error([series]) == pytest.approx(expected, rel=0.3)
+    assert block_standard_error([series[:4]]) != block_standard_error([series[:4]])  # NaN with too few frames
+
+
+def test_convergence_report_counts_and_warns() -> None:
+    # Two runs of 4,000 frames; each alternates 100 frames in φ<0 (−1.2) and 25 frames in φ>0 (+1.0).
+    one_run = np.tile(np.r_[np.full(100, -1.2), np.full(25, 1.0)], 32)
+    phi = np.concatenate([one_run, one_run])[:, None]
+    run = np.repeat([0, 1], one_run.size)
+    report = convergence_report(phi, run, ["ALA 2"])
+    entry = report["dihedrals"][0]
+    assert entry["entries_phi_positive"] == 64 and entry["entries_phi_negative"] == 62
+    assert entry["population_phi_positive"] == pytest.approx(0.2)
+    assert entry["relative_error"] < 0.2 and report["converged"] is True and report["warnings"] == []
+    short = convergence_report(phi[:500], run[:500], ["ALA 2"])
+    assert short["converged"] is False
+    assert any("only 4 entries into the φ>0 basin" in line for line in short["warnings"])
+    none = convergence_report(np.empty((10, 0)), np.zeros(10, dtype=int), [])
+    assert none["converged"] is None and "no backbone φ" in none["warnings"][0]
+
+def test_spread_of_run_means_is_judged_from_four_runs() -> None:
+    def run_with(positive: int) -> np.ndarray:  # 32 visits, ``positive`` % of the frames at φ > 0
+        return np.tile(np.r_[np.full(100 - positive, -1.2), np.full(positive, 1.0)], 32)
+
+    for fractions in ((15, 25), (15, 25, 15, 25)):
+        phi = np.concatenate([run_with(f) for f in fractions])[:, None]
+        run = np.repeat(np.arange(len(fractions)), 3200)
+        entry = convergence_report(phi, run)["dihedrals"][0]
+        assert entry["across_runs_standard_error"] == pytest.approx(
+            np.std(np.array(fractions) / 100, ddof=1) / math.sqrt(len(fractions)))
+        assert entry["block_standard_error"] < entry["across_runs_standard_error"]
+        judged = entry["block_standard_error"] if len(fractions) < 4 else entry["across_runs_standard_error"]
+        assert entry["standard_error"] == judged
+
+
+# ----------------------------------------------------------------------------------------------------- datasets
+
+
+def test_dataset_files_and_mdtraj(ala2: MolecularSystem, thermostat_runs: dict[float, Dataset]) -> None:
+    import mdtraj
+
+    dataset = thermostat_runs[300.0]
+    out = dataset.path
+    assert sorted(p.name for p in out.iterdir()) == ["data.npz", "run.json", "system.json", "topology.pdb",
+                                                     "trajectory.dcd"]
+    loaded = load_dataset(out)
+    assert len(loaded) == 1000 and loaded.positions.shape == (1000, 22, 3) and loaded.positions.dtype == np.float64
+    np.testing.assert_array_equal(loaded.positions, dataset.positions)
+    np.testing.assert_array_equal(loaded.energies, dataset.energies)
+    np.testing.assert_allclose(loaded.times, 0.08 * np.arange(1, 1001))
+    assert loaded.temperature == 300.0 and loaded.system.fingerprint() == ala2.fingerprint()
+    meta = loaded.metadata
+    assert meta["seed"] == 7 and meta["timestep_fs"] == 1.0 and meta["steps_per_replica"] == 10_000 + 80_000
+    assert set(meta["versions"]) >= {"openmm", "mdtraj", "numpy", "trade_md", "python"}
+    assert meta["convergence"]["dihedrals"][0]["label"] == "ALA 2"
+    trajectory = mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "topology.pdb"))
+    assert trajectory.n_frames == 1000 and trajectory.n_atoms == 22
+    np.testing.assert_allclose(trajectory.xyz, loaded.positions, atol=1e-5)
+    # Stored energies are the energies of the stored frames (float32 positions: ~1e-3 kJ/mol).
+    from trade_md.md import _context
+
+    context, _ = _context(loaded.system, {**meta, "platform": "Reference", "platform_properties": {}}, 1)
+    for k in (0, 499, 999):
+        context.setPositions(loaded.positions[k])
+        energy = context.getState(getEnergy=True).getPotentialEnergy()._value
+        assert energy == pytest.approx(loaded.energies[k], abs=0.05)
+
+
+def test_resume_after_interruption_reproduces_an_uninterrupted_run(
+        ala2: MolecularSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = {"ns": 0.012, "seed": 11, "frame_interval_ps": 0.5, "equilibration_ps": 2.0, "chunk_ps": 4.0, **QUICK}
+    whole = run_md(ala2, 600.0, tmp_path / "whole", **settings)
+    assert len(whole) == 24
+    original = md._write_checkpoint
+    calls = []
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # equilibration + two chunks written, then "Ctrl-C"
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(md, "_write_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_md(ala2, 600.0, tmp_path / "cut", **settings)
+    monkeypatch.setattr(md, "_write_checkpoint", original)
+    assert not (tmp_path / "cut" / "run.json").exists() and not (tmp_path / "cut" / "data.npz").exists()
+    with pytest.raises(InputError, match="incomplete .*--resume"):
+        load_dataset(tmp_path / "cut")
+    with pytest.raises(InputError, match="interrupted run; continue it with --resume"):
+        run_md(ala2, 600.0, tmp_path / "cut", **settings)
+    with pytest.raises(InputError, match="temperature 500.0 \\(run has 600.0\\)"):
+        run_md(ala2, 500.0, tmp_path / "cut", resume=True, **settings)
+    with pytest.raises(SystemMismatchError, match="same system"):
+        run_md(load_system("alanine-dipeptide", constraints="HBonds"), 600.0, tmp_path / "cut", resume=True, **settings)
+    resumed = run_md(ala2, 600.0, tmp_path / "cut", resume=True, **settings)
+    np.testing.assert_array_equal(resumed.positions, whole.positions)
+    np.testing.assert_array_equal(resumed.energies, whole.energies)
+    np.testing.assert_array_equal(resumed.times, whole.times)
+    assert not (tmp_path / "cut" / "checkpoints").exists()
+    with pytest.raises(InputError, match="already holds a complete dataset"):
+        run_md(ala2, 600.0, tmp_path / "cut", **settings)
+
+
+def test_parallel_replicas_are_pooled_with_their_index(ala2: MolecularSystem, tmp_path: Path) -> None:
+    dataset = run_md(ala2, 600.0, tmp_path / "pool", ns=0.01, replicas=2, seed=5, frame_interval_ps=0.5,
+                     equilibration_ps=1.0, platform="Reference", progress=False)
+    assert len(dataset) == 20 and dataset.metadata["replicas"] == 2
+    np.testing.assert_array_equal(dataset.run, np.repeat([0, 1], 10))
+    np.testing.assert_allclose(dataset.times, np.tile(0.5 * np.arange(1, 11), 2))
+    assert not np.allclose(dataset.positions[:10], dataset.positions[10:], atol=0.01)  # independent seeds
+    report = dataset.metadata["convergence"]["dihedrals"][0]
+    assert len(report["population_phi_positive_per_run"]) == 2 and report["runs"] == 2
+
+
+def test_load_dataset_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load_dataset(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="not a trade-md MD dataset"):
+        load_dataset(tmp_path / "empty")
+
+
+def test_invalid_md_settings(ala2: MolecularSystem, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="timestep 2.0 fs is too long .*--constraints HBonds"):
+        run_md(ala2, 600.0, tmp_path / "a", timestep_fs=2.0, **QUICK)
+    with pytest.raises(InputError, match="not a whole number"):
+        run_md(ala2, 600.0, tmp_path / "b", frame_interval_ps=0.0015, **QUICK)
+    with pytest.raises(InputError, match="temperature must be"):
+        run_md(ala2, -5.0, tmp_path / "c", **QUICK)
+    with pytest.raises(InputError, match="platform 'Nope' is not available"):
+        run_md(ala2, 600.0, tmp_path / "d", replicas=1, platform="Nope", progress=False)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        run_md(ala2, 600.0, tmp_path / "e", **QUICK)
+
+
+def test_platform_measurement(ala2: MolecularSystem) -> None:
+    rates = md.measure_platforms(ala2, seconds=0.05)
+    assert {"Reference", "CPU"} <= set(rates) and all(rate > 0 for rate in rates.values())
+    assert md.choose_platform(ala2) in rates
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_md_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="trade-md")
+    md.register_cli(parser.add_subparsers())
+    out = tmp_path / "cli"
+    args = parser.parse_args(["md", "--system", "alanine-dipeptide", "--ns", "0.005", "--frame-interval", "0.5",
+                              "--equilibration", "1", "--replicas", "1", "--platform", "Reference", "--seed", "2",
+                              "--no-progress", "--out", str(out)])
+    assert args.command == "md" and args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "10 frames from 1 runs" in printed and "at 600 K" in printed and "WARNING: only" in printed
+    assert load_dataset(out).temperature == 600.0  # the built-in's reference temperature
+    bad = parser.parse_args(["md", "--system", "alanine-dipeptide", "--timestep", "2", "--out", str(tmp_path / "x")])
+    with pytest.raises(InputError, match="--constraints HBonds"):
+        bad.func(bad)
+    custom = parser.parse_args(["md", "--pdb", str(SYSTEMS_DIR / "alanine_dipeptide" / "ala2.pdb"),
+                                "--forcefield", "amber99sbildn.xml",
+                                "--forcefield", "amber99_obc.xml", "--out", str(tmp_path / "y")])
+    with pytest.raises(InputError, match="--temperature is required"):
+        custom.func(custom)

@@ -1,0 +1,84 @@
+"""Metric functions against cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trade_md import metrics
+from trade_md.errors import InputError
+from trade_md.units import kT
+
+
+def test_ess_uniform_weights_is_one() -> None:
+    assert metrics.kish_ess(np.full(1000, -3.7)) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ess_k_equal_weights_out_of_n_is_k_over_n() -> None:
+    log_w = np.concatenate([np.zeros(25), np.full(75, -np.inf)])
+    assert metrics.kish_ess(log_w) == pytest.approx(0.25, abs=1e-12)
+
+
+def test_ess_lognormal_weights_matches_asymptote(rng: np.random.Generator) -> None:
+    # log w ~ N(0, s²): E[w]² / E[w²] = exp(−s²); with 200k draws the relative error is ~1 %.
+    s = 0.8
+    ess = metrics.kish_ess(rng.normal(0.0, s, 200_000))
+    assert ess == pytest.approx(np.exp(-s**2), rel=0.03)
+
+
+def test_ess_rejects_nan() -> None:
+    with pytest.raises(InputError, match="NaN"):
+        metrics.kish_ess(np.array([0.0, np.nan]))
+
+
+def test_identical_histograms_have_zero_divergence(rng: np.random.Generator) -> None:
+    phi, psi = rng.uniform(-np.pi, np.pi, (2, 5000))
+    p = metrics.ramachandran_histogram(phi, psi)
+    assert p.shape == (metrics.RAMACHANDRAN_BINS, metrics.RAMACHANDRAN_BINS)
+    assert p.sum() == pytest.approx(1.0)
+    assert metrics.kl_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.js_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_disjoint_histograms_have_js_ln2_and_finite_kl() -> None:
+    p = metrics.ramachandran_histogram(np.array([-2.0]), np.array([-2.0]))
+    q = metrics.ramachandran_histogram(np.array([2.0]), np.array([2.0]))
+    assert metrics.js_divergence(p, q) == pytest.approx(np.log(2.0), abs=1e-12)
+    assert np.isfinite(metrics.kl_divergence(p, q))
+    assert metrics.kl_divergence(p, q) > 10.0
+
+
+def test_histogram_edges_are_fixed_and_wrap() -> None:
+    # φ = π wraps to −π and lands in the first bin; bins do not follow the data.
+    p = metrics.ramachandran_histogram(np.array([np.pi, -np.pi + 1e-9]), np.array([0.01, 0.01]))
+    assert p[0, metrics.RAMACHANDRAN_BINS // 2] == pytest.approx(1.0)
+
+
+def test_two_state_delta_f_within_four_standard_errors(rng: np.random.Generator) -> None:
+    temperature, p_plus = 300.0, 0.1
+    phi = np.where(rng.random(20_000) < p_plus, 1.0, -1.5)
+    exact = -kT(temperature) * np.log(p_plus / (1 - p_plus))
+    estimate, error = metrics.bootstrap_delta_f(phi, temperature, n_bootstrap=100)
+    assert 0 < error < 0.1 * abs(exact)
+    assert abs(estimate - exact) < 4 * error
+
+
+def test_reweighted_delta_f_matches_target(rng: np.random.Generator) -> None:
+    # Uniform proposals in φ reweighted so that P(φ > 0) = 0.2 exactly in expectation.
+    temperature = 450.0
+    phi = rng.uniform(-np.pi, np.pi, 40_000)
+    log_w = np.where(phi > 0, np.log(0.2), np.log(0.8))
+    exact = -kT(temperature) * np.log(0.2 / 0.8)
+    estimate, error = metrics.bootstrap_delta_f(phi, temperature, log_w, n_bootstrap=100)
+    assert abs(estimate - exact) < 4 * error
+
+
+def test_wasserstein_of_shift_is_shift(rng: np.random.Generator) -> None:
+    energies = rng.normal(-50.0, 10.0, 5000)
+    assert metrics.energy_wasserstein(energies, energies + 3.0) == pytest.approx(3.0, abs=1e-9)
+
+
+def test_nll_per_dof() -> None:
+    assert metrics.nll_per_dof(np.array([-10.0, -20.0]), 5) == pytest.approx(3.0)
+    with pytest.raises(InputError):
+        metrics.nll_per_dof(np.zeros(2), 0)

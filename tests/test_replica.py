@@ -1,0 +1,337 @@
+"""Parallel tempering (openmmtools) and its analysis on tiny alanine-dipeptide runs.
+
+One module-scoped run of 3 replicas is interrupted after a few iterations, resumed, and shared by the analysis
+tests; it costs a few seconds on the Reference platform.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from trade_md import cli
+from trade_md.errors import InputError, SystemMismatchError
+from trade_md.replica import (
+    RUN_RECORD_NAME,
+    STORAGE_NAME,
+    RemdSettings,
+    analyse_reference,
+    count_round_trips,
+    export_frames,
+    geometric_ladder,
+    parse_temperatures,
+    read_storage,
+    resume_remd,
+    run_remd,
+    select_platform,
+)
+from trade_md.systems import load_system
+
+LADDER = (300.0, 600.0, 1200.0)
+INTERRUPT_AT, TARGET = 4, 14
+
+
+@pytest.fixture(scope="module")
+def ala2():
+    return load_system("alanine-dipeptide")
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory, ala2):
+    """A 3-replica run killed (KeyboardInterrupt) after INTERRUPT_AT iterations: (directory, data before resume)."""
+    out = tmp_path_factory.mktemp("remd") / "ala2"
+    settings = RemdSettings(temperatures=LADDER, n_iterations=TARGET, steps_per_iteration=100)
+
+    def interrupt(iteration: int) -> None:
+        if iteration == INTERRUPT_AT:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_remd(ala2, settings, out, platform="Reference", progress=False, callback=interrupt)
+    return out, read_storage(out)
+
+
+@pytest.fixture(scope="module")
+def resumed_run(interrupted_run):
+    out, _ = interrupted_run
+    resume_remd(out, progress=False)
+    return out, read_storage(out)
+
+
+# ----------------------------------------------------------------------------------------------------- ladder
+
+
+def test_geometric_ladder_has_constant_ratio():
+    ladder = parse_temperatures("300:1000:9")
+    assert ladder[0] == pytest.approx(300.0) and ladder[-1] == pytest.approx(1000.0) and ladder.size == 9
+    assert np.allclose(ladder[1:] / ladder[:-1], (1000 / 300) ** (1 / 8))
+    assert parse_temperatures([300, 310.5]).tolist() == [300.0, 310.5]
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("0:1000:5", "> 0"),
+        ("-5,300", "> 0"),
+        ("300,nan", "> 0"),
+        ("300,250,400", "strictly increasing"),
+        ("300,300", "strictly increasing"),
+        ("1000:300:4", "exceed"),
+        ("300", "at least 2"),
+        ("300:1000:1", "at least 2"),
+        ("300:1000:x", "integer"),
+        ("abc:1000:3", "not a number"),
+        ("300,warm", "not a number"),
+        ("300:1000", "Tmin:Tmax:K"),
+    ],
+)
+def test_bad_ladders_are_input_errors_with_a_fix(spec, match):
+    with pytest.raises(InputError, match=match) as error:
+        parse_temperatures(spec)
+    assert "e.g." in str(error.value) or "sort" in str(error.value)
+
+
+def test_bad_settings_are_input_errors():
+    with pytest.raises(InputError, match="positive integer"):
+        RemdSettings(temperatures=LADDER, n_iterations=0)
+    with pytest.raises(InputError, match="timestep"):
+        RemdSettings(temperatures=LADDER, n_iterations=5, timestep_fs=-1.0)
+    with pytest.raises(InputError, match="strictly increasing"):
+        RemdSettings(temperatures=(600.0, 300.0), n_iterations=5)
+    with pytest.raises(InputError, match="mixing"):
+        RemdSettings(temperatures=LADDER, n_iterations=5, mixing="random")
+    assert RemdSettings.iterations_for(2.0, 500, 1.0) == 4000
+    with pytest.raises(InputError, match="> 0"):
+        RemdSettings.iterations_for(0.0, 500, 1.0)
+    assert geometric_ladder(300, 1200, 3).tolist() == pytest.approx(list(LADDER))
+
+
+def test_platform_selection(ala2):
+    name, _ = select_platform(ala2, "auto")
+    assert name in ("Reference", "CPU", "CUDA", "OpenCL")
+    assert select_platform(ala2, "CPU", cpu_threads=1) == ("CPU", {"Threads": "1"})
+    with pytest.raises(InputError, match="not available"):
+        select_platform(ala2, "NoSuchPlatform")
+
+
+# ----------------------------------------------------------------------------------------------------- running
+
+
+def test_interrupted_run_keeps_its_iterations(interrupted_run):
+    out, data = interrupted_run
+    assert data.n_iterations == INTERRUPT_AT
+    record = json.loads((out / RUN_RECORD_NAME).read_text())
+    assert record["segments"][0]["last_iteration"] == INTERRUPT_AT
+    assert record["platform"]["name"] == "Reference"
+    assert record["segments"][0]["context_platform"] == "Reference"  # the sampler's context cache honoured it
+    assert record["segments"][0]["global_cache_contexts_added"] == 0  # openmmtools' global cache went unused
+    assert record["settings"]["temperatures"] == list(LADDER) and record["fingerprint"]["n_atoms"] == 22
+    assert record["system"]["format"].startswith("trade-md-system")
+
+
+def test_resume_continues_without_losing_iterations(interrupted_run, resumed_run):
+    _, before = interrupted_run
+    out, after = resumed_run
+    assert after.n_iterations == TARGET
+    kept = slice(0, INTERRUPT_AT + 1)
+    assert np.array_equal(after.energies[kept], before.energies[kept])
+    assert np.array_equal(after.positions[kept], before.positions[kept])
+    assert np.all(np.isfinite(after.energies)) and np.all(np.abs(after.positions).sum(axis=(2, 3)) > 0)
+    assert np.all(np.sort(after.states, axis=1) == np.arange(len(LADDER)))  # a permutation at every iteration
+    record = json.loads((out / RUN_RECORD_NAME).read_text())
+    assert [(s["first_iteration"], s["last_iteration"]) for s in record["segments"]] == [
+        (0, INTERRUPT_AT), (INTERRUPT_AT, TARGET)]
+    assert after.proposed.sum() > 0
+
+
+def test_mean_energies_increase_with_temperature(resumed_run):
+    _, data = resumed_run
+    iterations = np.arange(3, data.n_iterations + 1)  # skip the relaxation from the minimised start
+    mean = data.by_state(data.energies[iterations], iterations).mean(axis=0)
+    assert np.all(np.diff(mean) > 0), mean
+
+
+def test_resume_of_a_finished_run_extends_it_only_when_asked(resumed_run):
+    out, _ = resumed_run
+    with pytest.raises(InputError, match="more than"):
+        resume_remd(out, n_iterations=TARGET - 1, progress=False)
+
+
+def test_existing_storage_is_not_overwritten(resumed_run, ala2):
+    out, _ = resumed_run
+    with pytest.raises(InputError, match="--resume"):
+        run_remd(ala2, RemdSettings(temperatures=LADDER, n_iterations=2), out, platform="Reference", progress=False)
+
+
+def test_only_rank_zero_writes_the_run_record(tmp_path, ala2, monkeypatch):
+    from trade_md import replica
+
+    monkeypatch.setattr(replica, "_mpi_rank_size", lambda: (1, 2))
+    run_remd(ala2, RemdSettings(temperatures=LADDER, n_iterations=1, steps_per_iteration=10), tmp_path / "r",
+             platform="Reference", progress=False)
+    assert (tmp_path / "r" / STORAGE_NAME).exists()  # written by openmmtools' own rank 0 (here the only process)
+    assert not (tmp_path / "r" / RUN_RECORD_NAME).exists()
+
+
+# ----------------------------------------------------------------------------------------------------- bad storage
+
+
+def test_missing_storage_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="trade-md remd"):
+        read_storage(tmp_path)
+    with pytest.raises(InputError, match="trade-md remd"):
+        resume_remd(tmp_path, progress=False)
+
+
+def test_storage_of_another_system_is_a_mismatch(resumed_run, tmp_path):
+    out, _ = resumed_run
+    vacuum = load_system("alanine-dipeptide", forcefield=["amber99sbildn.xml"])
+    with pytest.raises(SystemMismatchError, match="alanine-dipeptide"):
+        read_storage(out, system=vacuum)
+    with pytest.raises(SystemMismatchError):
+        resume_remd(out, system=vacuum, n_iterations=TARGET + 1, progress=False)
+    # a storage copied next to the record of another run
+    foreign = tmp_path / "foreign"
+    shutil.copytree(out, foreign)
+    record = json.loads((foreign / RUN_RECORD_NAME).read_text())
+    record["fingerprint"] = vacuum.fingerprint()
+    record["system"] = vacuum.serialize()
+    (foreign / RUN_RECORD_NAME).write_text(json.dumps(record))
+    with pytest.raises(SystemMismatchError, match="copied from another run"):
+        read_storage(foreign)
+
+
+def test_storage_without_its_record_or_positions_is_an_input_error(resumed_run, tmp_path):
+    out, _ = resumed_run
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(out / STORAGE_NAME, partial / STORAGE_NAME)
+    with pytest.raises(InputError, match="run.json"):
+        read_storage(partial)
+    shutil.copy(out / RUN_RECORD_NAME, partial / RUN_RECORD_NAME)
+    with pytest.raises(InputError, match="checkpoint"):
+        read_storage(partial)
+    shutil.copy(out / "replicas_checkpoint.nc", partial / "replicas_checkpoint.nc")
+    (partial / STORAGE_NAME).write_bytes(b"not a netcdf file")
+    with pytest.raises(InputError, match="damaged"):
+        read_storage(partial)
+
+
+# ----------------------------------------------------------------------------------------------------- analysis
+
+
+def test_round_trips():
+    states = np.array([[0, 2], [1, 1], [2, 0], [1, 1], [0, 2], [2, 0], [0, 2]])
+    assert count_round_trips(states, 3).tolist() == [2, 1]  # replica 1 starts at the top: one trip
+
+
+def test_reference_analysis_and_frames(resumed_run, tmp_path):
+    import mdtraj
+
+    _, data = resumed_run
+    summary, samples, estimator = analyse_reference(data, [300.0, 450.0, 1200.0], n_bootstrap=20)
+    assert summary["temperatures"] == [300.0, 450.0, 1200.0] and summary["on_ladder"] == [True, False, True]
+    assert summary["log_z_relative"][0] == 0.0
+    assert np.all(np.diff(summary["mean_energy"]) > 0)
+    assert len(summary["ramachandran"]) == 3
+    for histogram in summary["ramachandran"]:
+        assert np.asarray(histogram).shape == (36, 36) and sum(map(sum, histogram)) == pytest.approx(1.0, abs=1e-4)
+    for t, p, kj, kt in zip(summary["temperatures"], summary["p_phi_positive"], summary["delta_f"],
+                            summary["delta_f_kT"]):
+        if 0 < p < 1:
+            assert kj == pytest.approx(kt * 0.00831446 * t, rel=1e-5) and kt == pytest.approx(np.log((1 - p) / p))
+        else:  # a basin never seen in so short a run: null in the JSON, and said so
+            assert kj is None and any(f"{t:g} K" in w for w in summary["warnings"])
+    diagnostics = summary["diagnostics"]
+    assert len(diagnostics["neighbour_acceptance"]) == 2 and np.asarray(diagnostics["overlap_matrix"]).shape == (3, 3)
+    assert isinstance(summary["warnings"], list)
+    json.dumps(summary, allow_nan=False)  # strict JSON as it is
+
+    assert samples.n_k.tolist() == [summary["decorrelation"]["n_iterations_used"]] * 3
+    assert np.all(summary["mean_energy_sem"]) and np.all(np.isfinite(summary["mean_energy_sem"]))
+    assert any("blocks" in w for w in summary["warnings"])  # 14 iterations: too short for trustworthy errors
+    with pytest.raises(InputError, match="n_bootstrap"):
+        analyse_reference(data, [300.0], n_bootstrap=2)
+
+    manifest = export_frames(data, samples, estimator, summary, tmp_path / "frames")
+    n = manifest["frames_per_temperature"]
+    assert n == summary["decorrelation"]["n_decorrelated_per_state"] >= 1
+    for label in ("300", "600", "1200"):
+        frames = mdtraj.load(tmp_path / "frames" / f"frames_{label}K.dcd", top=tmp_path / "frames" / "topology.pdb")
+        assert frames.n_frames == n and frames.n_atoms == 22
+    weights = np.load(tmp_path / "frames" / "weights.npz")
+    assert weights["log_weights"].shape == (3 * n, 3)
+    assert np.allclose(np.exp(weights["log_weights"]).sum(axis=0), 1.0)
+
+
+def test_reference_outside_the_ladder_is_an_input_error(resumed_run):
+    _, data = resumed_run
+    with pytest.raises(InputError, match="outside the ladder"):
+        analyse_reference(data, [250.0])
+
+
+def test_cli_reference_and_errors(resumed_run, tmp_path, capsys):
+    out, _ = resumed_run
+    summary_path = tmp_path / "summary.json"
+    assert cli.main(["reference", str(out), "--out", str(summary_path), "--temperatures", "300,800",
+                     "--frames-dir", str(tmp_path / "f"), "--bootstrap", "20"]) == 0
+    summary = json.loads(summary_path.read_text())
+    assert len(summary["delta_f_sem_kT"]) == 2 and summary["conventions"]["sem"].startswith("one standard error from 20")
+    assert summary["temperatures"] == [300.0, 800.0] and (tmp_path / "f" / "frames_300K.dcd").exists()
+    assert "T/K" in capsys.readouterr().out
+    assert cli.main(["reference", str(tmp_path / "nothing")]) == 2
+    assert "trade-md remd" in capsys.readouterr().err
+    assert cli.main(["remd", "--system", "alanine-dipeptide", "--temperatures", "300,200",
+                     "--out", str(tmp_path / "x")]) == 2
+    assert "strictly increasing" in capsys.readouterr().err
+    assert cli.main(["remd", "--temperatures", "300:400:2", "--out", str(tmp_path / "y")]) == 2
+    assert "no system" in capsys.readouterr().err
+    assert cli.main(["remd", "--resume", "--out", str(out), "--temperatures", "300:1000:3"]) == 2
+    assert "differs from the run's ladder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_of_the_cli(tmp_path):
+    """A `trade-md remd` process killed with SIGKILL mid-run resumes from its last stored iteration."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from openmmtools import multistate
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "trade_md.cli", "remd", "--system", "alanine-dipeptide", "--temperatures",
+               "300:600:3", "--iterations", "5000", "--steps-per-iteration", "20", "--platform", "Reference",
+               "--out", str(out), "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / RUN_RECORD_NAME).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3.0)  # iterations are being written now
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    reporter = multistate.MultiStateReporter(str(out / STORAGE_NAME), open_mode="r")
+    stored = reporter.read_last_iteration(last_checkpoint=True)
+    reporter.close()
+    assert stored < 5000
+    before = read_storage(out) if stored >= 1 else None
+    resume_remd(out, n_iterations=stored + 5, progress=False)
+    after = read_storage(out)
+    assert after.n_iterations == stored + 5
+    if before is not None:
+        assert np.array_equal(after.energies[: stored + 1], before.energies)
+
+
+def test_backbone_dihedrals_of_the_starting_structure(ala2):
+    from trade_md.replica import _backbone_dihedrals, _dihedral_angles
+
+    phi, psi = _dihedral_angles(ala2.positions[None], _backbone_dihedrals(ala2))
+    # systems/alanine_dipeptide/README.md: the minimised C5 structure has φ = −144.6°, ψ = 159.2°
+    assert np.degrees(phi[0]) == pytest.approx(-144.6, abs=0.2) and np.degrees(psi[0]) == pytest.approx(159.2, abs=0.2)

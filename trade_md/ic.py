@@ -1,0 +1,612 @@
+"""Internal coordinates: a Z-matrix from any bonded topology and the Cartesian <-> feature map with exact log|det J|.
+
+Z-matrix (:class:`ZMatrix`): the longest heavy-atom path (the backbone; ends chosen deterministically, the path
+starts at its lower-index end) is placed first, then the remaining heavy atoms breadth first, then the hydrogens in
+the order of their heavy atoms. Atom ``i`` is placed by a bond to an earlier atom ``j``, an angle ``i-j-k`` with
+``k`` an earlier neighbour of ``j`` (the earliest), and a dihedral ``i-j-k-l``: ``l`` is an earlier neighbour of
+``j`` other than ``k`` when one exists (a stiff, improper-like torsion, e.g. the second and third methyl hydrogen, or
+Cβ against the backbone, which encodes the chirality of Cα), otherwise an earlier neighbour of ``k`` (a proper
+torsion such as φ, ψ or a methyl rotor). For alanine dipeptide φ and ψ are features.
+
+Rigid-body convention: the first three atoms ``a0, a1, a2`` (a bonded chain) fix the frame; ``a0`` is at the origin,
+``a1`` on the +x axis, ``a2`` in the xy-plane with y > 0. Their coordinates are two bond lengths and one angle,
+so there are ``3N - 6`` internal coordinates: ``N - 1`` bonds, ``N - 2`` angles, ``N - 3`` dihedrals. Linear
+groups (a reference angle near pi, e.g. alkynes or nitriles) make dihedrals undefined and are not supported.
+:meth:`InternalCoordinates.inverse` places molecules in that canonical frame (:func:`canonical_frame`).
+
+Densities: the flow's density over internal coordinates ``q`` is turned into a density of Cartesian positions
+``x [atoms, 3]`` with respect to Lebesgue measure divided by rigid motions (uniform orientation, Haar measure of
+total mass 1; translation measure 1), i.e. the measure in which the Boltzmann density is ``exp(-u(x)) / Z`` up to
+a constant (``8 pi^2 V``). The Jacobian of the full map (translation, orientation, ``q``) -> ``x`` factorises as
+``(orientation density) * rho(q)`` with
+
+    rho(q) = b1^2 * b2^2 sin(a2) * prod_{i >= 3} b_i^2 sin(a_i)
+
+(seed terms: ``a1`` is at distance ``b1`` from ``a0`` in any direction, ``a2`` at distance ``b2`` from its
+reference at angle ``a2``; every later atom in spherical coordinates about ``j``). The Jacobian of the map from
+``q`` to the ``3N - 6`` free canonical-frame coordinates alone is ``b2 * prod b_i^2 sin(a_i)``; it misses the
+rigid-body factor ``b1^2 b2 sin(a2)`` and is NOT the one used for densities. Both are tested against autograd.
+
+Constrained bonds (``(i, j, length nm)``, e.g. HBonds from the System): their lengths are force-field constants,
+not features; :meth:`InternalCoordinates.inverse` re-inserts them. The density then lives on the constraint
+manifold, with ``rho`` evaluated at the constrained lengths (no Fixman/metric correction). Constraints between atoms
+that are not a Z-matrix bond (HAngles, rigid water, ring closures) are rejected.
+
+Normalisation: each modelled bond and angle is mapped affinely onto ``[-1, 1]`` from the training data range
+``mean +- width_sigmas * std`` (default 6 standard deviations, widened to include the observed extremes, bonds
+clipped at 0 and angles to ``[0, pi]``), stored as buffers (state dict) and in :meth:`InternalCoordinates.config`;
+its constant log-det is part of every log-det. Dihedrals stay on ``[-pi, pi)``.
+
+Chirality: a chiral centre is an atom with four bonded neighbours whose substituent branches differ (Cα of all
+amino acids but glycine). Its handedness is the sign of the triple product of the first three neighbours' bond
+vectors (neighbours sorted by atom index); the reference signs come from the input structure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trade_md.errors import InputError
+from trade_md.flows import ConditionalSplineFlow, Domain, Generator
+from trade_md.units import to_kelvin, to_nm
+
+__all__ = [
+    "DEFAULT_WIDTH_SIGMAS",
+    "InternalCoordinates",
+    "ZMatrix",
+    "canonical_frame",
+    "chiral_centres",
+    "molecule_generator",
+]
+
+DEFAULT_WIDTH_SIGMAS = 6.0
+"""Half width of the normalisation interval of bonds and angles, in training-data standard deviations."""
+_MIN_BOND_STD = 1e-5
+"""A bond that fluctuates less than this (nm) in the training data was constrained in the MD."""
+
+
+# ------------------------------------------------------------------ Z-matrix
+
+
+def _bfs(start: int, adjacency: dict[int, list[int]]) -> dict[int, int | None]:
+    parents: dict[int, int | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        atom = queue.popleft()
+        for other in adjacency[atom]:
+            if other not in parents:
+                parents[other] = atom
+                queue.append(other)
+    return parents
+
+
+def _farthest(start: int, adjacency: dict[int, list[int]]) -> tuple[int, dict[int, int | None]]:
+    parents = _bfs(start, adjacency)
+    depth = {start: 0}
+    for atom in parents:  # insertion order is BFS order
+        if parents[atom] is not None:
+            depth[atom] = depth[parents[atom]] + 1
+    far = min(parents, key=lambda a: (-depth[a], a))
+    return far, parents
+
+
+@dataclass(frozen=True)
+class ZMatrix:
+    """Placement order of a molecule: ``rows[m] = (atom, j, k, l)``, ``-1`` where a seed atom has no reference.
+
+    Row 0 is ``(a0, -1, -1, -1)``, row 1 ``(a1, a0, -1, -1)``, row 2 ``(a2, j, k, -1)`` with ``{j, k} = {a0, a1}``;
+    later rows have all four atoms. ``n_atoms`` equals the number of rows.
+    """
+
+    rows: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.rows)
+
+    @property
+    def order(self) -> list[int]:
+        """Atom indices in placement order."""
+        return [row[0] for row in self.rows]
+
+    @classmethod
+    def from_bonds(cls, n_atoms: int, bonds: Iterable[tuple[int, int]], heavy: Sequence[bool]) -> ZMatrix:
+        """Build the Z-matrix of one connected molecule from its bond list; heavy[i] is False for hydrogens."""
+        if n_atoms < 3:
+            raise InputError(f"internal coordinates need at least 3 atoms, got {n_atoms}")
+        adjacency: dict[int, list[int]] = {i: [] for i in range(n_atoms)}
+        for a, b in bonds:
+            a, b = int(a), int(b)
+            if a == b or not (0 <= a < n_atoms and 0 <= b < n_atoms):
+                raise InputError(f"bond ({a}, {b}) is not between two distinct atoms of {n_atoms}")
+            if b not in adjacency[a]:
+                adjacency[a].append(b)
+                adjacency[b].append(a)
+        for neighbours in adjacency.values():
+            neighbours.sort()
+        if len(_bfs(0, adjacency)) != n_atoms:
+            raise InputError("the topology is not one connected molecule (missing bonds or several molecules); "
+                             "internal coordinates need a single bonded molecule, e.g. a PDB with CONECT records "
+                             "or a topology from a force-field template, without solvent")
+        heavy_atoms = [i for i in range(n_atoms) if heavy[i]]
+        heavy_adjacency = {i: [j for j in adjacency[i] if heavy[j]] for i in heavy_atoms}
+        if heavy_atoms:
+            end, _ = _farthest(min(heavy_atoms), heavy_adjacency)
+            other, parents = _farthest(end, heavy_adjacency)
+            path = [other]
+            while parents[path[-1]] is not None:
+                path.append(parents[path[-1]])
+            if path[-1] < path[0]:
+                path.reverse()
+        else:
+            path = [0]
+        order = list(path)
+        placed = set(order)
+        queue = deque(order)
+        while queue:  # remaining heavy atoms, breadth first from the backbone
+            atom = queue.popleft()
+            for other in heavy_adjacency.get(atom, []):
+                if other not in placed:
+                    placed.add(other)
+                    order.append(other)
+                    queue.append(other)
+        queue = deque(order)
+        while queue:  # hydrogens (and anything reachable only through them)
+            atom = queue.popleft()
+            for other in adjacency[atom]:
+                if other not in placed:
+                    placed.add(other)
+                    order.append(other)
+                    queue.append(other)
+        rank = {atom: position for position, atom in enumerate(order)}
+        rows: list[tuple[int, int, int, int]] = []
+        for position, atom in enumerate(order):
+            earlier = sorted((a for a in adjacency[atom] if rank[a] < position), key=rank.__getitem__)
+            if position == 0:
+                rows.append((atom, -1, -1, -1))
+                continue
+            j = earlier[0]
+            if position == 1:
+                rows.append((atom, j, -1, -1))
+                continue
+            j_neighbours = sorted((a for a in adjacency[j] if rank[a] < position and a != atom), key=rank.__getitem__)
+            k = j_neighbours[0]
+            if position == 2:
+                rows.append((atom, j, k, -1))
+                continue
+            siblings = [a for a in j_neighbours if a != k]
+            if siblings:
+                l = siblings[0]
+            else:
+                l = min((a for a in adjacency[k] if rank[a] < position and a != j), key=rank.__getitem__)
+            rows.append((atom, j, k, l))
+        return cls(tuple(rows))
+
+    @classmethod
+    def from_topology(cls, topology: Any) -> ZMatrix:
+        """Build from an ``openmm.app.Topology`` (bonds from the topology, hydrogens from the elements)."""
+        atoms = list(topology.atoms())
+        bonds = [(bond[0].index, bond[1].index) for bond in topology.bonds()]
+        if not bonds:
+            raise InputError("the topology has no bonds; load the molecule through a force-field template or a "
+                             "PDB with CONECT records so that bonds are known")
+        heavy = [atom.element is None or atom.element.symbol != "H" for atom in atoms]
+        return cls.from_bonds(len(atoms), bonds, heavy)
+
+
+# ------------------------------------------------------------------ geometry (torch, batched)
+
+
+def _norm(v: Tensor) -> Tensor:
+    return torch.sqrt((v * v).sum(dim=-1))
+
+
+def _angle(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """Angle ``a-b-c`` at ``b`` in ``[0, pi]`` (atan2 form: accurate near 0 and pi)."""
+    u, v = a - b, c - b
+    return torch.atan2(_norm(torch.linalg.cross(u, v)), (u * v).sum(dim=-1))
+
+
+def _dihedral(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> Tensor:
+    """IUPAC dihedral ``a-b-c-d`` in ``[-pi, pi]``."""
+    b1, b2, b3 = b - a, c - b, d - c
+    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+    y = _norm(b2) * (b1 * n2).sum(dim=-1)
+    return torch.atan2(y, (n1 * n2).sum(dim=-1))
+
+
+def _place(j: Tensor, k: Tensor, l: Tensor, bond: Tensor, angle: Tensor, torsion: Tensor) -> Tensor:
+    """Position of atom ``i`` from its references: ``|i-j| = bond``, angle ``i-j-k``, dihedral ``i-j-k-l``."""
+    axis = j - k
+    axis = axis / _norm(axis).unsqueeze(-1)
+    normal = torch.linalg.cross(k - l, axis)
+    normal = normal / _norm(normal).unsqueeze(-1)
+    binormal = torch.linalg.cross(normal, axis)
+    sin_angle = torch.sin(angle)
+    local = (
+        -bond * torch.cos(angle),
+        bond * sin_angle * torch.cos(torsion),
+        bond * sin_angle * torch.sin(torsion),
+    )
+    return j + local[0].unsqueeze(-1) * axis + local[1].unsqueeze(-1) * binormal + local[2].unsqueeze(-1) * normal
+
+
+def canonical_frame(x: Tensor, seeds: Sequence[int]) -> Tensor:
+    """``x [n, atoms, 3]`` moved so that atom ``seeds[0]`` is at the origin, ``seeds[1]`` on +x, ``seeds[2]`` in
+    the xy-plane with y > 0 (the frame of :meth:`InternalCoordinates.inverse`)."""
+    origin = x[:, seeds[0]]
+    e1 = x[:, seeds[1]] - origin
+    e1 = e1 / _norm(e1).unsqueeze(-1)
+    v = x[:, seeds[2]] - origin
+    e2 = v - (v * e1).sum(dim=-1, keepdim=True) * e1
+    e2 = e2 / _norm(e2).unsqueeze(-1)
+    e3 = torch.linalg.cross(e1, e2)
+    rotation = torch.stack([e1, e2, e3], dim=-1)  # [n, 3, 3], columns are the new axes
+    return (x - origin.unsqueeze(1)) @ rotation
+
+
+# ------------------------------------------------------------------ chirality
+
+
+def _branch_signature(start: int, parent: int, adjacency: dict[int, list[int]], labels: Sequence[str],
+                      depth: int) -> str:
+    """Canonical string of the substituent rooted at ``start`` (away from ``parent``), ``depth`` bonds deep."""
+    if depth == 0:
+        return labels[start]
+    children = sorted(
+        _branch_signature(child, start, adjacency, labels, depth - 1) for child in adjacency[start] if child != parent
+    )
+    return f"{labels[start]}({','.join(children)})"
+
+
+def chiral_centres(n_atoms: int, bonds: Iterable[tuple[int, int]], elements: Sequence[str],
+                   depth: int = 6) -> list[tuple[int, int, int, int]]:
+    """Stereocentres ``(centre, n1, n2, n3)``: atoms with four neighbours whose substituents differ within ``depth``
+    bonds; ``n1 < n2 < n3`` are the three lowest-index neighbours that define the handedness."""
+    adjacency: dict[int, list[int]] = {i: [] for i in range(n_atoms)}
+    for a, b in bonds:
+        adjacency[int(a)].append(int(b))
+        adjacency[int(b)].append(int(a))
+    centres = []
+    for atom in range(n_atoms):
+        neighbours = sorted(set(adjacency[atom]))
+        if len(neighbours) != 4:
+            continue
+        signatures = {_branch_signature(n, atom, adjacency, elements, depth) for n in neighbours}
+        if len(signatures) == 4:
+            centres.append((atom, neighbours[0], neighbours[1], neighbours[2]))
+    return centres
+
+
+def _handedness(x: Tensor, centres: Tensor) -> Tensor:
+    """Sign of the triple product at each centre: ``[n, centres]`` of +-1 (0 for a flat centre)."""
+    c = x[:, centres[:, 0]]
+    a, b, d = x[:, centres[:, 1]] - c, x[:, centres[:, 2]] - c, x[:, centres[:, 3]] - c
+    return torch.sign((a * torch.linalg.cross(b, d)).sum(dim=-1))
+
+
+# ------------------------------------------------------------------ the transform
+
+
+class InternalCoordinates(nn.Module):
+    """Cartesian positions ``x [n, atoms, 3]`` nm <-> normalised internal-coordinate features ``z [n, d]``.
+
+    Features: modelled bonds, then angles (each affinely normalised onto ``[-1, 1]``), then dihedrals
+    (``[-pi, pi)``); ``d = 3N - 6 - (number of constrained bonds)``. ``forward`` returns ``log|det dz/dx|`` and
+    ``inverse`` ``log|det dx/dz|`` with respect to the rigid-motion-reduced Cartesian measure (module docstring).
+
+    zmatrix: the placement; constrained_bonds: ``(i, j, length nm)``; bond_range ``[n_modelled_bonds, 2]`` nm and
+    angle_range ``[N - 2, 2]`` rad: normalisation intervals; centres ``[m, 4]`` and signs ``[m]``: chirality reference.
+    Use :meth:`from_data` to get the ranges and the chirality from training positions.
+    """
+
+    def __init__(
+        self,
+        zmatrix: ZMatrix,
+        bond_range: Sequence[Sequence[float]],
+        angle_range: Sequence[Sequence[float]],
+        constrained_bonds: Sequence[tuple[int, int, float]] = (),
+        centres: Sequence[Sequence[int]] = (),
+        signs: Sequence[float] = (),
+        width_sigmas: float = DEFAULT_WIDTH_SIGMAS,
+    ) -> None:
+        super().__init__()
+        self.zmatrix = zmatrix
+        self.width_sigmas = float(width_sigmas)
+        rows = zmatrix.rows
+        n = zmatrix.n_atoms
+        # all N - 1 bonds (row 1..), N - 2 angles (row 2..), N - 3 dihedrals (row 3..), in placement order
+        bond_pairs = [(row[0], row[1]) for row in rows[1:]]
+        constraint_lengths = {}
+        for i, j, length in constrained_bonds:
+            constraint_lengths[frozenset((int(i), int(j)))] = float(length)
+        bond_keys = [frozenset(pair) for pair in bond_pairs]
+        unmatched = set(constraint_lengths) - set(bond_keys)
+        if unmatched:
+            pairs = sorted(tuple(sorted(key)) for key in unmatched)
+            raise InputError(f"constraints between atoms {pairs[:5]} are not Z-matrix bonds (angle constraints, rigid "
+                             "water or ring closures); internal coordinates support bond constraints only: use "
+                             "constraints=None or 'HBonds'")
+        constrained_mask = [key in constraint_lengths for key in bond_keys]
+        self._constrained_bonds = [(int(i), int(j), float(length)) for i, j, length in constrained_bonds]
+        self.n_atoms = n
+        self.n_constrained = sum(constrained_mask)
+        n_modelled = len(bond_pairs) - self.n_constrained
+        bond_range_t = torch.as_tensor(np.asarray(bond_range, dtype=np.float64).reshape(-1, 2))
+        angle_range_t = torch.as_tensor(np.asarray(angle_range, dtype=np.float64).reshape(-1, 2))
+        if bond_range_t.shape[0] != n_modelled or angle_range_t.shape[0] != n - 2:
+            raise InputError(f"normalisation ranges have {bond_range_t.shape[0]} bonds and {angle_range_t.shape[0]} "
+                             f"angles; this Z-matrix needs {n_modelled} and {n - 2}")
+        if bool((bond_range_t[:, 1] <= bond_range_t[:, 0]).any() | (angle_range_t[:, 1] <= angle_range_t[:, 0]).any()):
+            raise InputError("normalisation ranges must have low < high")
+        def index(values: Any) -> Tensor:
+            return torch.tensor(values, dtype=torch.long)
+
+        self.register_buffer("bond_atoms", index(bond_pairs).reshape(-1, 2), persistent=False)
+        self.register_buffer("modelled_bond", torch.tensor([not c for c in constrained_mask]), persistent=False)
+        source = np.cumsum([not c for c in constrained_mask]) - 1
+        self.register_buffer("bond_source", index(np.clip(source, 0, None).tolist()), persistent=False)
+        self.register_buffer("angle_atoms", index([(r[0], r[1], r[2]) for r in rows[2:]]).reshape(-1, 3),
+                             persistent=False)
+        self.register_buffer("dihedral_atoms", index([r for r in rows[3:]]).reshape(-1, 4), persistent=False)
+        fixed = [constraint_lengths.get(key, 0.0) for key in bond_keys]
+        self.register_buffer("constrained_lengths", torch.tensor(fixed, dtype=torch.float64))
+        self.register_buffer("bond_range", bond_range_t.clone())
+        self.register_buffer("angle_range", angle_range_t.clone())
+        centres_t = index([list(c) for c in centres]).reshape(-1, 4)
+        self.register_buffer("chiral_centres", centres_t)
+        self.register_buffer("chiral_signs", torch.tensor(list(signs), dtype=torch.float64).reshape(-1))
+        if self.chiral_signs.shape[0] != centres_t.shape[0]:
+            raise InputError("one reference sign per chiral centre is needed")
+        inverse_order = [0] * n
+        for position, atom in enumerate(zmatrix.order):
+            inverse_order[atom] = position
+        self.register_buffer("inverse_order", index(inverse_order), persistent=False)
+        self._rank = {atom: position for position, atom in enumerate(zmatrix.order)}
+        self.domains = ([Domain.interval(-1.0, 1.0)] * (n_modelled + n - 2)) + [Domain.circular()] * (n - 3)
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_data(
+        cls,
+        zmatrix: ZMatrix,
+        training_positions: Any,
+        constrained_bonds: Sequence[tuple[int, int, float]] = (),
+        *,
+        reference_positions: Any = None,
+        centres: Sequence[tuple[int, int, int, int]] = (),
+        width_sigmas: float = DEFAULT_WIDTH_SIGMAS,
+    ) -> InternalCoordinates:
+        """Normalisation from ``training_positions [n, atoms, 3]`` nm (n >= 2); chirality reference signs at
+        ``centres`` from ``reference_positions [atoms, 3]`` nm (default: the first training frame), checked against
+        the majority of the training frames."""
+        positions = torch.as_tensor(to_nm(training_positions))
+        if positions.dim() != 3 or positions.shape[1:] != (zmatrix.n_atoms, 3) or positions.shape[0] < 2:
+            raise InputError(f"training positions must have shape [n >= 2, {zmatrix.n_atoms}, 3] nm, got "
+                             f"{list(positions.shape)}")
+        if not bool(torch.isfinite(positions).all()):
+            raise InputError("training positions contain NaN or inf; remove those frames")
+        if width_sigmas <= 0:
+            raise InputError(f"width_sigmas must be > 0, got {width_sigmas}")
+        probe = cls(zmatrix, [[0.0, 1.0]] * (zmatrix.n_atoms - 1 - _count_matched(zmatrix, constrained_bonds)),
+                    [[0.0, math.pi]] * (zmatrix.n_atoms - 2), constrained_bonds)
+        bonds, angles, _ = probe.raw(positions)
+        bonds = bonds[:, probe.modelled_bond]
+        bond_std = bonds.std(dim=0)
+        tight = torch.nonzero(bond_std < _MIN_BOND_STD).flatten().tolist()
+        if tight:
+            pair = probe.bond_atoms[probe.modelled_bond][tight[0]].tolist()
+            raise InputError(f"bond {pair} barely fluctuates in the training data (std {float(bond_std[tight[0]]):.1e} "
+                             "nm): the MD constrained it; pass the same constraints (e.g. the system's HBonds) so "
+                             "that constrained bonds are not modelled")
+        bond_low = torch.minimum(bonds.mean(0) - width_sigmas * bond_std, bonds.min(0).values).clamp(min=0.0)
+        bond_high = torch.maximum(bonds.mean(0) + width_sigmas * bond_std, bonds.max(0).values)
+        angle_std = angles.std(dim=0).clamp(min=1e-3)
+        angle_low = torch.minimum(angles.mean(0) - width_sigmas * angle_std, angles.min(0).values).clamp(min=0.0)
+        angle_high = torch.maximum(angles.mean(0) + width_sigmas * angle_std, angles.max(0).values).clamp(max=math.pi)
+        reference = positions[:1] if reference_positions is None else torch.as_tensor(to_nm(reference_positions))
+        reference = reference.reshape(1, zmatrix.n_atoms, 3)
+        centre_t = torch.tensor([list(c) for c in centres], dtype=torch.long).reshape(-1, 4)
+        signs = _handedness(reference, centre_t)[0] if len(centres) else torch.zeros(0, dtype=torch.float64)
+        if len(centres):
+            agreement = (_handedness(positions, centre_t) == signs).double().mean(dim=0)
+            if bool((agreement < 0.5).any()):
+                raise InputError("most training frames have the opposite handedness from the reference structure at "
+                                 f"chiral centre(s) {centre_t[agreement < 0.5, 0].tolist()}; check that the data "
+                                 "belong to this structure (not a mirror image)")
+        return cls(
+            zmatrix,
+            torch.stack([bond_low, bond_high], dim=-1).tolist(),
+            torch.stack([angle_low, angle_high], dim=-1).tolist(),
+            constrained_bonds,
+            centres,
+            signs.tolist(),
+            width_sigmas,
+        )
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description; :meth:`from_config` rebuilds the transform (the state dict holds the same ranges)."""
+        return {
+            "type": "internal",
+            "zmatrix": [list(row) for row in self.zmatrix.rows],
+            "bond_range": self.bond_range.tolist(),
+            "angle_range": self.angle_range.tolist(),
+            "constrained_bonds": [list(c) for c in self._constrained_bonds],
+            "chiral_centres": self.chiral_centres.tolist(),
+            "chiral_signs": self.chiral_signs.tolist(),
+            "width_sigmas": self.width_sigmas,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> InternalCoordinates:
+        return cls(
+            ZMatrix(tuple(tuple(int(v) for v in row) for row in config["zmatrix"])),
+            config["bond_range"],
+            config["angle_range"],
+            [(int(i), int(j), float(length)) for i, j, length in config["constrained_bonds"]],
+            config["chiral_centres"],
+            config["chiral_signs"],
+            config["width_sigmas"],
+        )
+
+    @property
+    def n_dof(self) -> int:
+        """Number of features ``3N - 6 - n_constrained``."""
+        return len(self.domains)
+
+    @property
+    def constrained_bonds(self) -> list[tuple[int, int, float]]:
+        return list(self._constrained_bonds)
+
+    # ---------------------------------------------------------------- raw internal coordinates
+
+    def raw(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """All internal coordinates of ``x [n, atoms, 3]``: bonds ``[n, N-1]`` nm, angles ``[n, N-2]`` rad and
+        dihedrals ``[n, N-3]`` rad in ``[-pi, pi)``, in placement order (constrained bonds included)."""
+        self._check_positions(x)
+        b, a, d = self.bond_atoms, self.angle_atoms, self.dihedral_atoms
+        bonds = _norm(x[:, b[:, 0]] - x[:, b[:, 1]])
+        angles = _angle(x[:, a[:, 0]], x[:, a[:, 1]], x[:, a[:, 2]])
+        dihedrals = _dihedral(x[:, d[:, 0]], x[:, d[:, 1]], x[:, d[:, 2]], x[:, d[:, 3]])
+        dihedrals = torch.where(dihedrals >= math.pi, dihedrals - 2.0 * math.pi, dihedrals)
+        return bonds, angles, dihedrals
+
+    def cartesian(self, bonds: Tensor, angles: Tensor, dihedrals: Tensor) -> Tensor:
+        """Canonical-frame positions ``[n, atoms, 3]`` nm from all internal coordinates (shapes as in :meth:`raw`)."""
+        rows = self.zmatrix.rows
+        zeros = torch.zeros_like(bonds[:, 0])
+        placed = [torch.stack([zeros, zeros, zeros], dim=-1), torch.stack([bonds[:, 0], zeros, zeros], dim=-1)]
+        b2, a2 = bonds[:, 1], angles[:, 0]
+        if rows[2][1] == rows[1][0]:  # a2 bonded to a1: angle a0-a1-a2 opens from the -x direction
+            third = torch.stack([bonds[:, 0] - b2 * torch.cos(a2), b2 * torch.sin(a2), zeros], dim=-1)
+        else:  # a2 bonded to a0
+            third = torch.stack([b2 * torch.cos(a2), b2 * torch.sin(a2), zeros], dim=-1)
+        placed.append(third)
+        rank = self._rank
+        for m in range(3, len(rows)):
+            _, j, k, l = rows[m]
+            placed.append(_place(placed[rank[j]], placed[rank[k]], placed[rank[l]],
+                                 bonds[:, m - 1], angles[:, m - 2], dihedrals[:, m - 3]))
+        ordered = torch.stack(placed, dim=1)
+        return ordered[:, self.inverse_order]
+
+    def log_rho(self, bonds: Tensor, angles: Tensor) -> Tensor:
+        """``log rho(q)`` ``[n]``: log of the Cartesian volume per internal-coordinate volume (module docstring)."""
+        return 2.0 * torch.log(bonds).sum(dim=-1) + torch.log(torch.sin(angles)).sum(dim=-1)
+
+    # ---------------------------------------------------------------- normalisation
+
+    def _affine(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        ranges = torch.cat([self.bond_range, self.angle_range]).to(like.dtype)
+        low, width = ranges[:, 0], ranges[:, 1] - ranges[:, 0]
+        log_scale = torch.log(2.0 / width).sum()
+        return low, width, log_scale
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [n, atoms, 3]`` nm -> ``(z [n, d], log|det dz/dx| [n])``."""
+        bonds, angles, dihedrals = self.raw(x)
+        low, width, log_scale = self._affine(x)
+        scaled = torch.cat([bonds[:, self.modelled_bond], angles], dim=-1)
+        z = torch.cat([2.0 * (scaled - low) / width - 1.0, dihedrals], dim=-1)
+        fixed = self.constrained_lengths.to(x.dtype)
+        bonds = torch.where(self.modelled_bond, bonds, fixed)
+        return z, log_scale - self.log_rho(bonds, angles)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``z [n, d]`` -> ``(x [n, atoms, 3]`` nm in the canonical frame, ``log|det dx/dz| [n])``."""
+        if z.dim() != 2 or z.shape[1] != self.n_dof:
+            raise InputError(f"internal-coordinate features must have shape [n, {self.n_dof}], got {list(z.shape)}")
+        low, width, log_scale = self._affine(z)
+        n_scaled = low.shape[0]
+        scaled = low + (z[:, :n_scaled] + 1.0) * width / 2.0
+        n_modelled = n_scaled - self.angle_range.shape[0]
+        n_bonds = self.constrained_lengths.shape[0]
+        bonds = scaled[:, :n_modelled][:, self.bond_source] if n_modelled else z.new_zeros(z.shape[0], n_bonds)
+        bonds = torch.where(self.modelled_bond, bonds, self.constrained_lengths.to(z.dtype))
+        angles = scaled[:, n_modelled:]
+        x = self.cartesian(bonds, angles, z[:, n_scaled:])
+        return x, self.log_rho(bonds, angles) - log_scale
+
+    # ---------------------------------------------------------------- chirality
+
+    def chirality_flags(self, x: Tensor) -> Tensor:
+        """``bool [n]``: True where any chiral centre of ``x [n, atoms, 3]`` has the wrong handedness."""
+        self._check_positions(x)
+        if self.chiral_centres.shape[0] == 0:
+            return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        signs = _handedness(x.detach(), self.chiral_centres)
+        return (signs != self.chiral_signs.to(signs.dtype)).any(dim=-1)
+
+    def wrong_chirality_fraction(self, x: Tensor) -> float:
+        """Fraction of the frames in ``x [n, atoms, 3]`` with at least one wrong-handed centre."""
+        return float(self.chirality_flags(x).double().mean())
+
+    def _check_positions(self, x: Tensor) -> None:
+        if x.dim() != 3 or x.shape[1:] != (self.n_atoms, 3):
+            raise InputError(f"positions must have shape [n, {self.n_atoms}, 3] nm, got {list(x.shape)}")
+
+
+def _count_matched(zmatrix: ZMatrix, constrained_bonds: Sequence[tuple[int, int, float]]) -> int:
+    bonds = {frozenset((row[0], row[1])) for row in zmatrix.rows[1:]}
+    return sum(frozenset((int(i), int(j))) in bonds for i, j, _ in constrained_bonds)
+
+
+# ------------------------------------------------------------------ molecules
+
+
+def _constrained_bonds(system: Any) -> list[tuple[int, int, float]]:
+    """``(i, j, nm)`` from ``system.constrained_bonds()`` or the constraints of an ``openmm.System``."""
+    if hasattr(system, "constrained_bonds"):
+        return [(int(i), int(j), float(length)) for i, j, length in system.constrained_bonds()]
+    openmm_system = getattr(system, "system", None)
+    if openmm_system is None or not hasattr(openmm_system, "getNumConstraints"):
+        return []
+    constraints = []
+    for index in range(openmm_system.getNumConstraints()):
+        i, j, length = openmm_system.getConstraintParameters(index)
+        constraints.append((int(i), int(j), float(to_nm(length))))
+    return constraints
+
+
+def molecule_generator(
+    system: Any,
+    training_positions: Any,
+    reference_temperature: float,
+    *,
+    width_sigmas: float = DEFAULT_WIDTH_SIGMAS,
+    **flow_kwargs: Any,
+) -> Generator:
+    """A :class:`~trade_md.flows.Generator` over the internal coordinates of ``system``.
+
+    system: anything with ``.topology`` (openmm Topology) and ``.positions`` ([atoms, 3] nm or a quantity), plus
+    ``.constrained_bonds()`` (a ``MolecularSystem``) or ``.system`` (an ``openmm.System``) for bond constraints;
+    training_positions: ``[n, atoms, 3]`` nm (normalisation statistics); reference_temperature: ``T0`` in K;
+    flow_kwargs: :class:`~trade_md.flows.ConditionalSplineFlow` arguments (n_layers, hidden, n_hidden_layers,
+    n_bins, seed). The model is float32; call ``.double()`` for float64.
+    """
+    topology = system.topology
+    zmatrix = ZMatrix.from_topology(topology)
+    atoms = list(topology.atoms())
+    bonds = [(bond[0].index, bond[1].index) for bond in topology.bonds()]
+    elements = [atom.element.symbol if atom.element is not None else atom.name for atom in atoms]
+    centres = chiral_centres(len(atoms), bonds, elements)
+    reference = to_nm(system.positions).reshape(len(atoms), 3)
+    coordinates = InternalCoordinates.from_data(
+        zmatrix,
+        training_positions,
+        _constrained_bonds(system),
+        reference_positions=reference,
+        centres=centres,
+        width_sigmas=width_sigmas,
+    )
+    flow = ConditionalSplineFlow(coordinates.domains, context_dim=1, **flow_kwargs)
+    return Generator(coordinates, flow, to_kelvin(reference_temperature)).float()

@@ -1,0 +1,176 @@
+"""Evaluation metrics: pure functions on arrays, units stated, no OpenMM or torch inside.
+
+Conventions: log-weights are natural logs of unnormalised importance weights (log w = −u(x) − log q(x));
+angles in radians on [−π, π); energies in kJ/mol; temperatures in K; free energies in kJ/mol unless the name
+says ``_kT``. Ramachandran histograms use fixed edges: ``RAMACHANDRAN_BINS`` × ``RAMACHANDRAN_BINS`` equal bins
+on [−π, π)², never data-dependent edges, and are normalised to probabilities.
+
+>>> float(kish_ess(np.zeros(10)))
+1.0
+>>> p = ramachandran_histogram(np.array([0.1]), np.array([0.2]))
+>>> float(js_divergence(p, p))
+0.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import logsumexp
+
+from trade_md.errors import InputError
+from trade_md.units import kT, to_kelvin
+
+__all__ = [
+    "RAMACHANDRAN_BINS",
+    "normalized_weights",
+    "kish_ess",
+    "ramachandran_histogram",
+    "kl_divergence",
+    "js_divergence",
+    "basin_populations",
+    "basin_delta_f",
+    "bootstrap_delta_f",
+    "energy_wasserstein",
+    "nll_per_dof",
+]
+
+RAMACHANDRAN_BINS: int = 36
+"""Bins per axis of Ramachandran histograms (10° each) on [−π, π)."""
+
+
+def normalized_weights(log_w: np.ndarray) -> np.ndarray:
+    """Self-normalised importance weights ``[n]`` summing to 1; −inf log-weights (e.g. dropped samples) give 0."""
+    log_w = np.asarray(log_w, dtype=np.float64)
+    finite = np.isfinite(log_w)
+    if np.any(np.isnan(log_w)) or np.any(log_w == np.inf):
+        raise InputError("log-weights contain NaN or +inf; cap or drop those samples before weighting")
+    if not finite.any():
+        raise InputError("every log-weight is −inf: no sample carries weight")
+    return np.exp(log_w - logsumexp(log_w))
+
+
+def kish_ess(log_w: np.ndarray) -> float:
+    """Kish effective sample size as a fraction of n: (Σw)² / (n Σw²), in (0, 1]."""
+    w = normalized_weights(log_w)
+    return float(1.0 / (w.size * np.sum(w**2)))
+
+
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    return (np.asarray(angle, dtype=np.float64) + np.pi) % (2.0 * np.pi) - np.pi
+
+
+def ramachandran_histogram(
+    phi: np.ndarray, psi: np.ndarray, weights: np.ndarray | None = None, bins: int = RAMACHANDRAN_BINS
+) -> np.ndarray:
+    """Probability histogram ``[bins, bins]`` (φ rows, ψ columns) on fixed edges over [−π, π)².
+
+    phi, psi: [n] radians (wrapped to [−π, π)); weights: [n] non-negative, need not be normalised.
+    """
+    phi, psi = _wrap(phi), _wrap(psi)
+    if phi.shape != psi.shape:
+        raise InputError(f"phi and psi must have the same shape, got {phi.shape} and {psi.shape}")
+    edges = np.linspace(-np.pi, np.pi, bins + 1)
+    counts, _, _ = np.histogram2d(phi, psi, bins=(edges, edges), weights=weights)
+    total = counts.sum()
+    if total <= 0:
+        raise InputError("histogram is empty: no samples or all weights zero")
+    return counts / total
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray, floor: float = 1e-10) -> float:
+    """KL(p ‖ q) in nats between two histograms on the same edges.
+
+    Bins where q is empty but p is not would make KL infinite; there q is set to ``floor`` (no other bin
+    changes) so the value is finite — report :func:`js_divergence` beside it, which needs no floor.
+    """
+    p = np.asarray(p, dtype=np.float64).ravel()
+    q = np.asarray(q, dtype=np.float64).ravel()
+    if p.shape != q.shape:
+        raise InputError(f"histograms differ in shape: {p.shape} vs {q.shape}; use the same bins")
+    p, q = p / p.sum(), q / q.sum()
+    mask = p > 0
+    q = np.where(mask & (q == 0), floor, q)
+    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen–Shannon divergence in nats (finite, symmetric, ≤ ln 2) between two histograms on the same edges."""
+    p = np.asarray(p, dtype=np.float64).ravel()
+    q = np.asarray(q, dtype=np.float64).ravel()
+    if p.shape != q.shape:
+        raise InputError(f"histograms differ in shape: {p.shape} vs {q.shape}; use the same bins")
+    p, q = p / p.sum(), q / q.sum()
+    m = 0.5 * (p + q)
+
+    def _kl(a: np.ndarray) -> float:
+        mask = a > 0
+        return float(np.sum(a[mask] * np.log(a[mask] / m[mask])))
+
+    return max(0.5 * _kl(p) + 0.5 * _kl(q), 0.0)
+
+
+def basin_populations(phi: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """Weighted populations (P(φ < 0), P(φ > 0)) of the two backbone basins; φ: [n] radians."""
+    phi = _wrap(phi)
+    w = np.ones_like(phi) if weights is None else np.asarray(weights, dtype=np.float64)
+    total = w.sum()
+    if total <= 0:
+        raise InputError("all weights are zero: basin populations are undefined")
+    positive = float(w[phi > 0].sum() / total)
+    return 1.0 - positive, positive
+
+
+def basin_delta_f(phi: np.ndarray, temperature: float, weights: np.ndarray | None = None) -> float:
+    """ΔF = −k_B T ln(P(φ > 0) / P(φ < 0)) in kJ/mol; +inf when φ > 0 is never visited."""
+    negative, positive = basin_populations(phi, weights)
+    if positive == 0.0:
+        return float("inf")
+    if negative == 0.0:
+        return float("-inf")
+    return float(-kT(to_kelvin(temperature)) * np.log(positive / negative))
+
+
+def bootstrap_delta_f(
+    phi: np.ndarray,
+    temperature: float,
+    log_w: np.ndarray | None = None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """ΔF between φ basins (kJ/mol) from (reweighted) samples and its bootstrap standard error (kJ/mol).
+
+    Resamples (φ, log w) pairs with replacement and renormalises the weights in each replicate, so the error
+    includes the weight noise. Replicates in which a basin is empty are skipped.
+    """
+    phi = _wrap(phi)
+    log_w = np.zeros_like(phi) if log_w is None else np.asarray(log_w, dtype=np.float64)
+    estimate = basin_delta_f(phi, temperature, normalized_weights(log_w))
+    generator = np.random.default_rng(seed)
+    replicates = []
+    for _ in range(n_bootstrap):
+        index = generator.integers(0, phi.size, phi.size)
+        value = basin_delta_f(phi[index], temperature, normalized_weights(log_w[index]))
+        if np.isfinite(value):
+            replicates.append(value)
+    error = float(np.std(replicates, ddof=1)) if len(replicates) > 1 else float("inf")
+    return estimate, error
+
+
+def energy_wasserstein(
+    energies_a: np.ndarray,
+    energies_b: np.ndarray,
+    weights_a: np.ndarray | None = None,
+    weights_b: np.ndarray | None = None,
+) -> float:
+    """Wasserstein-1 distance (kJ/mol) between two weighted 1-D energy distributions."""
+    from scipy.stats import wasserstein_distance
+
+    return float(wasserstein_distance(energies_a, energies_b, weights_a, weights_b))
+
+
+def nll_per_dof(log_q: np.ndarray, n_dof: int) -> float:
+    """Mean negative log-likelihood per degree of freedom (nats) from log q of reference frames ``[n]``."""
+    log_q = np.asarray(log_q, dtype=np.float64)
+    if n_dof <= 0:
+        raise InputError(f"n_dof must be positive, got {n_dof}")
+    return float(-np.mean(log_q) / n_dof)

@@ -1,0 +1,319 @@
+"""Weighted sampling from a trained generator: a drop-in sampler for free-energy workflows.
+
+A :class:`Sampler` draws conformations from ``q(x | T)`` at any temperature of the trained range and attaches
+potential energies (kJ/mol), ``log q`` and self-normalised importance log-weights
+``log w = −U/(k_B T) − log q`` (normalised so that ``logsumexp(log w) = 0``). Samples with a wrong-handed chiral
+centre or a non-finite energy get weight zero (``log w = −inf``), so reweighted estimates stay honest.
+
+>>> import numpy as np
+>>> u_kn = reduced_potentials(np.array([1.0, 2.0]), [300.0, 600.0])
+>>> u_kn.shape
+(2, 2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import logsumexp
+from tqdm.auto import tqdm
+
+from trade_md.errors import InputError
+from trade_md.io import atomic_write_path
+from trade_md.metrics import kish_ess, normalized_weights
+from trade_md.units import KB, temperature_array, to_kelvin
+
+__all__ = ["SampleSet", "Sampler", "reduced_potentials", "write_samples", "OutOfRangeWarning"]
+
+EnergyFunction = Callable[[np.ndarray], np.ndarray]
+"""positions ``[n, ...]`` (nm) → potential energies ``[n]`` (kJ/mol, +inf where undefined)."""
+
+
+class OutOfRangeWarning(UserWarning):
+    """A temperature outside the generator's trained range: its samples are an extrapolation."""
+
+
+def reduced_potentials(energies: np.ndarray, temperatures: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Reduced potentials ``u_kn [k, n] = U_n / (k_B T_k)`` for pymbar, from energies ``[n]`` kJ/mol and T ``[k]`` K.
+
+    Combine generator samples with MD in MBAR by stacking these columns with the MD frames' columns.
+    """
+    betas = 1.0 / (KB * temperature_array(temperatures))
+    return betas[:, None] * np.asarray(energies, dtype=np.float64)[None, :]
+
+
+@dataclass
+class SampleSet:
+    """Samples at one temperature with their importance weights.
+
+    positions: ``[n, atoms, 3]`` nm (``[n, d]`` for toys); energies: ``[n]`` kJ/mol; log_q: ``[n]`` nats;
+    log_weights: ``[n]`` normalised (``logsumexp = 0``, ``−inf`` for dropped samples); wrong_chirality: ``[n]``.
+    """
+
+    positions: np.ndarray
+    energies: np.ndarray
+    log_q: np.ndarray
+    log_weights: np.ndarray
+    wrong_chirality: np.ndarray
+    temperature: float
+
+    def __len__(self) -> int:
+        return int(self.energies.shape[0])
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Normalised importance weights ``[n]`` summing to 1."""
+        return normalized_weights(self.log_weights)
+
+    @property
+    def ess(self) -> float:
+        """Kish effective sample size as a fraction of ``n``."""
+        return kish_ess(self.log_weights)
+
+    def resample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """``n`` positions drawn with replacement in proportion to the weights (approximately Boltzmann-distributed)."""
+        index = np.random.default_rng(seed).choice(len(self), size=n, replace=True, p=self.weights)
+        return self.positions[index]
+
+    def to_mdtraj(self, topology: Any) -> Any:
+        """An ``mdtraj.Trajectory`` of the samples; topology: ``openmm.app.Topology`` or ``mdtraj.Topology``."""
+        import mdtraj
+
+        if self.positions.ndim != 3:
+            raise InputError("only molecular samples ([n, atoms, 3]) can become an mdtraj trajectory")
+        if not isinstance(topology, mdtraj.Topology):
+            topology = mdtraj.Topology.from_openmm(topology)
+        return mdtraj.Trajectory(self.positions.astype(np.float32), topology)
+
+    def save(self, directory: str | os.PathLike, topology: Any | None = None) -> Path:
+        """Write ``samples.npz`` (energies, log q, log-weights, chirality, T) and, with a topology,
+        ``samples.dcd`` + ``topology.pdb``. Files are written atomically. Returns the directory."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        if topology is not None:
+            trajectory = self.to_mdtraj(topology)
+            with atomic_write_path(out / "topology.pdb") as temp:
+                trajectory[0].save_pdb(str(temp))
+            with atomic_write_path(out / "samples.dcd") as temp:
+                trajectory.save_dcd(str(temp))
+        with atomic_write_path(out / "samples.npz") as temp:
+            with open(temp, "wb") as handle:
+                np.savez(
+                    handle,
+                    energies_kj_per_mol=self.energies,
+                    log_q=self.log_q,
+                    log_weights=self.log_weights,
+                    wrong_chirality=self.wrong_chirality,
+                    temperature_k=np.float64(self.temperature),
+                    **({} if topology is not None else {"positions_nm": self.positions}),
+                )
+        return out
+
+
+class Sampler:
+    """Draw weighted samples from a generator at any temperature of its trained range.
+
+    generator: a :class:`trade_md.flows.Generator`; energy: positions → U (kJ/mol), e.g.
+    ``EnergyBridge.energies``; temperature_range: trained ``(T_min, T_max)`` in K or None (no check);
+    outside the range the sampler warns (:class:`OutOfRangeWarning`) or, with ``out_of_range="error"``, refuses.
+    bridge: an energy bridge the sampler owns and closes in :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        energy: EnergyFunction,
+        *,
+        temperature_range: tuple[float, float] | None = None,
+        topology: Any | None = None,
+        drop_wrong_chirality: bool = True,
+        out_of_range: str = "warn",
+        bridge: Any | None = None,
+    ) -> None:
+        if out_of_range not in ("warn", "error"):
+            raise InputError(f"out_of_range must be 'warn' or 'error', got {out_of_range!r}")
+        self.generator = generator
+        self.energy = energy
+        self.temperature_range = temperature_range
+        self.topology = topology
+        self.drop_wrong_chirality = drop_wrong_chirality
+        self.out_of_range = out_of_range
+        self._bridge = bridge
+
+    def check_temperature(self, temperature: Any) -> float:
+        """Temperature in K, validated against the trained range (warning or error outside it)."""
+        value = to_kelvin(temperature)
+        if self.temperature_range is None:
+            return value
+        low, high = self.temperature_range
+        if not low <= value <= high:
+            message = (f"{value:g} K lies outside the generator's trained range {low:g}-{high:g} K; samples there "
+                       "are an extrapolation (check the ESS), or train over a wider range")
+            if self.out_of_range == "error":
+                raise InputError(message)
+            warnings.warn(message, OutOfRangeWarning, stacklevel=2)
+        return value
+
+    @classmethod
+    def from_checkpoint(
+        cls, model: str | os.PathLike, *, n_workers: int = 1, platform: str = "auto", device: str = "cpu",
+        **kwargs: Any,
+    ) -> Sampler:
+        """A sampler for a trained run directory: its generator, its system's energy (an :class:`EnergyBridge`
+        for molecules, the analytic potential for toys) and its trained temperature range."""
+        from trade_md.train import load_generator
+
+        generator, system, config = load_generator(model, device=device)
+        if config.mode == "trade":
+            temperature_range = (config.temperature_min, config.temperature_max)
+        else:  # a maximum-likelihood model is trained at T0 only
+            temperature_range = (generator.reference_temperature, generator.reference_temperature)
+        if hasattr(system, "system"):
+            from trade_md.energy import EnergyBridge
+
+            bridge = EnergyBridge(system, n_workers=n_workers, platform=platform)
+            return cls(generator, bridge.energies, temperature_range=temperature_range, topology=system.topology,
+                       bridge=bridge, **kwargs)
+
+        def toy_energy(positions: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return system.potential(torch.as_tensor(positions)).double().numpy()
+
+        return cls(generator, toy_energy, temperature_range=temperature_range, **kwargs)
+
+    def close(self) -> None:
+        """Shut down the energy workers this sampler started (if any)."""
+        if self._bridge is not None:
+            self._bridge.close()
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @torch.no_grad()
+    def _batch(self, n: int, temperature: float) -> tuple[np.ndarray, ...]:
+        x, log_q = self.generator.sample(n, temperature)
+        wrong = self.generator.chirality_flags(x).cpu().numpy().astype(bool)
+        positions = x.detach().cpu().double().numpy()
+        energies = np.asarray(self.energy(positions), dtype=np.float64)
+        return positions, energies, log_q.detach().cpu().double().numpy(), wrong
+
+    def iter_batches(
+        self, n: int, temperature: Any, *, batch_size: int = 4096, progress: bool = True
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield ``(positions, energies kJ/mol, log q, wrong_chirality)`` per batch; memory bounded by the batch."""
+        if n < 1:
+            raise InputError(f"number of samples must be >= 1, got {n}")
+        if batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {batch_size}")
+        value = self.check_temperature(temperature)
+        with tqdm(total=n, desc=f"sampling {value:g} K", unit="samples", disable=not progress) as bar:
+            for start in range(0, n, batch_size):
+                size = min(batch_size, n - start)
+                yield self._batch(size, value)
+                bar.update(size)
+
+    def log_weights(
+        self, energies: np.ndarray, log_q: np.ndarray, wrong_chirality: np.ndarray, temperature: float
+    ) -> np.ndarray:
+        """Normalised log-weights ``[n]``: ``−U/(k_B T) − log q``, ``−inf`` for dropped samples, logsumexp 0."""
+        log_w = -energies / (KB * temperature) - log_q
+        dropped = ~np.isfinite(log_w)
+        if self.drop_wrong_chirality:
+            dropped |= wrong_chirality
+        log_w = np.where(dropped, -np.inf, log_w)
+        if not np.isfinite(log_w).any():
+            raise InputError(f"every sample at {temperature:g} K was dropped (non-finite energy or wrong chirality); "
+                             "the generator is untrained or broken for this temperature")
+        return log_w - logsumexp(log_w)
+
+    def sample(
+        self, n: int, temperature: Any, *, batch_size: int = 4096, progress: bool = True
+    ) -> SampleSet:
+        """``n`` weighted samples at ``temperature`` (float K or ``openmm.unit`` quantity), drawn in batches."""
+        value = self.check_temperature(temperature)
+        parts = list(self.iter_batches(n, value, batch_size=batch_size, progress=progress))
+        positions, energies, log_q, wrong = (np.concatenate(column) for column in zip(*parts))
+        return SampleSet(positions, energies, log_q, self.log_weights(energies, log_q, wrong, value), wrong, value)
+
+
+def write_samples(
+    sampler: Sampler, n: int, temperature: Any, out: str | os.PathLike, *, batch_size: int = 4096,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stream ``n`` samples to ``out/samples.dcd`` (+ ``topology.pdb``) and ``out/samples.npz`` in batches.
+
+    Positions never sit in memory all at once; energies, log q and log-weights (``[n]`` each) do. Both files are
+    written to temp names and renamed when complete. Returns a summary (n, T, ESS, wrong-chirality fraction).
+    """
+    import mdtraj
+
+    if sampler.topology is None:
+        raise InputError("streaming to a trajectory needs the molecule's topology; this sampler has none")
+    value = sampler.check_temperature(temperature)
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    topology = mdtraj.Topology.from_openmm(sampler.topology)
+    columns: list[list[np.ndarray]] = [[], [], []]
+    with atomic_write_path(directory / "samples.dcd") as temp:
+        with mdtraj.formats.DCDTrajectoryFile(str(temp), "w", force_overwrite=True) as dcd:
+            for positions, energies, log_q, wrong in sampler.iter_batches(n, value, batch_size=batch_size,
+                                                                         progress=progress):
+                dcd.write(10.0 * positions.astype(np.float32))  # DCD stores Å
+                for column, part in zip(columns, (energies, log_q, wrong)):
+                    column.append(part)
+                first = positions[0]
+    energies, log_q, wrong = (np.concatenate(column) for column in columns)
+    log_w = sampler.log_weights(energies, log_q, wrong, value)
+    with atomic_write_path(directory / "topology.pdb") as temp:
+        mdtraj.Trajectory(first[None].astype(np.float32), topology).save_pdb(str(temp))
+    samples = SampleSet(np.empty((len(energies), 0)), energies, log_q, log_w, wrong, value)
+    samples.save(directory)
+    return {"n": int(n), "temperature_k": value, "ess": samples.ess,
+            "wrong_chirality_fraction": float(np.mean(wrong)), "out": str(directory)}
+
+
+def register_cli(subparsers: Any) -> None:
+    """``trade-md sample``: weighted samples of a trained generator at one temperature."""
+    parser = subparsers.add_parser(
+        "sample", help="draw weighted samples from a trained generator",
+        description="Draw samples at one temperature and write samples.dcd + topology.pdb (mdtraj-readable) and "
+                    "samples.npz (energies_kj_per_mol, log_q, normalised log_weights, wrong_chirality).",
+    )
+    parser.add_argument("--model", required=True, help="run directory written by `trade-md train`")
+    parser.add_argument("--temperature", type=float, required=True, help="temperature in K")
+    parser.add_argument("--n", type=int, default=10000, help="number of samples (default %(default)s)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--batch-size", type=int, default=4096, help="samples per batch (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, help="energy worker processes (default %(default)s)")
+    parser.add_argument("--platform", default="auto", help="OpenMM platform for energies (default %(default)s)")
+    parser.add_argument("--strict-range", action="store_true",
+                        help="refuse temperatures outside the trained range instead of warning")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_main, command="sample")
+
+
+def _main(args: argparse.Namespace) -> int:
+    with Sampler.from_checkpoint(args.model, n_workers=args.workers, platform=args.platform,
+                                 out_of_range="error" if args.strict_range else "warn") as sampler:
+        if sampler.topology is None:
+            samples = sampler.sample(args.n, args.temperature, batch_size=args.batch_size,
+                                     progress=not args.no_progress)
+            samples.save(args.out)
+            summary = {"n": args.n, "temperature_k": samples.temperature, "ess": samples.ess, "out": args.out}
+        else:
+            summary = write_samples(sampler, args.n, args.temperature, args.out, batch_size=args.batch_size,
+                                    progress=not args.no_progress)
+    print(f"{summary['n']} samples at {summary['temperature_k']:g} K, Kish ESS {100 * summary['ess']:.1f} % "
+          f"-> {summary['out']}")
+    return 0

@@ -1,0 +1,542 @@
+"""Molecular systems: a PDB plus force-field files, an Amber prmtop/inpcrd pair, or an existing OpenMM System.
+
+Every route ends in a :class:`MolecularSystem` (OpenMM ``System`` + ``Topology`` + positions in nm) without a
+barostat or periodic box: molecules in implicit solvent or in vacuum. Built-in systems live in ``systems/<dir>/``
+with a ``config.yaml`` and are addressed by name:
+
+>>> "alanine-dipeptide" in builtin_systems()
+True
+>>> ala2 = load_system("alanine-dipeptide")
+>>> ala2.n_atoms, ala2.forcefield, ala2.constraints
+(22, ('amber99sbildn.xml', 'amber99_obc.xml'), None)
+
+Bad input (a missing file, an unparsable PDB, missing hydrogens, a residue the force field does not know,
+waters or ions in implicit solvent, non-finite coordinates, several models) raises
+:class:`~trade_md.errors.InputError` naming the problem and the fix.
+
+With ``constraints="HBonds"`` the bonds to hydrogen have fixed lengths (MD may then use 2 fs steps); a generator
+must treat them as constants, taken from :meth:`MolecularSystem.constrained_bonds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+import yaml
+
+from trade_md.errors import InputError
+from trade_md.units import to_nm
+
+__all__ = [
+    "MolecularSystem",
+    "load_system",
+    "from_amber",
+    "from_openmm",
+    "builtin_systems",
+    "builtin_config",
+    "add_system_arguments",
+    "system_from_args",
+    "SYSTEMS_DIR",
+]
+
+SYSTEMS_DIR: Path = Path(__file__).resolve().parent.parent / "systems"
+"""Directory of the built-in systems (one sub-directory with a ``config.yaml`` each)."""
+
+SERIAL_FORMAT = "trade-md-system/1"
+CONSTRAINT_CHOICES = ("none", "HBonds")
+IMPLICIT_SOLVENT_CHOICES = ("HCT", "OBC1", "OBC2", "GBn", "GBn2")
+# Force-field files whose names contain one of these define a generalized-Born implicit solvent.
+_IMPLICIT_MARKERS = ("obc", "gbn", "hct", "gbsa", "implicit")
+_GB_FORCES = (openmm.GBSAOBCForce, openmm.CustomGBForce)
+_WATER_NAMES = frozenset({"HOH", "WAT", "H2O", "SOL", "TIP", "TIP3", "TIP4", "TIP5", "T3P", "T4P", "SPC", "DOD"})
+_ION_ELEMENTS = frozenset({"Li", "Na", "K", "Rb", "Cs", "Mg", "Ca", "Zn", "F", "Cl", "Br", "I"})
+_ION_NAMES = frozenset({"LI", "NA", "K", "RB", "CS", "MG", "CA", "ZN", "F", "CL", "BR", "IOD", "NA+", "CL-", "K+"})
+
+
+@dataclass
+class MolecularSystem:
+    """An OpenMM system of one molecule (implicit solvent or vacuum, no barostat, no periodic box).
+
+    positions: [atoms, 3] nm, float64 (the starting structure).
+    forcefield: force-field files used to build ``system`` (``()`` for a user-provided System).
+    constraints: ``None`` or ``"HBonds"`` (``"custom"`` for a user-provided System with other constraints).
+    """
+
+    system: openmm.System
+    topology: app.Topology
+    positions: np.ndarray
+    name: str
+    forcefield: tuple[str, ...] = ()
+    constraints: str | None = None
+
+    @property
+    def n_atoms(self) -> int:
+        return self.system.getNumParticles()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """JSON-able physical identity for mismatch checks (the display name is not part of it).
+
+        Keys: n_atoms, atom_names, elements, residue_names, forcefield, constraints, n_constraints, forces (class
+        names of the System's forces). Equal before and after a JSON round trip.
+        """
+        atoms = list(self.topology.atoms())
+        return {
+            "n_atoms": self.n_atoms,
+            "atom_names": [atom.name for atom in atoms],
+            "elements": [atom.element.symbol if atom.element is not None else "" for atom in atoms],
+            "residue_names": [residue.name for residue in self.topology.residues()],
+            "forcefield": list(self.forcefield),
+            "constraints": self.constraints,
+            "n_constraints": self.system.getNumConstraints(),
+            "forces": [type(force).__name__ for force in self.system.getForces()],
+        }
+
+    def constrained_bonds(self) -> list[tuple[int, int, float]]:
+        """Constrained distances ``(i, j, length nm)`` from the System (empty without constraints)."""
+        bonds = []
+        for k in range(self.system.getNumConstraints()):
+            i, j, length = self.system.getConstraintParameters(k)
+            bonds.append((int(i), int(j), float(to_nm(length))))
+        return bonds
+
+    def pdb_text(self, positions: np.ndarray | None = None) -> str:
+        """The topology with ``positions`` ([atoms, 3] nm; default the starting structure) as PDB text."""
+        coords = self.positions if positions is None else np.asarray(positions, dtype=np.float64)
+        buffer = io.StringIO()
+        app.PDBFile.writeFile(self.topology, coords * unit.nanometer, buffer, keepIds=True)
+        return buffer.getvalue()
+
+    def serialize(self) -> dict[str, Any]:
+        """A self-contained JSON-able dict: System XML, topology, exact positions, PDB text, name, force field."""
+        return {
+            "format": SERIAL_FORMAT,
+            "name": self.name,
+            "forcefield": list(self.forcefield),
+            "constraints": self.constraints,
+            "system_xml": openmm.XmlSerializer.serialize(self.system),
+            "topology": _topology_to_dict(self.topology),
+            "positions": self.positions.tolist(),
+            "pdb": self.pdb_text(),
+        }
+
+    @classmethod
+    def deserialize(cls, data: dict[str, Any]) -> MolecularSystem:
+        """Rebuild a system written by :meth:`serialize` (energies are identical to the original's)."""
+        if not isinstance(data, dict) or data.get("format") != SERIAL_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise InputError(
+                f"not a serialized trade-md system (format {found!r}, expected {SERIAL_FORMAT!r}); "
+                "pass the dict written by MolecularSystem.serialize()"
+            )
+        try:
+            system = openmm.XmlSerializer.deserialize(data["system_xml"])
+            topology = _topology_from_dict(data["topology"])
+            positions = np.asarray(data["positions"], dtype=np.float64)
+        except Exception as error:  # KeyError, ValueError, OpenMMException from a damaged dict
+            raise InputError(f"serialized system is damaged ({type(error).__name__}: {error}); regenerate it") from None
+        return cls(
+            system=system,
+            topology=topology,
+            positions=positions,
+            name=str(data["name"]),
+            forcefield=tuple(data["forcefield"]),
+            constraints=data["constraints"],
+        )
+
+
+# ----------------------------------------------------------------------------------------------------- built-ins
+
+
+def builtin_systems() -> list[str]:
+    """Names of the built-in systems (from ``systems/*/config.yaml``)."""
+    if not SYSTEMS_DIR.is_dir():
+        return []
+    names = []
+    for config in sorted(SYSTEMS_DIR.glob("*/config.yaml")):
+        names.append(str(yaml.safe_load(config.read_text())["name"]))
+    return names
+
+
+def builtin_config(name: str) -> dict[str, Any]:
+    """The ``config.yaml`` of a built-in system, with ``pdb`` as an absolute path.
+
+    Keys: name, description, pdb, forcefield (list), constraints (``None`` or "HBonds"), reference_temperature (K).
+    """
+    for config_path in sorted(SYSTEMS_DIR.glob("*/config.yaml")):
+        config = yaml.safe_load(config_path.read_text())
+        if config.get("name") == name:
+            config["pdb"] = str(config_path.parent / config["pdb"])
+            config["constraints"] = _normalise_constraints(config.get("constraints"))
+            return config
+    if not SYSTEMS_DIR.is_dir():
+        raise InputError(
+            f"built-in systems directory {SYSTEMS_DIR} is missing; install trade-md from a source checkout "
+            "(pip install -e .) or pass --pdb FILE --forcefield FILE"
+        )
+    raise InputError(f"unknown built-in system {name!r}; choose one of {builtin_systems()} or pass a PDB path")
+
+
+# ----------------------------------------------------------------------------------------------------- loaders
+
+
+def load_system(
+    source: str | os.PathLike,
+    forcefield: Sequence[str] | None = None,
+    *,
+    add_hydrogens: bool = False,
+    constraints: str | None = None,
+) -> MolecularSystem:
+    """Build a system from a built-in name or a PDB path plus OpenMM force-field files (no cutoff).
+
+    forcefield: e.g. ``["amber99sbildn.xml", "amber99_obc.xml"]``; required for a PDB path, optional override for
+    a built-in. add_hydrogens: add missing hydrogens at pH 7 (OpenMM Modeller). constraints: ``None`` (the
+    built-in's default, otherwise none), ``"none"`` or ``"HBonds"``.
+    """
+    source_text = os.fspath(source)
+    path = Path(source_text)
+    if not path.exists() and source_text in builtin_systems():
+        config = builtin_config(source_text)
+        files = tuple(forcefield) if forcefield else tuple(config["forcefield"])
+        chosen = _normalise_constraints(constraints) if constraints is not None else config["constraints"]
+        return _from_pdb(Path(config["pdb"]), files, add_hydrogens, chosen, name=source_text)
+    if not path.exists():
+        raise InputError(
+            f"{source_text} is neither an existing file nor a built-in system; check the path "
+            f"or choose one of {builtin_systems()}"
+        )
+    if path.suffix.lower() in (".prmtop", ".parm7", ".top"):
+        raise InputError(f"{path} looks like an Amber prmtop; load it with from_amber() / --prmtop and --inpcrd")
+    if not forcefield:
+        raise InputError(
+            f"no force field given for {path}; pass force-field files, e.g. "
+            "--forcefield amber99sbildn.xml --forcefield amber99_obc.xml"
+        )
+    return _from_pdb(path, tuple(forcefield), add_hydrogens, _normalise_constraints(constraints), name=path.stem)
+
+
+def from_amber(
+    prmtop: str | os.PathLike,
+    inpcrd: str | os.PathLike,
+    *,
+    constraints: str | None = None,
+    implicit_solvent: str | None = None,
+) -> MolecularSystem:
+    """Build a system from an Amber prmtop + inpcrd pair (no cutoff).
+
+    implicit_solvent: ``None`` (vacuum) or one of "HCT", "OBC1", "OBC2", "GBn", "GBn2".
+    """
+    prmtop_path, inpcrd_path = _existing(prmtop, "prmtop"), _existing(inpcrd, "inpcrd")
+    chosen = _normalise_constraints(constraints)
+    if implicit_solvent is not None and implicit_solvent not in IMPLICIT_SOLVENT_CHOICES:
+        raise InputError(f"implicit solvent {implicit_solvent!r} unknown; choose one of {IMPLICIT_SOLVENT_CHOICES}")
+    try:
+        parm = app.AmberPrmtopFile(str(prmtop_path))
+    except Exception as error:
+        raise InputError(f"cannot read Amber prmtop {prmtop_path} ({type(error).__name__}: {error}); "
+                         "check that it is a prmtop file from tleap/parmed") from None
+    try:
+        crd = app.AmberInpcrdFile(str(inpcrd_path))
+    except Exception as error:
+        raise InputError(f"cannot read Amber coordinates {inpcrd_path} ({type(error).__name__}: {error}); "
+                         "check that it is an inpcrd/rst7 file") from None
+    positions = to_nm(crd.getPositions(asNumpy=True))
+    if positions.shape[0] != parm.topology.getNumAtoms():
+        raise InputError(
+            f"{inpcrd_path} has {positions.shape[0]} atoms but {prmtop_path} has {parm.topology.getNumAtoms()}; "
+            "pass the coordinates that belong to this prmtop"
+        )
+    _check_finite(positions, parm.topology, str(inpcrd_path))
+    if implicit_solvent is not None:
+        _check_no_solvent(parm.topology, f"implicit solvent {implicit_solvent}")
+    try:
+        system = parm.createSystem(
+            nonbondedMethod=app.NoCutoff,
+            constraints=app.HBonds if chosen == "HBonds" else None,
+            rigidWater=False,
+            implicitSolvent=getattr(app, implicit_solvent) if implicit_solvent else None,
+        )
+    except Exception as error:
+        raise InputError(f"OpenMM cannot build a system from {prmtop_path} ({type(error).__name__}: {error})") from None
+    forcefield = (prmtop_path.name,) + ((f"implicitSolvent={implicit_solvent}",) if implicit_solvent else ())
+    return MolecularSystem(system, parm.topology, positions, prmtop_path.stem, forcefield, chosen)
+
+
+def from_openmm(system: openmm.System, topology: app.Topology, positions: Any, *, name: str = "custom") -> MolecularSystem:
+    """Wrap an existing OpenMM System, Topology and positions (nm array or quantity), e.g. an openmmtools testsystem.
+
+    The System is copied. Rejected: a barostat, periodic boundary conditions, waters or ions with implicit solvent,
+    mismatched atom counts, non-finite positions.
+    """
+    if not isinstance(system, openmm.System) or not isinstance(topology, app.Topology):
+        raise InputError("from_openmm needs an openmm.System and an openmm.app.Topology (e.g. testsystem.system, "
+                         "testsystem.topology)")
+    coords = to_nm(positions)
+    n_atoms = system.getNumParticles()
+    if coords.shape != (n_atoms, 3) or topology.getNumAtoms() != n_atoms:
+        raise InputError(
+            f"System has {n_atoms} particles, Topology {topology.getNumAtoms()} atoms, positions shape "
+            f"{coords.shape}; pass matching objects with positions [atoms, 3] nm"
+        )
+    _check_finite(coords, topology, "positions")
+    for force in system.getForces():
+        if "Barostat" in type(force).__name__:
+            raise InputError(f"the System has a {type(force).__name__}; remove it (trade-md samples at fixed volume)")
+    if system.usesPeriodicBoundaryConditions():
+        raise InputError("the System uses periodic boundary conditions; build it in vacuum or implicit solvent "
+                         "(nonbondedMethod=NoCutoff or CutoffNonPeriodic)")
+    if any(isinstance(force, _GB_FORCES) for force in system.getForces()):
+        _check_no_solvent(topology, "an implicit-solvent System")
+    return MolecularSystem(copy.deepcopy(system), topology, coords, name, (), _constraint_kind(system, topology))
+
+
+# ----------------------------------------------------------------------------------------------------- CLI helpers
+
+
+def add_system_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the system-selection options (--system | --pdb/--forcefield | --prmtop/--inpcrd, ...) to ``parser``."""
+    group = parser.add_argument_group("molecular system (choose one of --system, --pdb, --prmtop)")
+    group.add_argument("--system", metavar="NAME", help="built-in system, e.g. alanine-dipeptide")
+    group.add_argument("--pdb", metavar="FILE", help="PDB file (one model, with hydrogens unless --add-hydrogens)")
+    group.add_argument("--forcefield", metavar="XML", action="append",
+                       help="OpenMM force-field file (repeatable), e.g. --forcefield amber99sbildn.xml "
+                            "--forcefield amber99_obc.xml")
+    group.add_argument("--prmtop", metavar="FILE", help="Amber prmtop (with --inpcrd)")
+    group.add_argument("--inpcrd", metavar="FILE", help="Amber inpcrd/rst7 coordinates (with --prmtop)")
+    group.add_argument("--implicit-solvent", choices=IMPLICIT_SOLVENT_CHOICES,
+                       help="generalized-Born model for --prmtop (default: vacuum)")
+    group.add_argument("--add-hydrogens", action="store_true", help="add missing hydrogens at pH 7 (--pdb only)")
+    group.add_argument("--constraints", choices=CONSTRAINT_CHOICES,
+                       help="constrain bonds to hydrogen (HBonds; allows 2 fs MD steps) or none "
+                            "(default: the system's own setting, none for alanine-dipeptide)")
+
+
+def system_from_args(args: argparse.Namespace) -> MolecularSystem:
+    """Build the system that the options of :func:`add_system_arguments` describe."""
+    chosen = [flag for flag, value in (("--system", args.system), ("--pdb", args.pdb), ("--prmtop", args.prmtop))
+              if value]
+    if len(chosen) != 1:
+        problem = "no system given" if not chosen else f"{' and '.join(chosen)} given together"
+        raise InputError(f"{problem}; choose exactly one of --system alanine-dipeptide, "
+                         "--pdb FILE --forcefield XML ..., or --prmtop FILE --inpcrd FILE")
+    if args.inpcrd and not args.prmtop:
+        raise InputError("--inpcrd needs --prmtop")
+    if args.prmtop:
+        if not args.inpcrd:
+            raise InputError("--prmtop needs its coordinates: add --inpcrd FILE")
+        if args.forcefield or args.add_hydrogens:
+            raise InputError("--forcefield and --add-hydrogens do not apply to --prmtop (the prmtop holds the force "
+                             "field); drop them")
+        return from_amber(args.prmtop, args.inpcrd, constraints=args.constraints,
+                          implicit_solvent=args.implicit_solvent)
+    if args.implicit_solvent:
+        raise InputError("--implicit-solvent applies to --prmtop only; for a PDB add an implicit-solvent force-field "
+                         "file, e.g. --forcefield amber99_obc.xml")
+    return load_system(args.system or args.pdb, args.forcefield, add_hydrogens=args.add_hydrogens,
+                       constraints=args.constraints)
+
+
+# ----------------------------------------------------------------------------------------------------- internals
+
+
+def _normalise_constraints(constraints: str | None) -> str | None:
+    if constraints is None or str(constraints).lower() == "none":
+        return None
+    if str(constraints).lower() == "hbonds":
+        return "HBonds"
+    raise InputError(f"constraints {constraints!r} not supported; choose 'none' or 'HBonds'")
+
+
+def _existing(path: str | os.PathLike, what: str) -> Path:
+    result = Path(path)
+    if not result.is_file():
+        raise InputError(f"{what} file {result} does not exist; check the path")
+    return result
+
+
+def _from_pdb(path: Path, forcefield: tuple[str, ...], add_hydrogens: bool, constraints: str | None,
+              name: str) -> MolecularSystem:
+    pdb = _read_pdb(path)
+    topology, positions = pdb.topology, to_nm(pdb.getPositions(asNumpy=True))
+    ff = _load_forcefield(forcefield)
+    implicit = any(marker in Path(f).name.lower() for f in forcefield for marker in _IMPLICIT_MARKERS)
+    if implicit:
+        _check_no_solvent(topology, f"the implicit-solvent force field {list(forcefield)}")
+    if add_hydrogens:
+        topology, positions = _add_hydrogens(topology, positions, ff, path)
+    _check_templates(topology, positions, ff, forcefield, add_hydrogens, path)
+    try:
+        system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff,
+                                 constraints=app.HBonds if constraints == "HBonds" else None, rigidWater=False)
+    except Exception as error:
+        raise InputError(f"OpenMM cannot build a system for {path} with {list(forcefield)} "
+                         f"({type(error).__name__}: {error}); check the residues and force-field files") from None
+    if any(isinstance(force, _GB_FORCES) for force in system.getForces()):
+        _check_no_solvent(topology, f"the implicit-solvent force field {list(forcefield)}")
+    return MolecularSystem(system, topology, positions, name, forcefield, constraints)
+
+
+def _read_pdb(path: Path) -> app.PDBFile:
+    """Parse a PDB after checking the things OpenMM reports badly: models, coordinate columns, finiteness."""
+    if not path.is_file():
+        raise InputError(f"PDB file {path} does not exist; check the path")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read {path} as text ({error}); pass a PDB file") from None
+    n_models = sum(1 for line in lines if line.startswith("MODEL"))
+    if n_models > 1:
+        raise InputError(f"{path} holds {n_models} models (MODEL records); keep one, e.g. "
+                         "mdtraj.load(path)[0].save_pdb('one_model.pdb')")
+    n_atoms = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.startswith(("ATOM  ", "HETATM")):
+            continue
+        n_atoms += 1
+        try:
+            xyz = [float(line[start:start + 8]) for start in (30, 38, 46)]
+        except ValueError:
+            raise InputError(f"{path}, line {number}: cannot read x, y, z (columns 31-54, in Å) from {line!r}; "
+                             "fix the line (PDB is a fixed-column format)") from None
+        if not all(math.isfinite(v) for v in xyz):
+            raise InputError(f"{path}, line {number}: non-finite coordinates in {line!r}; "
+                             "replace them with real positions")
+    if n_atoms == 0:
+        raise InputError(f"{path} has no ATOM/HETATM records; pass a PDB file with atoms")
+    try:
+        return app.PDBFile(str(path))
+    except Exception as error:
+        raise InputError(f"cannot parse {path} as PDB ({type(error).__name__}: {error}); fix the file") from None
+
+
+def _load_forcefield(files: tuple[str, ...]) -> app.ForceField:
+    for name in files:
+        try:
+            app.ForceField(name)
+        except Exception as error:
+            raise InputError(f"cannot load force-field file {name!r} ({type(error).__name__}: {error}); pass an "
+                             "OpenMM XML file name (e.g. amber99sbildn.xml) or path") from None
+    return app.ForceField(*files)
+
+
+def _add_hydrogens(topology: app.Topology, positions: np.ndarray, ff: app.ForceField,
+                   path: Path) -> tuple[app.Topology, np.ndarray]:
+    modeller = app.Modeller(topology, positions * unit.nanometer)
+    try:
+        modeller.addHydrogens(ff, pH=7.0)
+    except Exception as error:
+        raise InputError(f"cannot add hydrogens to {path} ({type(error).__name__}: {error}); add them with a "
+                         "structure tool (e.g. pdbfixer) and load without --add-hydrogens") from None
+    return modeller.topology, to_nm(modeller.getPositions())
+
+
+def _check_templates(topology: app.Topology, positions: np.ndarray, ff: app.ForceField, files: tuple[str, ...],
+                     add_hydrogens: bool, path: Path) -> None:
+    unmatched = ff.getUnmatchedResidues(topology)
+    if not unmatched:
+        return
+    if not add_hydrogens:
+        trial = app.Modeller(topology, positions * unit.nanometer)
+        try:
+            trial.addHydrogens(ff, pH=7.0)
+            fixed = not ff.getUnmatchedResidues(trial.topology)
+        except Exception:
+            fixed = False
+        if fixed:
+            names = ", ".join(f"{r.name} {r.id}" for r in unmatched[:5])
+            raise InputError(f"{path} lacks hydrogens (residues {names} do not match {list(files)} without them); "
+                             "pass add_hydrogens=True / --add-hydrogens")
+    listed = ", ".join(f"{r.name} {r.id} (chain {r.chain.id})" for r in unmatched[:8])
+    more = f" and {len(unmatched) - 8} more" if len(unmatched) > 8 else ""
+    no_hydrogens = not add_hydrogens and not any(
+        atom.element is not None and atom.element.symbol == "H" for r in unmatched for atom in r.atoms())
+    hint = " They have no hydrogens: if they are standard residues, add them with --add-hydrogens." if no_hydrogens else ""
+    raise InputError(
+        f"{path}: {len(unmatched)} residue(s) match no template of {list(files)}: {listed}{more}. The force "
+        "field does not know a residue of that name, or its atoms differ from the template (missing or extra atoms, "
+        "or a missing bond to an unknown neighbour). Add a force-field file that defines it (--forcefield XML) or "
+        f"rename/repair the residue.{hint}"
+    )
+
+
+def _solvent_residues(topology: app.Topology) -> tuple[list[app.Residue], list[app.Residue]]:
+    """Water residues (by name, or exactly one O and two H) and ion residues (one ion atom, or an ion name)."""
+    waters, ions = [], []
+    for residue in topology.residues():
+        symbols = sorted(a.element.symbol if a.element is not None else "" for a in residue.atoms())
+        name = residue.name.upper()
+        if name in _WATER_NAMES or symbols == ["H", "H", "O"]:
+            waters.append(residue)
+        elif name in _ION_NAMES or (len(symbols) == 1 and symbols[0] in _ION_ELEMENTS):
+            ions.append(residue)
+    return waters, ions
+
+
+def _check_no_solvent(topology: app.Topology, setup: str) -> None:
+    waters, ions = _solvent_residues(topology)
+    if waters or ions:
+        first = (waters + ions)[0]
+        raise InputError(
+            f"found {len(waters)} water and {len(ions)} ion residues (first: {first.name} {first.id}) in {setup}; "
+            "implicit solvent replaces them: remove waters and ions (e.g. modeller.deleteWater(), or drop the HOH/ion "
+            "lines from the PDB)"
+        )
+
+
+def _check_finite(positions: np.ndarray, topology: app.Topology, source: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+    if bad.size:
+        atom = list(topology.atoms())[bad[0]]
+        raise InputError(f"{source}: non-finite coordinates for {bad.size} atoms (first: atom {bad[0]} {atom.name} "
+                         f"of {atom.residue.name} {atom.residue.id}); replace them with real positions")
+
+
+def _constraint_kind(system: openmm.System, topology: app.Topology) -> str | None:
+    if system.getNumConstraints() == 0:
+        return None
+    hydrogen = [atom.element is not None and atom.element.symbol == "H" for atom in topology.atoms()]
+    for k in range(system.getNumConstraints()):
+        i, j, _ = system.getConstraintParameters(k)
+        if not (hydrogen[i] or hydrogen[j]):
+            return "custom"
+    return "HBonds"
+
+
+def _topology_to_dict(topology: app.Topology) -> dict[str, Any]:
+    chains = []
+    for chain in topology.chains():
+        residues = []
+        for residue in chain.residues():
+            atoms = [[atom.name, atom.element.symbol if atom.element is not None else None] for atom in residue.atoms()]
+            residues.append({"name": residue.name, "id": residue.id, "insertion_code": residue.insertionCode,
+                             "atoms": atoms})
+        chains.append({"id": chain.id, "residues": residues})
+    bonds = [[bond.atom1.index, bond.atom2.index] for bond in topology.bonds()]
+    return {"chains": chains, "bonds": bonds}
+
+
+def _topology_from_dict(data: dict[str, Any]) -> app.Topology:
+    topology = app.Topology()
+    atoms: list[app.Atom] = []
+    for chain_data in data["chains"]:
+        chain = topology.addChain(chain_data["id"])
+        for residue_data in chain_data["residues"]:
+            residue = topology.addResidue(residue_data["name"], chain, residue_data["id"],
+                                          residue_data["insertion_code"])
+            for atom_name, symbol in residue_data["atoms"]:
+                element = app.Element.getBySymbol(symbol) if symbol else None
+                atoms.append(topology.addAtom(atom_name, element, residue))
+    for i, j in data["bonds"]:
+        topology.addBond(atoms[i], atoms[j])
+    return topology

@@ -1,0 +1,787 @@
+"""Training loop for the temperature-conditioned generator: maximum likelihood at T0, and TRADE over a range.
+
+The :class:`Trainer` is generic: it receives a :class:`~trade_md.flows.Generator`, a potential ``x -> U [n]`` in
+kJ/mol (``EnergyBridge.potential`` for molecules, a toy's ``potential`` for toys), optional data at the
+reference temperature T0 and a :class:`TrainConfig`; there is no physics in it beyond ``u = U / (k_B T)``.
+
+Modes:
+
+- ``nll``: maximum likelihood on data at T0, ``−E_data[log q(x | T0)]``.
+- ``trade``: a boundary at T0 (``nll_weight`` × NLL on data and/or ``kl_weight`` × reverse KL
+  ``E_q[log q + u]`` at T0, mixable) plus ``trade_weight`` × ramp × the causality-weighted Huber loss of the TRADE
+  residual (see :mod:`trade_md.trade`) at temperatures drawn log-uniformly over ``[temperature_min,
+  temperature_max]``.
+
+A step whose loss or gradient is not finite is skipped and counted, never handed to the optimiser. Checkpoints
+(``<out>/checkpoint.pt``, written atomically every ``checkpoint_every`` steps and at the end) hold the model
+state and config, optimiser state, RNG states, step, the expectation grid, the TrainConfig, the system's
+serialisation and fingerprint, and the coordinate normalisation; ``--resume`` continues bit-for-bit as an
+uninterrupted run would. :func:`load_generator` rebuilds the trained model for sampling and evaluation.
+
+Command line::
+
+    trade-md train --mode nll --data data/ala2_600K --temperature 600 --out runs/nll600
+    trade-md train --mode trade --config systems/alanine_dipeptide/trade.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trade_md.errors import InputError, SystemMismatchError
+from trade_md.flows import Generator
+from trade_md.io import atomic_write_path, write_json_atomic
+from trade_md.trade import (
+    ExpectationGrid,
+    huber,
+    importance_estimate,
+    ramp,
+    reduced_energy,
+    sample_log_uniform,
+    trade_residual,
+)
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "SystemRecord",
+    "TrainConfig",
+    "Trainer",
+    "load_generator",
+    "read_checkpoint",
+    "register_cli",
+    "split_frames",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+"""File name of the checkpoint inside a run directory."""
+CHECKPOINT_FORMAT = "trade-md-checkpoint-1"
+MAX_CONSECUTIVE_SKIPS = 100
+"""Training stops with an error after this many consecutive non-finite steps."""
+_RESUME_MUTABLE = frozenset({"steps", "device", "progress", "checkpoint_every", "validate_every", "out"})
+"""TrainConfig fields that may differ from the checkpoint's when resuming."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; YAML keys are the field names, unknown keys raise InputError.
+
+    Run and data:
+        mode: ``"nll"`` (maximum likelihood at T0 only) or ``"trade"`` (boundary at T0 + TRADE over the range).
+        data: directory of a ``trade-md md`` dataset at T0 (relative paths are taken from the working directory).
+        out: run directory (checkpoint.pt, summary.json).
+        reference_temperature: T0 in K; default the dataset's temperature (must agree with it when both are set).
+        temperature_min, temperature_max: K, the trained range of mode ``trade`` (must contain T0).
+        validation_fraction: fraction of frames held out (the last ones) for the validation NLL.
+        data_stride: use every n-th frame.
+    Optimisation:
+        steps: total optimiser steps (the run ends there; raise it and ``--resume`` to train on).
+        batch_size: data frames per step for the NLL term.
+        learning_rate: Adam step size; lr_schedule: ``"constant"`` or ``"cosine"`` (decays to
+        ``learning_rate × lr_final_fraction`` at ``steps``).
+        grad_clip: maximal global gradient norm (clipped above).
+        seed: seeds model initialisation and every random draw of the trainer.
+        device: ``"cpu"`` or ``"cuda"``; dtype: ``"float32"`` or ``"float64"`` of the model.
+    Boundary (mode trade; mode nll uses NLL only):
+        nll_weight: weight of the NLL on data at T0 (needs data).
+        kl_weight: weight of the reverse KL ``E_q[log q + u]`` at T0 (energy only); kl_batch_size samples per step.
+    TRADE (mode trade):
+        trade_weight: final weight of the TRADE loss; trade_start: first step with the TRADE term;
+        trade_ramp: steps over which its weight rises linearly from 0 to trade_weight.
+        trade_batch_size: residual points per step, split by residual_from_model (model samples at the
+        point's own T), residual_from_reference (model samples at T0) and residual_from_data (data frames at T0);
+        without data the data share goes to reference samples. Fractions are relative (normalised to sum 1).
+        huber_delta: Huber threshold on the residual (reduced units).
+        causality_epsilon: ε of the causality weights exp(−ε Σ L_j); 0 switches causality off.
+        grid_nodes: about this many log-spaced temperature nodes for E[U] (T0 is one of them).
+        grid_samples: model samples per node and refresh; grid_refresh_every: steps between refreshes.
+        grid_decay: fraction of a node's previous effective sample count kept at a refresh (0 = replace).
+        loss_momentum: running-average momentum of the per-node residual losses.
+        energy_cap: reduced energies above this many k_B T grow only logarithmically (trade_md.trade).
+    Model and energies:
+        flow: keyword arguments of the flow (n_layers, hidden, n_hidden_layers, n_bins, seed, ...).
+        energy_workers, energy_platform: EnergyBridge worker processes and OpenMM platform (molecules).
+    Bookkeeping:
+        checkpoint_every: steps between checkpoints; validate_every: steps between validation NLL / ESS reports.
+        ess_samples: model samples for the ESS at T0 shown in mode nll (0: none).
+        progress_temperatures: K, temperatures whose grid ESS the progress bar shows (default T_min, T0, T_max).
+        progress: show a tqdm progress bar.
+    """
+
+    mode: str = "nll"
+    data: str | None = None
+    out: str | None = None
+    reference_temperature: float | None = None
+    temperature_min: float | None = None
+    temperature_max: float | None = None
+    validation_fraction: float = 0.1
+    data_stride: int = 1
+    steps: int = 20000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    lr_final_fraction: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    nll_weight: float = 1.0
+    kl_weight: float = 0.0
+    kl_batch_size: int = 256
+    trade_weight: float = 1.0
+    trade_start: int = 0
+    trade_ramp: int = 2000
+    trade_batch_size: int = 256
+    residual_from_model: float = 0.5
+    residual_from_reference: float = 0.25
+    residual_from_data: float = 0.25
+    huber_delta: float = 1.0
+    causality_epsilon: float = 0.1
+    grid_nodes: int = 26
+    grid_samples: int = 2000
+    grid_refresh_every: int = 250
+    grid_decay: float = 0.5
+    loss_momentum: float = 0.9
+    energy_cap: float = 1000.0
+    flow: dict[str, Any] = field(default_factory=dict)
+    energy_workers: int = 1
+    energy_platform: str = "auto"
+    checkpoint_every: int = 1000
+    validate_every: int = 500
+    ess_samples: int = 2000
+    progress_temperatures: tuple[float, ...] = ()
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """A config from a mapping; unknown keys raise :class:`InputError` naming them."""
+        if not isinstance(values, dict):
+            raise InputError(f"{source} must be a mapping of TrainConfig fields, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys are "
+                             f"{', '.join(sorted(known))}")
+        values = dict(values)
+        if "progress_temperatures" in values:
+            values["progress_temperatures"] = tuple(float(t) for t in values["progress_temperatures"] or ())
+        config = cls(**values)
+        config.validate(source)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML file of TrainConfig fields."""
+        import yaml
+
+        file = Path(path)
+        if not file.is_file():
+            raise InputError(f"config file {file} does not exist; check the path")
+        try:
+            values = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise InputError(f"{file} is not valid YAML ({error}); fix the file") from None
+        return cls.from_dict(values, source=str(file))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-able field values."""
+        values = dataclasses.asdict(self)
+        values["progress_temperatures"] = list(self.progress_temperatures)
+        return values
+
+    def validate(self, source: str = "config") -> None:
+        """Raise :class:`InputError` naming the first field with an impossible value."""
+        def bad(name: str, requirement: str) -> InputError:
+            return InputError(f"{source}: {name} = {getattr(self, name)!r} is invalid; it must be {requirement}")
+
+        if self.mode not in ("nll", "trade"):
+            raise bad("mode", "'nll' or 'trade'")
+        for name in ("steps", "batch_size", "kl_batch_size", "trade_batch_size", "grid_nodes", "grid_samples",
+                     "grid_refresh_every", "checkpoint_every", "validate_every", "data_stride", "energy_workers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        for name in ("trade_start", "trade_ramp", "ess_samples", "seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise bad(name, "an integer >= 0")
+        for name in ("learning_rate", "grad_clip", "huber_delta", "energy_cap"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+                raise bad(name, "a number > 0")
+        for name in ("nll_weight", "kl_weight", "trade_weight", "causality_epsilon", "residual_from_model",
+                     "residual_from_reference", "residual_from_data"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
+                raise bad(name, "a number >= 0")
+        for name in ("validation_fraction", "grid_decay", "lr_final_fraction"):
+            if not (isinstance(getattr(self, name), (int, float)) and 0 <= getattr(self, name) <= 1):
+                raise bad(name, "a number in [0, 1]")
+        if not 0 <= self.loss_momentum < 1:
+            raise bad("loss_momentum", "a number in [0, 1)")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise bad("lr_schedule", "'constant' or 'cosine'")
+        if self.dtype not in ("float32", "float64"):
+            raise bad("dtype", "'float32' or 'float64'")
+        if not isinstance(self.flow, dict):
+            raise bad("flow", "a mapping of flow keyword arguments")
+        for name in ("reference_temperature", "temperature_min", "temperature_max"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise bad(name, "a temperature in K > 0 (or absent)")
+        if self.mode == "trade":
+            if self.temperature_min is None or self.temperature_max is None:
+                raise InputError(f"{source}: mode 'trade' needs temperature_min and temperature_max (K), the range "
+                                 "to train over")
+            if self.temperature_min >= self.temperature_max:
+                raise bad("temperature_min", f"below temperature_max = {self.temperature_max}")
+            if self.nll_weight == 0 and self.kl_weight == 0:
+                raise InputError(f"{source}: mode 'trade' needs a boundary at T0: set nll_weight > 0 (data) and/or "
+                                 "kl_weight > 0 (reverse KL on the energy)")
+            if self.residual_from_model + self.residual_from_reference + self.residual_from_data <= 0:
+                raise InputError(f"{source}: residual_from_model/_reference/_data are all 0; give at least one a "
+                                 "positive share")
+
+
+@dataclass(frozen=True)
+class SystemRecord:
+    """Identity of the system a model is trained for, stored in checkpoints (no physics).
+
+    kind: ``"molecule"`` (``MolecularSystem``) or ``"toy"`` (:mod:`trade_md.toys`); name: for messages;
+    serialized: ``MolecularSystem.serialize()`` or the toy's spec; fingerprint: compared on load.
+    """
+
+    kind: str
+    name: str
+    serialized: dict[str, Any]
+    fingerprint: dict[str, Any]
+
+    @classmethod
+    def of(cls, system: Any) -> SystemRecord:
+        """The record of a ``MolecularSystem`` or a ``ToySystem``."""
+        from trade_md.toys import ToySystem
+
+        if isinstance(system, ToySystem):
+            return cls("toy", system.name, system.spec(), system.fingerprint())
+        return cls("molecule", system.name, system.serialize(), system.fingerprint())
+
+    def build(self) -> Any:
+        """Rebuild the ``MolecularSystem`` or ``ToySystem``."""
+        if self.kind == "toy":
+            from trade_md.toys import toy_from_spec
+
+            return toy_from_spec(self.serialized)
+        from trade_md.systems import MolecularSystem
+
+        return MolecularSystem.deserialize(self.serialized)
+
+    def check_same(self, other: SystemRecord, where: str) -> None:
+        """Raise :class:`SystemMismatchError` naming both systems when the fingerprints differ."""
+        if _canonical(self.fingerprint) != _canonical(other.fingerprint):
+            mine, theirs = _describe(self), _describe(other)
+            raise SystemMismatchError(f"{where} was trained for {mine}, but the given system is {theirs}; use the "
+                                      "checkpoint with its own system, or train a new model in another directory")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _describe(record: SystemRecord) -> str:
+    fp = record.fingerprint
+    details = [f"{fp['n_atoms']} atoms"] if "n_atoms" in fp else []
+    if fp.get("forcefield"):
+        details.append("force field " + "+".join(fp["forcefield"]))
+    if record.kind == "toy":
+        details.append(f"parameters {fp.get('params')}")
+    return f"{record.kind} {record.name!r}" + (f" ({', '.join(details)})" if details else "")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint from a run directory (or the ``checkpoint.pt`` file itself)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / CHECKPOINT_NAME
+    if not file.is_file():
+        raise InputError(f"no checkpoint at {file}; pass the --out directory of `trade-md train`")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:  # a damaged or foreign file
+        raise InputError(f"{file} is not a readable trade-md checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{file} is not a {CHECKPOINT_FORMAT} checkpoint; it was written by another program")
+    return checkpoint
+
+
+def load_generator(
+    checkpoint_dir: str | Path, system: Any | None = None, *, device: str = "cpu"
+) -> tuple[Generator, Any, TrainConfig]:
+    """``(generator, system, config)`` of a training run: the trained model (eval mode), the ``MolecularSystem``
+    or ``ToySystem`` it was trained for, and its :class:`TrainConfig`.
+
+    system: optional system to check the checkpoint against (:class:`SystemMismatchError` if it differs).
+    """
+    checkpoint = read_checkpoint(checkpoint_dir)
+    record = SystemRecord(**checkpoint["system"])
+    if system is not None:
+        record.check_same(SystemRecord.of(system), f"checkpoint {checkpoint_dir}")
+    generator = Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"]).to(device)
+    generator.eval()
+    return generator, record.build(), TrainConfig.from_dict(checkpoint["config"], source=f"{checkpoint_dir}")
+
+
+def split_frames(data: Any, config: TrainConfig) -> tuple[Any, Any]:
+    """``(training, validation)`` frames: every ``data_stride``-th frame, the last ``validation_fraction`` held out."""
+    data = data[:: config.data_stride]
+    n_validation = round(config.validation_fraction * data.shape[0])
+    if data.shape[0] - n_validation < 1:
+        raise InputError(f"{data.shape[0]} frames leave none for training after holding out {n_validation}; lower "
+                         "validation_fraction or data_stride")
+    return data[: data.shape[0] - n_validation], data[data.shape[0] - n_validation:]
+
+
+def _lr_factor(config: TrainConfig, step: int) -> float:
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = min(step / config.steps, 1.0)
+    return config.lr_final_fraction + (1.0 - config.lr_final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """The training loop (see the module docs).
+
+    generator: the model (its ``reference_temperature`` is T0); config: a validated :class:`TrainConfig`;
+    system: a :class:`SystemRecord` (stored in checkpoints); potential: ``x -> U [n]`` kJ/mol, differentiable in
+    x when ``kl_weight > 0`` (needed in mode trade; in mode nll only for the ESS report); data: frames at T0
+    (``[n, ...]`` in the generator's coordinates, e.g. ``[n, atoms, 3]`` nm); the last ``validation_fraction``
+    are held out. ``out``: run directory for checkpoints (None: no files).
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        config: TrainConfig,
+        system: SystemRecord,
+        *,
+        potential: Callable[[Tensor], Tensor] | None = None,
+        data: Tensor | None = None,
+        out: str | Path | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.system = system
+        self.device = torch.device(config.device)
+        self.generator = generator.to(device=self.device, dtype=getattr(torch, config.dtype))
+        self.reference_temperature = generator.reference_temperature
+        if config.reference_temperature is not None and not math.isclose(
+            config.reference_temperature, self.reference_temperature, rel_tol=1e-9
+        ):
+            raise InputError(f"the config's reference_temperature {config.reference_temperature} K differs from the "
+                             f"model's T0 {self.reference_temperature} K; make them agree")
+        self.potential = potential
+        self.out = None if out is None else Path(out)
+        self._split_data(data)
+        self._check_inputs()
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.learning_rate)
+        self.rng = torch.Generator().manual_seed(config.seed)
+        self.grid: ExpectationGrid | None = None
+        if config.mode == "trade":
+            self.grid = ExpectationGrid(self.reference_temperature, config.temperature_min, config.temperature_max,
+                                        config.grid_nodes, decay=config.grid_decay,
+                                        loss_momentum=config.loss_momentum)
+        self.step = 0
+        self.skipped_steps = 0
+        self._consecutive_skips = 0
+        self.last_refresh: int | None = None
+        self.history: list[dict[str, float]] = []
+        self.energy_evaluations = 0
+        self.refreshes = 0
+        self.refresh_seconds = 0.0
+        self._data_energy = self._energies(self.train_data) if self._uses_data_residuals else None
+
+    # ------------------------------------------------------------------------------------------- set-up
+    def _split_data(self, data: Tensor | None) -> None:
+        self.train_data: Tensor | None = None
+        self.validation_data: Tensor | None = None
+        if data is not None:
+            train, validation = split_frames(data, self.config)
+            self.train_data = train.to(device=self.device, dtype=self.generator.dtype)
+            if validation.shape[0]:
+                self.validation_data = validation.to(device=self.device, dtype=self.generator.dtype)
+
+    def _check_inputs(self) -> None:
+        config = self.config
+        if config.mode == "nll" and self.train_data is None:
+            raise InputError("mode 'nll' needs data at the reference temperature; pass --data")
+        if config.mode == "trade":
+            if self.potential is None:
+                raise InputError("mode 'trade' needs the potential energy function")
+            if config.nll_weight > 0 and self.train_data is None:
+                raise InputError("nll_weight > 0 needs data at T0; pass --data, or set nll_weight: 0 and "
+                                 "kl_weight > 0 to train the boundary on the energy alone")
+
+    @property
+    def _uses_data_residuals(self) -> bool:
+        config = self.config
+        return (config.mode == "trade" and config.trade_weight > 0 and self.train_data is not None
+                and config.residual_from_data > 0)
+
+    @torch.no_grad()
+    def _energies(self, x: Tensor, chunk: int = 4096) -> Tensor:
+        return torch.cat([self.energy(part).detach().to(torch.float64) for part in torch.split(x, chunk)])
+
+    def energy(self, x: Tensor) -> Tensor:
+        """``U(x)`` ``[n]`` kJ/mol from the potential, counted in :attr:`energy_evaluations`."""
+        self.energy_evaluations += int(x.shape[0])
+        return self.potential(x)
+
+    # ------------------------------------------------------------------------------------------- losses
+    def _batch_indices(self, n: int) -> Tensor:
+        return torch.randint(self.train_data.shape[0], (n,), generator=self.rng).to(self.device)
+
+    def _sample(self, n: int, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(temperature, Tensor):
+            temperature = temperature.to(self.device)
+        return self.generator.sample(n, temperature, generator=self.rng)
+
+    def _boundary_loss(self, terms: dict[str, float]) -> Tensor:
+        config = self.config
+        t0 = self.reference_temperature
+        loss = torch.zeros((), dtype=self.generator.dtype, device=self.device)
+        if config.mode == "nll" or (config.nll_weight > 0 and self.train_data is not None):
+            batch = self.train_data[self._batch_indices(config.batch_size)]
+            nll = -self.generator.log_prob(batch, t0).mean()
+            terms["nll"] = float(nll.detach())
+            loss = loss + (1.0 if config.mode == "nll" else config.nll_weight) * nll
+        if config.mode == "trade" and config.kl_weight > 0:
+            x, log_q = self._sample(config.kl_batch_size, t0)
+            u = reduced_energy(self.energy(x).to(log_q.dtype), t0, config.energy_cap)
+            kl = (log_q + u).mean()
+            terms["kl"] = float(kl.detach())
+            loss = loss + config.kl_weight * kl
+        terms["boundary"] = float(loss.detach())
+        return loss
+
+    def _residual_points(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Temperatures ``[n]`` K, detached points ``[n, ...]`` and their energies ``[n]`` kJ/mol."""
+        config = self.config
+        n = config.trade_batch_size
+        shares = [config.residual_from_model, config.residual_from_reference,
+                  config.residual_from_data if self.train_data is not None else 0.0]
+        total = sum(shares)
+        n_model = round(n * shares[0] / total)
+        n_data = round(n * shares[2] / total)
+        n_reference = n - n_model - n_data
+        temperature = sample_log_uniform(n, config.temperature_min, config.temperature_max, generator=self.rng)
+        points, energies = [], []
+        with torch.no_grad():
+            for count, at in ((n_model, temperature[:n_model]), (n_reference, self.reference_temperature)):
+                if count > 0:
+                    x, _ = self._sample(count, at)
+                    points.append(x)
+                    energies.append(self.energy(x).to(torch.float64))
+            if n_data > 0:
+                index = self._batch_indices(n_data)
+                points.append(self.train_data[index])
+                energies.append(self._data_energy[index])
+        return temperature.to(self.device), torch.cat(points).detach(), torch.cat(energies)
+
+    def _trade_loss(self, terms: dict[str, float]) -> Tensor:
+        config = self.config
+        temperature, x, energy = self._residual_points()
+        mean_energy = self.grid.mean_energy_at(temperature.cpu()).to(self.device)
+        residual = trade_residual(self.generator.log_prob, x, temperature, energy, mean_energy, config.energy_cap)
+        losses = huber(residual, config.huber_delta)
+        weights = self.grid.causality_weight_at(temperature.cpu(), config.causality_epsilon)
+        loss = (weights.to(losses) * losses).mean()
+        if bool(torch.all(torch.isfinite(losses))):
+            self.grid.update_losses(temperature.cpu(), losses.cpu())
+        terms["trade"] = float(loss.detach())
+        return loss
+
+    # ------------------------------------------------------------------------------------------- loop
+    def trade_factor(self, step: int) -> float:
+        """Current TRADE weight: trade_weight × linear ramp (0 in mode nll)."""
+        if self.config.mode != "trade":
+            return 0.0
+        return self.config.trade_weight * ramp(step, self.config.trade_start, self.config.trade_ramp)
+
+    def refresh_grid(self) -> None:
+        """Re-estimate E[U] and the ESS at every grid node from fresh model samples."""
+        start = time.perf_counter()
+        self.generator.eval()
+        self.grid.refresh(self._sample, self.energy, self.config.grid_samples, self.config.energy_cap)
+        self.generator.train()
+        self.last_refresh = self.step
+        self.refresh_seconds += time.perf_counter() - start
+        self.refreshes += 1
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step (or a counted skip); returns the loss terms as floats."""
+        config = self.config
+        terms: dict[str, float] = {}
+        factor = self.trade_factor(self.step)
+        if factor > 0 and (self.last_refresh is None or self.step - self.last_refresh >= config.grid_refresh_every
+                           or not self.grid.ready):
+            self.refresh_grid()
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.learning_rate * _lr_factor(config, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._boundary_loss(terms)
+        if factor > 0:
+            loss = loss + factor * self._trade_loss(terms)
+        terms["loss"] = float(loss.detach())
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), config.grad_clip)
+            finite = bool(torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()
+            self._consecutive_skips = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self._consecutive_skips += 1
+            if self._consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                raise InputError(f"training diverged: {MAX_CONSECUTIVE_SKIPS} consecutive steps had a non-finite "
+                                 "loss or gradient; resume from the last checkpoint with a lower learning_rate")
+        terms["skipped"] = float(not finite)
+        self.step += 1
+        return terms
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation NLL at T0 on held-out frames (mean −log q, nats) and, in mode nll with a potential, the
+        Kish ESS at T0 of ``ess_samples`` model samples."""
+        self.generator.eval()
+        report: dict[str, float] = {}
+        if self.validation_data is not None:
+            nll = torch.cat([-self.generator.log_prob(part, self.reference_temperature)
+                             for part in torch.split(self.validation_data, 4096)])
+            report["val_nll"] = float(nll.mean())
+        if self.config.mode == "nll" and self.potential is not None and self.config.ess_samples > 0:
+            rng = torch.Generator().manual_seed(self.config.seed + self.step)  # leaves the training draws alone
+            x, log_q = self.generator.sample(self.config.ess_samples, self.reference_temperature, generator=rng)
+            u = reduced_energy(self.energy(x).to(torch.float64), self.reference_temperature, self.config.energy_cap)
+            _, ess = importance_estimate(u, u, log_q.to(torch.float64))
+            report[f"ess{self.reference_temperature:g}"] = float(ess)
+        self.generator.train()
+        return report
+
+    def _progress_temperatures(self) -> list[float]:
+        if self.config.progress_temperatures:
+            return list(self.config.progress_temperatures)
+        return [self.config.temperature_min, self.reference_temperature, self.config.temperature_max]
+
+    def grid_report(self) -> dict[str, float]:
+        """ESS (fraction) of the last refresh at the nodes nearest the progress temperatures."""
+        if self.grid is None or self.last_refresh is None:
+            return {}
+        temperatures = torch.tensor(self._progress_temperatures(), dtype=torch.float64)
+        index = self.grid.nearest(temperatures)
+        return {f"ess{float(self.grid.temperatures[k]):.0f}": float(self.grid.ess[k]) for k in index.tolist()}
+
+    def run(self) -> dict[str, Any]:
+        """Train until ``config.steps``; checkpoints on the way and at the end; returns the summary."""
+        from tqdm.auto import tqdm
+
+        config = self.config
+        self.generator.train()
+        start = time.perf_counter()
+        start_step = self.step
+        bar = tqdm(total=config.steps, initial=self.step, disable=not config.progress or None, desc=config.mode,
+                   dynamic_ncols=True)
+        shown: dict[str, float] = {}
+        try:
+            while self.step < config.steps:
+                terms = self.train_step()
+                if self.step % config.validate_every == 0 or self.step == config.steps:
+                    shown.update(self.validate())
+                    shown.update(self.grid_report())
+                    self.history.append({"step": self.step, **terms, **shown})
+                if self.out is not None and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
+                    self.save_checkpoint()
+                bar.update(1)
+                bar.set_postfix(_postfix(terms, shown), refresh=False)
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        summary = self.summary(seconds=elapsed, steps_run=self.step - start_step)
+        if self.out is not None:
+            write_json_atomic(self.out / "summary.json", summary)
+        return summary
+
+    def summary(self, *, seconds: float, steps_run: int) -> dict[str, Any]:
+        """JSON-able end-of-run report (also written to ``<out>/summary.json``)."""
+        summary: dict[str, Any] = {
+            "mode": self.config.mode,
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "seconds": seconds,
+            "seconds_per_step": seconds / steps_run if steps_run else math.nan,
+            "seconds_per_refresh": self.refresh_seconds / self.refreshes if self.refreshes else math.nan,
+            "energy_evaluations": self.energy_evaluations,
+            "reference_temperature": self.reference_temperature,
+            "system": self.system.name,
+            "last": self.history[-1] if self.history else {},
+        }
+        if self.grid is not None and self.grid.ready:
+            summary["grid"] = {
+                "temperatures": self.grid.temperatures.tolist(),
+                "mean_energy": self.grid.mean_energy.tolist(),
+                "ess": self.grid.ess.tolist(),
+                "loss": self.grid.loss.tolist(),
+                "log_Z_minus_log_Z0": self.grid.free_energy_curve().tolist(),
+            }
+        return summary
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        """The checkpoint payload (see the module docs)."""
+        generator_config = self.generator.config()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "energy_evaluations": self.energy_evaluations,
+            "last_refresh": self.last_refresh,
+            "generator_config": generator_config,
+            "model_state": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()},
+            "normalisation": generator_config["coordinates"],
+            "optimizer_state": self.optimizer.state_dict(),
+            "rng_state": self.rng.get_state(),
+            "torch_rng_state": torch.get_rng_state(),
+            "grid_state": None if self.grid is None else self.grid.state_dict(),
+            "config": self.config.to_dict(),
+            "system": dataclasses.asdict(self.system),
+            "history": self.history,
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``<out>/checkpoint.pt`` atomically; returns its path."""
+        if self.out is None:
+            raise InputError("this trainer has no output directory; pass out=... to save checkpoints")
+        path = self.out / CHECKPOINT_NAME
+        with atomic_write_path(path) as temp:
+            torch.save(self.state(), temp)
+        return path
+
+    def load_state(self, checkpoint: dict[str, Any], where: str = "checkpoint") -> None:
+        """Continue from a checkpoint payload of the same system and compatible config."""
+        SystemRecord(**checkpoint["system"]).check_same(self.system, where)
+        saved = checkpoint["config"]
+        current = self.config.to_dict()
+        changed = sorted(k for k in current if k not in _RESUME_MUTABLE and saved.get(k) != current[k])
+        if changed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+            raise InputError(f"{where} was written with other settings ({details}); resume with the same settings "
+                             f"(only {', '.join(sorted(_RESUME_MUTABLE))} may change) or start a new run")
+        self.generator.load_state_dict(checkpoint["model_state"])
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        self.rng.set_state(checkpoint["rng_state"])
+        torch.set_rng_state(checkpoint["torch_rng_state"])
+        if self.grid is not None:
+            self.grid.load_state_dict(checkpoint["grid_state"])
+        self.step = int(checkpoint["step"])
+        self.skipped_steps = int(checkpoint["skipped_steps"])
+        self.energy_evaluations = int(checkpoint["energy_evaluations"])
+        self.last_refresh = checkpoint["last_refresh"]
+        self.history = list(checkpoint["history"])
+
+
+def _postfix(terms: dict[str, float], shown: dict[str, float]) -> dict[str, str]:
+    postfix = {key: f"{terms[key]:.3g}" for key in ("boundary", "trade") if key in terms}
+    for key, value in shown.items():
+        postfix[key] = f"{100 * value:.1f}%" if key.startswith("ess") else f"{value:.3g}"
+    return postfix
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``trade-md train``."""
+    parser = subparsers.add_parser(
+        "train", help="train the generator: maximum likelihood at T0 (nll) or TRADE over a temperature range",
+        description="Train a temperature-conditioned generator on a `trade-md md` dataset. Settings come from "
+                    "--config (YAML of TrainConfig fields, see trade_md.train.TrainConfig); the flags override it.")
+    parser.add_argument("--mode", choices=("nll", "trade"), help="training mode (default: the config's, else nll)")
+    parser.add_argument("--config", help="YAML file of TrainConfig fields")
+    parser.add_argument("--data", help="directory of a `trade-md md` dataset at T0")
+    parser.add_argument("--temperature", type=float, help="T0 in K (default: the dataset's temperature)")
+    parser.add_argument("--out", help="run directory for checkpoint.pt and summary.json")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--steps", type=int, help="total optimiser steps")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="torch device")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_main, command="train")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of a `trade-md train` command: the --config file (or defaults) overridden by the flags."""
+    values = TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
+    overrides = {"mode": args.mode, "data": args.data, "reference_temperature": args.temperature, "out": args.out,
+                 "steps": args.steps, "seed": args.seed, "device": args.device}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    if args.no_progress:
+        values["progress"] = False
+    config = TrainConfig.from_dict(values, source=args.config or "command line")
+    if config.out is None:
+        raise InputError("no run directory: pass --out DIR (or set out: in the config file)")
+    if config.data is None:
+        raise InputError("no data: pass --data DIR of a `trade-md md` dataset at T0 (or set data: in the config)")
+    return config
+
+
+def _main(args: argparse.Namespace) -> int:
+    from trade_md.energy import EnergyBridge
+    from trade_md.flows import molecule_generator
+    from trade_md.md import load_dataset
+
+    config = config_from_args(args)
+    dataset = load_dataset(config.data)
+    if config.reference_temperature is not None and not math.isclose(
+        config.reference_temperature, dataset.temperature, rel_tol=1e-6
+    ):
+        raise InputError(f"--temperature {config.reference_temperature} K differs from the dataset's "
+                         f"{dataset.temperature} K; train at the temperature the data were sampled at")
+    config = dataclasses.replace(config, reference_temperature=float(dataset.temperature))
+    config.validate()
+    if config.mode == "trade" and not config.temperature_min <= config.reference_temperature <= config.temperature_max:
+        raise InputError(f"T0 = {config.reference_temperature} K lies outside temperature_min..temperature_max = "
+                         f"{config.temperature_min}..{config.temperature_max} K; widen the range")
+    out = Path(config.out)
+    record = SystemRecord.of(dataset.system)
+    checkpoint = None
+    if args.resume:
+        checkpoint = read_checkpoint(out)
+        SystemRecord(**checkpoint["system"]).check_same(record, f"checkpoint {out}")
+    elif (out / CHECKPOINT_NAME).exists():
+        raise InputError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    positions = torch.as_tensor(dataset.positions, dtype=torch.float64)
+    torch.manual_seed(config.seed)
+    if checkpoint is not None:
+        generator = Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"])
+    else:
+        training, _ = split_frames(dataset.positions, config)
+        generator = molecule_generator(dataset.system, training, config.reference_temperature, **config.flow)
+    with EnergyBridge(dataset.system, n_workers=config.energy_workers, platform=config.energy_platform) as bridge:
+        trainer = Trainer(generator, config, record, potential=bridge.potential, data=positions, out=out)
+        if checkpoint is not None:
+            trainer.load_state(checkpoint, f"checkpoint {out}")
+        summary = trainer.run()
+    last = summary["last"]
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith(("val", "ess", "boundary", "trade")))
+    print(f"wrote {out / CHECKPOINT_NAME}: {summary['step']} steps ({summary['skipped_steps']} skipped), "
+          f"{summary['seconds_per_step'] * 1000:.1f} ms/step, {summary['energy_evaluations']} energy evaluations; "
+          f"{shown}")
+    return 0
