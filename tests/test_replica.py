@@ -308,12 +308,16 @@ def test_resume_after_sigkill_of_the_cli(tmp_path):
     command = [sys.executable, "-m", "trade_md.cli", "remd", "--system", "alanine-dipeptide", "--temperatures",
                "300:600:3", "--iterations", "5000", "--steps-per-iteration", "20", "--platform", "Reference",
                "--out", str(out), "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "remd.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=handle)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not (out / RUN_RECORD_NAME).exists() and time.monotonic() < deadline:
+            assert process.poll() is None, f"trade-md remd exited early:\n{log.read_text()}"
             time.sleep(0.2)
         time.sleep(3.0)  # iterations are being written now
+        assert process.poll() is None, f"trade-md remd exited early:\n{log.read_text()}"
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()

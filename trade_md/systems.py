@@ -51,7 +51,13 @@ __all__ = [
     "SYSTEMS_DIR",
 ]
 
-SYSTEMS_DIR: Path = Path(__file__).resolve().parent.parent / "systems"
+def _systems_dir() -> Path:
+    """``systems/`` of a source checkout, else the copy a wheel installs as ``trade_md/builtin_systems``."""
+    source = Path(__file__).resolve().parent.parent / "systems"
+    return source if source.is_dir() else Path(__file__).resolve().parent / "builtin_systems"
+
+
+SYSTEMS_DIR: Path = _systems_dir()
 """Directory of the built-in systems (one sub-directory with a ``config.yaml`` each)."""
 
 SERIAL_FORMAT = "trade-md-system/1"
