@@ -23,6 +23,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trade_md.train",
     "trade_md.replica",
     "trade_md.sampler",
+    "trade_md.report",
+    "trade_md.pipeline",
 )
 
 

@@ -90,7 +90,7 @@ def kl_divergence(p: np.ndarray, q: np.ndarray, floor: float = 1e-10) -> float:
     p, q = p / p.sum(), q / q.sum()
     mask = p > 0
     q = np.where(mask & (q == 0), floor, q)
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+    return float(np.sum(p[mask] * (np.log(p[mask]) - np.log(q[mask]))))
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
@@ -117,7 +117,7 @@ def basin_populations(phi: np.ndarray, weights: np.ndarray | None = None) -> tup
     if total <= 0:
         raise InputError("all weights are zero: basin populations are undefined")
     positive = float(w[phi > 0].sum() / total)
-    return 1.0 - positive, positive
+    return float(w[phi <= 0].sum() / total), positive
 
 
 def basin_delta_f(phi: np.ndarray, temperature: float, weights: np.ndarray | None = None) -> float:

@@ -21,8 +21,9 @@ __all__ = ["ramachandran_grid", "delta_f_plot", "ess_plot", "energy_histograms",
 def _pyplot() -> Any:
     import matplotlib
 
-    if "ipykernel" not in str(matplotlib.get_backend()).lower() and not os.environ.get("DISPLAY"):
-        matplotlib.use("Agg")
+    backend = str(matplotlib.get_backend()).lower()
+    if not any(name in backend for name in ("ipykernel", "inline", "nbagg", "widget")) and not os.environ.get("DISPLAY"):
+        matplotlib.use("Agg")  # headless: files only; Jupyter keeps its inline backend
     import matplotlib.pyplot as plt
 
     return plt
@@ -125,14 +126,23 @@ def ess_plot(
 def energy_histograms(
     panels: Mapping[float, Mapping[str, tuple[np.ndarray, np.ndarray | None]]],
     path: str | os.PathLike | None = None,
+    *,
+    limits: Mapping[float, tuple[float, float]] | None = None,
 ) -> Any:
-    """Potential-energy distributions per temperature: ``{T: {label: (energies kJ/mol [n], weights [n] or None)}}``."""
+    """Potential-energy distributions per temperature: ``{T: {label: (energies kJ/mol [n], weights [n] or None)}}``.
+
+    limits: optional ``{T: (low, high)}`` kJ/mol energy axis per panel (default: 0.5-99.5 percentiles of all
+    series), e.g. to keep an untrained model's huge energies from squeezing the reference into one bin.
+    """
     plt = _pyplot()
     temperatures = sorted(panels)
     figure, axes = plt.subplots(1, len(temperatures), figsize=(3.2 * len(temperatures), 3.0), squeeze=False)
     for axis, temperature in zip(axes[0], temperatures):
-        finite = [e[np.isfinite(e)] for e, _ in panels[temperature].values()]
-        low, high = np.percentile(np.concatenate(finite), [0.5, 99.5])
+        if limits is not None and temperature in limits:
+            low, high = limits[temperature]
+        else:
+            finite = [e[np.isfinite(e)] for e, _ in panels[temperature].values()]
+            low, high = np.percentile(np.concatenate(finite), [0.5, 99.5])
         edges = np.linspace(low, high, 50)
         for label, (energies, weights) in panels[temperature].items():
             mask = np.isfinite(energies)

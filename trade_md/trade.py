@@ -193,7 +193,10 @@ class ExpectationGrid:
     reference_temperature: T0 in K (always a node); temperature_min, temperature_max: the trained range in K;
     n_nodes: about this many nodes (exact count in :attr:`temperatures`); decay: how much of the previous
     estimate's effective sample count survives a refresh (0 = replace by the newest estimate, 1 = plain average of
-    all refreshes); loss_momentum: exponential moving average of the per-node residual loss.
+    all refreshes); loss_momentum: exponential moving average of the per-node residual loss; all_reduce:
+    ``(tensor, op) -> tensor`` combining over data-parallel ranks (``op`` "sum" or "max", e.g.
+    ``trade_md.distributed.DistributedContext.all_reduce``), so that every rank's refresh pools all ranks' samples
+    and every rank's running losses pool all ranks' points (None: one process).
 
     State (tensors ``[K]``, float64): ``temperatures`` K, ``mean_energy`` kJ/mol (NaN until refreshed),
     ``sample_weight`` (accumulated effective samples), ``ess`` (Kish fraction of the last refresh),
@@ -209,6 +212,7 @@ class ExpectationGrid:
         *,
         decay: float = 0.5,
         loss_momentum: float = 0.9,
+        all_reduce: Callable[[Tensor, str], Tensor] | None = None,
     ) -> None:
         t0, lo, hi = to_kelvin(reference_temperature), to_kelvin(temperature_min), to_kelvin(temperature_max)
         if not lo <= t0 <= hi or lo >= hi:
@@ -218,6 +222,7 @@ class ExpectationGrid:
             raise InputError(f"grid needs n_nodes >= 2, 0 <= decay <= 1, 0 <= loss_momentum < 1; got {n_nodes}, "
                              f"{decay}, {loss_momentum}")
         self.reference_temperature = t0
+        self.all_reduce = all_reduce
         self.decay = float(decay)
         self.loss_momentum = float(loss_momentum)
         self.temperatures = _node_temperatures(t0, lo, hi, n_nodes)
@@ -250,14 +255,33 @@ class ExpectationGrid:
         """
         t = float(self.temperatures[index])
         u = reduced_energy(energy.detach().to(torch.float64), t, threshold)
-        estimate, ess = importance_estimate(u * (KB * t), u, log_q.detach().to(torch.float64))
-        new_weight = float(ess) * energy.numel()
+        if self.all_reduce is None:
+            estimate, ess = importance_estimate(u * (KB * t), u, log_q.detach().to(torch.float64))
+            n_total = energy.numel()
+        else:
+            estimate, ess, n_total = self._pooled_estimate(u * (KB * t), u, log_q.detach().to(torch.float64))
+        new_weight = float(ess) * n_total
         old_weight = self.decay * float(self.sample_weight[index])
         old = float(self.mean_energy[index]) if old_weight > 0 else 0.0
         total = old_weight + new_weight
         self.mean_energy[index] = (old_weight * old + new_weight * float(estimate)) / total
         self.sample_weight[index] = total
         self.ess[index] = float(ess)
+
+    def _pooled_estimate(self, values: Tensor, u: Tensor, log_q: Tensor) -> tuple[Tensor, Tensor, int]:
+        """:func:`importance_estimate` over the samples of all ranks (``[n]`` each) via :attr:`all_reduce`:
+        a global max of log w, then global sums of w, w², w·value and n; returns ``(estimate, ess, n_total)``."""
+        log_w = -u - log_q
+        log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
+        top = self.all_reduce(log_w.max().reshape(1), "max")
+        if not bool(torch.isfinite(top).all()):
+            raise InputError("no sample has a finite importance weight (log q is non-finite everywhere); the flow "
+                             "diverged: restart from an earlier checkpoint or lower the learning rate")
+        w = torch.exp(log_w - top)
+        local = torch.stack([w.sum(), (w * w).sum(), (w * torch.where(w > 0, values, torch.zeros_like(values))).sum(),
+                             torch.tensor(float(values.numel()), dtype=w.dtype)])
+        total = self.all_reduce(local, "sum")
+        return total[2] / total[0], total[0] ** 2 / (total[3] * total[1]), int(total[3])
 
     @torch.no_grad()
     def refresh(
@@ -289,11 +313,19 @@ class ExpectationGrid:
         return self.mean_energy[lower] + fraction * (self.mean_energy[upper] - self.mean_energy[lower])
 
     def update_losses(self, temperature: Tensor, loss: Tensor) -> None:
-        """Fold per-point residual losses ``[n]`` at temperatures ``[n]`` K into the nearest nodes' running means."""
+        """Fold per-point residual losses ``[n]`` at temperatures ``[n]`` K into the nearest nodes' running means
+        (the batch mean per node pools all ranks' points when :attr:`all_reduce` is set)."""
         index = self.nearest(temperature)
         values = loss.detach().to(torch.float64)
-        for k in torch.unique(index).tolist():
-            batch_mean = float(values[index == k].mean())
+        if self.all_reduce is None:
+            means = {k: float(values[index == k].mean()) for k in torch.unique(index).tolist()}
+        else:
+            totals = torch.zeros(2, self.n_nodes, dtype=torch.float64)
+            totals[0].index_add_(0, index, values)
+            totals[1].index_add_(0, index, torch.ones_like(values))
+            totals = self.all_reduce(totals, "sum")
+            means = {k: float(totals[0, k] / totals[1, k]) for k in torch.nonzero(totals[1]).flatten().tolist()}
+        for k, batch_mean in means.items():
             old = float(self.loss[k])
             self.loss[k] = batch_mean if math.isnan(old) else (
                 self.loss_momentum * old + (1.0 - self.loss_momentum) * batch_mean

@@ -17,6 +17,7 @@ A step whose loss or gradient is not finite is skipped and counted, never handed
 state and config, optimiser state, RNG states, step, the expectation grid, the TrainConfig, the system's
 serialisation and fingerprint, and the coordinate normalisation; ``--resume`` continues bit-for-bit as an
 uninterrupted run would. :func:`load_generator` rebuilds the trained model for sampling and evaluation.
+Under ``torchrun`` the same command trains data-parallel on several processes (:mod:`trade_md.distributed`).
 
 Command line::
 
@@ -40,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trade_md.distributed import DistributedContext, init_from_environment
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.flows import Generator
 from trade_md.io import atomic_write_path, write_json_atomic
@@ -361,7 +363,9 @@ class Trainer:
     system: a :class:`SystemRecord` (stored in checkpoints); potential: ``x -> U [n]`` kJ/mol, differentiable in
     x when ``kl_weight > 0`` (needed in mode trade; in mode nll only for the ESS report); data: frames at T0
     (``[n, ...]`` in the generator's coordinates, e.g. ``[n, atoms, 3]`` nm); the last ``validation_fraction``
-    are held out. ``out``: run directory for checkpoints (None: no files).
+    are held out. ``out``: run directory for checkpoints (None: no files). distributed: this rank's
+    :class:`~trade_md.distributed.DistributedContext` under torchrun (None: one process); batch sizes in the
+    config are then global (see :mod:`trade_md.distributed`).
     """
 
     def __init__(
@@ -373,9 +377,11 @@ class Trainer:
         potential: Callable[[Tensor], Tensor] | None = None,
         data: Tensor | None = None,
         out: str | Path | None = None,
+        distributed: DistributedContext | None = None,
     ) -> None:
         config.validate()
         self.config = config
+        self.distributed = distributed
         self.system = system
         self.device = torch.device(config.device)
         self.generator = generator.to(device=self.device, dtype=getattr(torch, config.dtype))
@@ -395,7 +401,10 @@ class Trainer:
         if config.mode == "trade":
             self.grid = ExpectationGrid(self.reference_temperature, config.temperature_min, config.temperature_max,
                                         config.grid_nodes, decay=config.grid_decay,
-                                        loss_momentum=config.loss_momentum)
+                                        loss_momentum=config.loss_momentum,
+                                        all_reduce=None if distributed is None else distributed.all_reduce)
+        if distributed is not None:
+            distributed.broadcast_parameters(self.generator)
         self.step = 0
         self.skipped_steps = 0
         self._consecutive_skips = 0
@@ -404,9 +413,33 @@ class Trainer:
         self.energy_evaluations = 0
         self.refreshes = 0
         self.refresh_seconds = 0.0
-        self._data_energy = self._energies(self.train_data) if self._uses_data_residuals else None
+        self._data_energy = self._data_energies() if self._uses_data_residuals else None
 
     # ------------------------------------------------------------------------------------------- set-up
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 without torch.distributed)."""
+        return 0 if self.distributed is None else self.distributed.rank
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process shows progress, validates and writes files (rank 0)."""
+        return self.rank == 0
+
+    def _share(self, n: int) -> tuple[int, int]:
+        """``[start, stop)``: this rank's slice of ``n`` draws of the global batch (all of them in one process)."""
+        if self.distributed is None:
+            return 0, n
+        world = self.distributed.world_size
+        return n * self.rank // world, n * (self.rank + 1) // world
+
+    def _mean(self, values: Tensor, n: int) -> Tensor:
+        """Mean over the global batch of ``n``, from this rank's slice ``values`` (exact once gradients are averaged
+        over ranks: ``world_size × Σ_slice / n``)."""
+        if self.distributed is None:
+            return values.mean()
+        return values.sum() * (self.distributed.world_size / n)
+
     def _split_data(self, data: Tensor | None) -> None:
         self.train_data: Tensor | None = None
         self.validation_data: Tensor | None = None
@@ -437,6 +470,17 @@ class Trainer:
     def _energies(self, x: Tensor, chunk: int = 4096) -> Tensor:
         return torch.cat([self.energy(part).detach().to(torch.float64) for part in torch.split(x, chunk)])
 
+    def _data_energies(self) -> Tensor:
+        """``U [n]`` kJ/mol of the training frames; under torchrun each rank evaluates a contiguous share."""
+        if self.distributed is None:
+            return self._energies(self.train_data)
+        n, world = self.train_data.shape[0], self.distributed.world_size
+        low, high = n * self.rank // world, n * (self.rank + 1) // world
+        energy = torch.zeros(n, dtype=torch.float64, device=self.device)
+        if high > low:
+            energy[low:high] = self._energies(self.train_data[low:high]).to(self.device)
+        return self.distributed.all_reduce(energy)
+
     def energy(self, x: Tensor) -> Tensor:
         """``U(x)`` ``[n]`` kJ/mol from the potential, counted in :attr:`energy_evaluations`."""
         self.energy_evaluations += int(x.shape[0])
@@ -444,12 +488,37 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- losses
     def _batch_indices(self, n: int) -> Tensor:
-        return torch.randint(self.train_data.shape[0], (n,), generator=self.rng).to(self.device)
+        """This rank's slice of ``n`` random data indices (all ranks draw the same ``n``)."""
+        start, stop = self._share(n)
+        return torch.randint(self.train_data.shape[0], (n,), generator=self.rng)[start:stop].to(self.device)
 
     def _sample(self, n: int, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+        """This rank's slice of ``n`` model samples at ``temperature`` (float K or ``[n]`` K).
+
+        Under torchrun every rank advances the shared random stream past all ``n`` samples (the flow draws one
+        uniform per feature and sample) but transforms only its own slice, so the ranks together draw exactly
+        the samples one process would.
+        """
         if isinstance(temperature, Tensor):
             temperature = temperature.to(self.device)
-        return self.generator.sample(n, temperature, generator=self.rng)
+        if self.distributed is None:
+            return self.generator.sample(n, temperature, generator=self.rng)
+        start, stop = self._share(n)
+        self._skip_draws(start)
+        if stop > start:
+            if isinstance(temperature, Tensor) and temperature.numel() > 1:
+                temperature = temperature[start:stop]
+            x, log_q = self.generator.sample(stop - start, temperature, generator=self.rng)
+        else:                                              # more ranks than draws: an empty slice of the right shape
+            x, log_q = self.generator.sample(1, self.reference_temperature, generator=torch.Generator())
+            x, log_q = x[:0], log_q[:0]
+        self._skip_draws(n - stop)
+        return x, log_q
+
+    def _skip_draws(self, n: int) -> None:
+        """Advance the random stream past ``n`` flow samples (``[n, d]`` uniforms in the model's dtype)."""
+        if n > 0:
+            torch.rand(n, self.generator.flow.dim, generator=self.rng, dtype=self.generator.dtype)
 
     def _boundary_loss(self, terms: dict[str, float]) -> Tensor:
         config = self.config
@@ -457,13 +526,13 @@ class Trainer:
         loss = torch.zeros((), dtype=self.generator.dtype, device=self.device)
         if config.mode == "nll" or (config.nll_weight > 0 and self.train_data is not None):
             batch = self.train_data[self._batch_indices(config.batch_size)]
-            nll = -self.generator.log_prob(batch, t0).mean()
+            nll = self._mean(-self.generator.log_prob(batch, t0), config.batch_size)
             terms["nll"] = float(nll.detach())
             loss = loss + (1.0 if config.mode == "nll" else config.nll_weight) * nll
         if config.mode == "trade" and config.kl_weight > 0:
             x, log_q = self._sample(config.kl_batch_size, t0)
             u = reduced_energy(self.energy(x).to(log_q.dtype), t0, config.energy_cap)
-            kl = (log_q + u).mean()
+            kl = self._mean(log_q + u, config.kl_batch_size)
             terms["kl"] = float(kl.detach())
             loss = loss + config.kl_weight * kl
         terms["boundary"] = float(loss.detach())
@@ -479,14 +548,17 @@ class Trainer:
         n_model = round(n * shares[0] / total)
         n_data = round(n * shares[2] / total)
         n_reference = n - n_model - n_data
-        temperature = sample_log_uniform(n, config.temperature_min, config.temperature_max, generator=self.rng)
+        drawn = sample_log_uniform(n, config.temperature_min, config.temperature_max, generator=self.rng)
+        parts = ((0, n_model), (n_model, n - n_data), (n - n_data, n))   # model, reference and data points
+        temperature = torch.cat([drawn[a:b][slice(*self._share(b - a))] for a, b in parts])  # this rank's slices
         points, energies = [], []
         with torch.no_grad():
-            for count, at in ((n_model, temperature[:n_model]), (n_reference, self.reference_temperature)):
+            for count, at in ((n_model, drawn[:n_model]), (n_reference, self.reference_temperature)):
                 if count > 0:
                     x, _ = self._sample(count, at)
                     points.append(x)
-                    energies.append(self.energy(x).to(torch.float64))
+                    energies.append(self.energy(x).to(torch.float64) if x.shape[0] else
+                                    torch.zeros(0, dtype=torch.float64, device=x.device))
             if n_data > 0:
                 index = self._batch_indices(n_data)
                 points.append(self.train_data[index])
@@ -500,8 +572,8 @@ class Trainer:
         residual = trade_residual(self.generator.log_prob, x, temperature, energy, mean_energy, config.energy_cap)
         losses = huber(residual, config.huber_delta)
         weights = self.grid.causality_weight_at(temperature.cpu(), config.causality_epsilon)
-        loss = (weights.to(losses) * losses).mean()
-        if bool(torch.all(torch.isfinite(losses))):
+        loss = self._mean(weights.to(losses) * losses, config.trade_batch_size)
+        if self._everywhere(bool(torch.all(torch.isfinite(losses)))):
             self.grid.update_losses(temperature.cpu(), losses.cpu())
         terms["trade"] = float(loss.detach())
         return loss
@@ -538,9 +610,11 @@ class Trainer:
         if factor > 0:
             loss = loss + factor * self._trade_loss(terms)
         terms["loss"] = float(loss.detach())
-        finite = bool(torch.isfinite(loss))
+        finite = self._everywhere(bool(torch.isfinite(loss)))
         if finite:
             loss.backward()
+            if self.distributed is not None:
+                self.distributed.average_gradients(self.generator.parameters())
             norm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), config.grad_clip)
             finite = bool(torch.isfinite(norm))
         if finite:
@@ -555,7 +629,11 @@ class Trainer:
                                  "loss or gradient; resume from the last checkpoint with a lower learning_rate")
         terms["skipped"] = float(not finite)
         self.step += 1
-        return terms
+        return terms if self.distributed is None else self.distributed.mean_terms(terms)
+
+    def _everywhere(self, flag: bool) -> bool:
+        """``flag`` on every rank (so that all ranks take the same branch and reach the same collectives)."""
+        return flag if self.distributed is None else self.distributed.all_true(flag)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -597,17 +675,18 @@ class Trainer:
         self.generator.train()
         start = time.perf_counter()
         start_step = self.step
-        bar = tqdm(total=config.steps, initial=self.step, disable=not config.progress or None, desc=config.mode,
-                   dynamic_ncols=True)
+        bar = tqdm(total=config.steps, initial=self.step, disable=not (config.progress and self.is_main) or None,
+                   desc=config.mode, dynamic_ncols=True)
         shown: dict[str, float] = {}
         try:
             while self.step < config.steps:
                 terms = self.train_step()
-                if self.step % config.validate_every == 0 or self.step == config.steps:
+                if self.is_main and (self.step % config.validate_every == 0 or self.step == config.steps):
                     shown.update(self.validate())
                     shown.update(self.grid_report())
                     self.history.append({"step": self.step, **terms, **shown})
-                if self.out is not None and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
+                if self.out is not None and self.is_main and (self.step % config.checkpoint_every == 0
+                                                              or self.step == config.steps):
                     self.save_checkpoint()
                 bar.update(1)
                 bar.set_postfix(_postfix(terms, shown), refresh=False)
@@ -615,7 +694,11 @@ class Trainer:
             bar.close()
         elapsed = time.perf_counter() - start
         summary = self.summary(seconds=elapsed, steps_run=self.step - start_step)
-        if self.out is not None:
+        if self.distributed is not None:
+            summary["processes"] = self.distributed.world_size
+            summary["energy_evaluations_all_ranks"] = int(self.distributed.all_reduce(
+                torch.tensor([float(self.energy_evaluations)], dtype=torch.float64)).item())
+        if self.out is not None and self.is_main:
             write_json_atomic(self.out / "summary.json", summary)
         return summary
 
@@ -743,11 +826,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    distributed = init_from_environment(config.device)
+    try:
+        status = _train(args, config, distributed)
+    except BaseException:
+        if distributed is not None:
+            distributed.close(wait=False)
+        raise
+    if distributed is not None:
+        distributed.close()
+    return status
+
+
+def _train(args: argparse.Namespace, config: TrainConfig, distributed: DistributedContext | None) -> int:
+    """`trade-md train` on this process (one of several under torchrun: rank 0 prints and writes)."""
     from trade_md.energy import EnergyBridge
     from trade_md.flows import molecule_generator
     from trade_md.md import load_dataset
 
-    config = config_from_args(args)
     dataset = load_dataset(config.data)
     if config.reference_temperature is not None and not math.isclose(
         config.reference_temperature, dataset.temperature, rel_tol=1e-6
@@ -775,13 +872,17 @@ def _main(args: argparse.Namespace) -> int:
         training, _ = split_frames(dataset.positions, config)
         generator = molecule_generator(dataset.system, training, config.reference_temperature, **config.flow)
     with EnergyBridge(dataset.system, n_workers=config.energy_workers, platform=config.energy_platform) as bridge:
-        trainer = Trainer(generator, config, record, potential=bridge.potential, data=positions, out=out)
+        trainer = Trainer(generator, config, record, potential=bridge.potential, data=positions, out=out,
+                          distributed=distributed)
         if checkpoint is not None:
             trainer.load_state(checkpoint, f"checkpoint {out}")
         summary = trainer.run()
+    if not trainer.is_main:
+        return 0
     last = summary["last"]
     shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith(("val", "ess", "boundary", "trade")))
     print(f"wrote {out / CHECKPOINT_NAME}: {summary['step']} steps ({summary['skipped_steps']} skipped), "
-          f"{summary['seconds_per_step'] * 1000:.1f} ms/step, {summary['energy_evaluations']} energy evaluations; "
+          f"{summary['seconds_per_step'] * 1000:.1f} ms/step, "
+          f"{summary.get('energy_evaluations_all_ranks', summary['energy_evaluations'])} energy evaluations; "
           f"{shown}")
     return 0

@@ -1,0 +1,459 @@
+"""Alanine dipeptide temperature transfer: train TRADE from 600 K data only, evaluate at 300-1000 K against MBAR.
+
+Steps (subcommands):
+
+- ``train``: a TRADE run with the library :class:`trade_md.train.Trainer` from a config file
+  (``systems/alanine_dipeptide/trade.yaml``) with overrides (``--steps``, ``--set KEY=VALUE`` for any TrainConfig
+  field, ``--device``); ``--minutes`` is a wall-time budget: the loop stops at the budget and writes its checkpoint
+  (the cosine schedule still runs to ``steps``, so choose ``steps`` to fit the budget). Writes
+  ``<out>/checkpoint.pt``, ``<out>/summary.json`` (the Trainer's) and ``<out>/benchmark_train.json`` (wall time,
+  steps, s/step, energy evaluations, machine).
+- ``evaluate``: loads the checkpoint (:func:`trade_md.train.load_generator`), draws ``--samples`` weighted samples
+  at 300, 450, 600, 800 and 1000 K (:class:`trade_md.sampler.Sampler`, energies from
+  :class:`trade_md.energy.EnergyBridge`) and reports per temperature: Kish ESS (%), ΔF = −k_B T ln(P(φ>0)/P(φ<0))
+  in k_BT with a bootstrap error, its difference to the MBAR reference (k_BT and in combined standard errors),
+  JS and KL divergences of the reweighted 36×36 Ramachandran histogram to the reference's, the fraction of
+  wrong-chirality samples; plus energy evaluations and wall time of training. Prints a table, writes JSON.
+- ``export``: a copy of a checkpoint without optimiser state (smaller; still loads with ``load_generator``).
+
+Goals (issue 4): |ΔF − ΔF_ref| ≤ 0.2 k_BT at every temperature and ESS ≥ 20 % at 300 and 1000 K.
+
+    python benchmarks/ala2_transfer.py train --out runs/ala2_transfer --minutes 30 --steps 6000
+    python benchmarks/ala2_transfer.py evaluate --run runs/ala2_transfer --out benchmarks/results/ala2_transfer_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform as host
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from trade_md.errors import InputError  # noqa: E402
+from trade_md.io import atomic_write_path, write_json_atomic  # noqa: E402
+from trade_md.train import CHECKPOINT_NAME, TrainConfig, read_checkpoint  # noqa: E402
+
+DEFAULT_CONFIG = REPO / "systems" / "alanine_dipeptide" / "trade.yaml"
+DEFAULT_REFERENCE = REPO / "systems" / "alanine_dipeptide" / "reference" / "summary.json"
+EVAL_TEMPERATURES = (300.0, 450.0, 600.0, 800.0, 1000.0)
+GOAL_DELTA_F_KT = 0.2
+GOAL_ESS = 0.20
+GOAL_ESS_TEMPERATURES = (300.0, 1000.0)
+
+
+def machine_info() -> dict[str, Any]:
+    """Host, CPU, threads, GPU and library versions of this process."""
+    info: dict[str, Any] = {
+        "host": host.node(),
+        "platform": host.platform(),
+        "processor": host.processor() or host.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": host.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import openmm
+
+        info["openmm"] = openmm.__version__
+    except ImportError:
+        info["openmm"] = None
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        info["cpu_model"] = names[0] if names else None
+    except OSError:
+        info["cpu_model"] = None
+    return info
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig: the YAML file, then ``--set KEY=VALUE`` pairs, then the explicit flags."""
+    values = TrainConfig.from_yaml(args.config).to_dict()
+    for item in args.set or ():
+        if "=" not in item:
+            raise InputError(f"--set {item!r} is not KEY=VALUE; e.g. --set grid_samples=1000")
+        key, text = item.split("=", 1)
+        values[key.strip()] = _parse_value(text)
+    for key, value in (("steps", args.steps), ("device", args.device), ("seed", args.seed), ("out", args.out),
+                       ("data", args.data)):
+        if value is not None:
+            values[key] = value
+    values["progress"] = False
+    return TrainConfig.from_dict(values, source=f"{args.config} + overrides")
+
+
+# ------------------------------------------------------------------------------------------------------ train
+
+
+def train(args: argparse.Namespace) -> int:
+    """Run (or resume) TRADE training under a wall-time budget; see the module docs."""
+    from trade_md.energy import EnergyBridge
+    from trade_md.flows import Generator, molecule_generator
+    from trade_md.md import load_dataset
+    from trade_md.train import SystemRecord, Trainer, split_frames
+
+    torch.set_num_threads(args.threads)
+    wall_start = time.time()
+    deadline = math.inf if args.minutes is None else time.perf_counter() + 60.0 * args.minutes
+    config = build_config(args)
+    dataset = load_dataset(config.data)
+    config = dataclasses.replace(config, reference_temperature=float(dataset.temperature))
+    config.validate()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = SystemRecord.of(dataset.system)
+    checkpoint = None
+    if (out / CHECKPOINT_NAME).exists():
+        if not args.resume:
+            raise InputError(f"{out} already holds a checkpoint; pass --resume or choose another --out")
+        checkpoint = read_checkpoint(out)
+    torch.manual_seed(config.seed)
+    if checkpoint is not None:
+        generator = Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"])
+    else:
+        training, _ = split_frames(dataset.positions, config)
+        generator = molecule_generator(dataset.system, training, config.reference_temperature, **config.flow)
+    positions = torch.as_tensor(dataset.positions, dtype=torch.float64)
+    info_path = out / "benchmark_train.json"
+    previous = json.loads(info_path.read_text()) if checkpoint is not None and info_path.exists() else {}
+    info: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "machine": machine_info(),
+        "config": config.to_dict(),
+        "budget_minutes": args.minutes,
+        "previous_sessions": previous.get("previous_sessions", []) + ([previous["session"]] if previous else []),
+    }
+    if checkpoint is not None and not previous and args.prior_seconds:
+        # an earlier session that was stopped before it wrote benchmark_train.json: its wall time, as given
+        info["previous_sessions"] = [{"seconds": args.prior_seconds, "last_step": int(checkpoint["step"]),
+                                      "energy_evaluations": int(checkpoint["energy_evaluations"]),
+                                      "note": "interrupted session; seconds from --prior-seconds"}]
+    print(f"[train] {out}: steps {config.steps}, budget {args.minutes} min, device {config.device}, flow "
+          f"{config.flow}", flush=True)
+    with EnergyBridge(dataset.system, n_workers=config.energy_workers, platform=config.energy_platform) as bridge:
+        trainer = Trainer(generator, config, record, potential=bridge.potential, data=positions, out=out)
+        if checkpoint is not None:
+            trainer.load_state(checkpoint, f"checkpoint {out}")
+        start_step, start_evals = trainer.step, trainer.energy_evaluations
+        start = time.perf_counter()
+        last_print = start
+        stopped_by = "steps"
+        fit_at = max(config.trade_start, trainer.step) + args.fit_window if args.fit_steps else None
+        fit_mark: tuple[float, int, float] | None = None
+        fitted_steps = None
+        while trainer.step < config.steps:
+            if time.perf_counter() >= deadline:
+                stopped_by = "time budget"
+                break
+            if fit_at is not None and trainer.step == fit_at - args.fit_window:
+                fit_mark = (time.perf_counter(), trainer.step, trainer.refresh_seconds)
+            terms = trainer.train_step()
+            if fit_mark is not None and trainer.step == fit_at:
+                fitted_steps = fit_steps_to_budget(trainer, fit_mark, deadline)
+                fit_mark = None
+            if trainer.step % config.validate_every == 0:
+                shown = {**trainer.validate(), **trainer.grid_report()}
+                trainer.history.append({"step": trainer.step, **terms, **shown})
+            if trainer.step % config.checkpoint_every == 0:
+                trainer.save_checkpoint()
+            now = time.perf_counter()
+            if now - last_print >= args.print_every:
+                last_print = now
+                rate = (trainer.step - start_step) / (now - start)
+                shown = {k: v for k, v in (trainer.history[-1] if trainer.history else {}).items()
+                         if k.startswith(("ess", "val"))}
+                print(f"[train] step {trainer.step}/{config.steps} {rate:.2f} steps/s  "
+                      + "  ".join(f"{k} {v:.4g}" for k, v in terms.items())
+                      + ("  |  " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()) if shown else ""),
+                      flush=True)
+        if not trainer.history or trainer.history[-1]["step"] != trainer.step:
+            trainer.history.append({"step": trainer.step, **trainer.validate(), **trainer.grid_report()})
+        trainer.save_checkpoint()
+        seconds = time.perf_counter() - start
+        summary = trainer.summary(seconds=seconds, steps_run=trainer.step - start_step)
+        write_json_atomic(out / "summary.json", summary)
+        platform_name = bridge.platform_name
+    session = {
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_start)),
+        "seconds": seconds,
+        "steps_run": trainer.step - start_step,
+        "first_step": start_step,
+        "last_step": trainer.step,
+        "seconds_per_step": seconds / max(trainer.step - start_step, 1),
+        "seconds_per_refresh": summary["seconds_per_refresh"],
+        "energy_evaluations": trainer.energy_evaluations - start_evals,
+        "energy_platform": platform_name,
+        "stopped_by": stopped_by,
+        "fitted_steps": fitted_steps,
+    }
+    info["session"] = session
+    all_sessions = info["previous_sessions"] + [session]
+    info["total"] = {
+        "seconds": sum(s["seconds"] for s in all_sessions),
+        "steps": trainer.step,
+        "energy_evaluations": trainer.energy_evaluations,
+        "skipped_steps": trainer.skipped_steps,
+    }
+    write_json_atomic(info_path, info)
+    print(f"[train] done: step {trainer.step} ({stopped_by}), {seconds:.0f} s, "
+          f"{session['seconds_per_step']:.3f} s/step, {trainer.energy_evaluations} energy evaluations", flush=True)
+    return 0
+
+
+def fit_steps_to_budget(trainer: Any, mark: tuple[float, int, float], deadline: float) -> int:
+    """Set ``trainer.config.steps`` so that the run ends at the wall-time deadline.
+
+    mark: (time, step, refresh seconds) at the start of a window of TRADE steps that ends now. The cost of a step
+    is the window's time without grid refreshes plus the mean refresh time / ``grid_refresh_every``; the cosine
+    schedule then decays over the steps that fit (5 % margin).
+    """
+    now = time.perf_counter()
+    start, step, refresh_seconds = mark
+    window = trainer.step - step
+    per_step = (now - start - (trainer.refresh_seconds - refresh_seconds)) / window
+    per_refresh = trainer.refresh_seconds / max(trainer.refreshes, 1)
+    per_step += per_refresh / trainer.config.grid_refresh_every
+    steps = trainer.step + max(int(0.95 * (deadline - now) / per_step), 1)
+    trainer.config.steps = steps
+    print(f"[train] fitted the schedule to the budget: {per_step:.4f} s/step (refresh {per_refresh:.2f} s every "
+          f"{trainer.config.grid_refresh_every}) -> steps = {steps}", flush=True)
+    return steps
+
+
+# --------------------------------------------------------------------------------------------------- evaluate
+
+
+def backbone_angles(topology: Any, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(φ, ψ) ``[n]`` radians of the ACE-ALA-NME backbone; positions ``[n, atoms, 3]`` nm."""
+    import mdtraj
+
+    top = mdtraj.Topology.from_openmm(topology)
+    trajectory = mdtraj.Trajectory(np.asarray(positions, dtype=np.float32), top)
+    _, phi = mdtraj.compute_phi(trajectory)
+    _, psi = mdtraj.compute_psi(trajectory)
+    return phi[:, 0].astype(np.float64), psi[:, 0].astype(np.float64)
+
+
+def reference_at(reference: dict[str, Any], temperature: float) -> dict[str, Any]:
+    """The MBAR reference entries at one temperature (must be one of the reference's temperatures)."""
+    temperatures = np.asarray(reference["temperatures"], dtype=np.float64)
+    index = int(np.argmin(np.abs(temperatures - temperature)))
+    if abs(temperatures[index] - temperature) > 1e-6:
+        raise InputError(f"the reference has no estimate at {temperature} K (it has {temperatures.tolist()})")
+    return {
+        "delta_f_kT": float(reference["delta_f_kT"][index]),
+        "delta_f_sem_kT": float(reference["delta_f_sem_kT"][index]),
+        "p_phi_positive": float(reference["p_phi_positive"][index]),
+        "ramachandran": np.asarray(reference["ramachandran"][index], dtype=np.float64),
+    }
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a trained run against the MBAR reference; see the module docs."""
+    from trade_md.energy import EnergyBridge
+    from trade_md.metrics import bootstrap_delta_f, js_divergence, kl_divergence, ramachandran_histogram
+    from trade_md.sampler import Sampler
+    from trade_md.train import load_generator
+    from trade_md.units import kT
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    generator, system, config = load_generator(args.run, device=args.device)
+    checkpoint = read_checkpoint(args.run)
+    reference = json.loads(Path(args.reference).read_text())
+    train_info_path = Path(args.run) / "benchmark_train.json"
+    train_info = json.loads(train_info_path.read_text()) if train_info_path.exists() else None
+    results = []
+    with EnergyBridge(system, n_workers=args.energy_workers, platform=args.platform) as bridge:
+        sampler = Sampler(generator, bridge.energies,
+                          temperature_range=(config.temperature_min, config.temperature_max),
+                          topology=system.topology)
+        for temperature in args.temperatures:
+            t0 = time.perf_counter()
+            torch.manual_seed(args.seed + int(temperature))
+            samples = sampler.sample(args.samples, temperature, batch_size=args.batch_size, progress=False)
+            phi, psi = backbone_angles(system.topology, samples.positions)
+            weights = samples.weights
+            ref = reference_at(reference, temperature)
+            delta_f, delta_f_err = bootstrap_delta_f(phi, temperature, samples.log_weights,
+                                                     n_bootstrap=args.bootstrap, seed=args.seed)
+            delta_f_kt, err_kt = delta_f / kT(temperature), delta_f_err / kT(temperature)
+            combined = math.hypot(err_kt, ref["delta_f_sem_kT"])
+            diff = delta_f_kt - ref["delta_f_kT"]
+            histogram = ramachandran_histogram(phi, psi, weights)
+            raw_histogram = ramachandran_histogram(phi, psi)
+            finite = np.isfinite(samples.log_weights)
+            entry = {
+                "temperature_K": temperature,
+                "n_samples": len(samples),
+                "ess_percent": 100.0 * samples.ess,
+                "ess_samples": samples.ess * len(samples),
+                "delta_f_kT": delta_f_kt,
+                "delta_f_err_kT": err_kt,
+                "delta_f_ref_kT": ref["delta_f_kT"],
+                "delta_f_ref_sem_kT": ref["delta_f_sem_kT"],
+                "delta_f_diff_kT": diff,
+                "delta_f_diff_sigma": diff / combined if combined > 0 else math.inf,
+                "p_phi_positive": float(weights[phi > 0].sum()),
+                "p_phi_positive_unweighted": float(np.mean(phi > 0)),
+                "p_phi_positive_ref": ref["p_phi_positive"],
+                "js_nats": js_divergence(histogram, ref["ramachandran"]),
+                "kl_ref_to_model_nats": kl_divergence(ref["ramachandran"], histogram),
+                "kl_model_to_ref_nats": kl_divergence(histogram, ref["ramachandran"]),
+                "js_unweighted_nats": js_divergence(raw_histogram, ref["ramachandran"]),
+                "wrong_chirality_fraction": float(np.mean(samples.wrong_chirality)),
+                "dropped_fraction": float(np.mean(~finite)),
+                "mean_energy_kj_per_mol": float(np.sum(weights * np.where(finite, samples.energies, 0.0))),
+                "seconds": time.perf_counter() - t0,
+            }
+            entry["goal_delta_f_met"] = bool(abs(diff) <= GOAL_DELTA_F_KT)
+            if temperature in GOAL_ESS_TEMPERATURES:
+                entry["goal_ess_met"] = bool(samples.ess >= GOAL_ESS)
+            results.append(entry)
+            print(f"[evaluate] {temperature:g} K done in {entry['seconds']:.1f} s", flush=True)
+        platform_name = bridge.platform_name
+    goals = {
+        "delta_f_within_0.2kT_all": all(r["goal_delta_f_met"] for r in results),
+        "ess_20pct_at_300_and_1000": all(r.get("goal_ess_met", True) for r in results),
+    }
+    report = {
+        "benchmark": "ala2_transfer",
+        "command": " ".join(sys.argv),
+        "machine": machine_info(),
+        "run": str(args.run),
+        "reference": str(args.reference),
+        "reference_run": reference.get("run", {}).get("command"),
+        "evaluation": {"samples_per_temperature": args.samples, "bootstrap": args.bootstrap, "seed": args.seed,
+                       "energy_platform": platform_name, "seconds": time.perf_counter() - start,
+                       "ramachandran_bins": "36x36 equal bins on [-pi, pi)^2, rows phi, columns psi",
+                       "delta_f": "F(phi>0) - F(phi<0) = -ln(P(phi>0)/P(phi<0)) in k_BT, reweighted samples; "
+                                  "error: bootstrap standard error; sigma: diff / sqrt(err^2 + ref_sem^2)",
+                       "dropped": "wrong-chirality and non-finite-energy samples get weight 0"},
+        "training": {
+            "config": config.to_dict(),
+            "steps": int(checkpoint["step"]),
+            "skipped_steps": int(checkpoint["skipped_steps"]),
+            "energy_evaluations": int(checkpoint["energy_evaluations"]),
+            "wall_seconds": None if train_info is None else train_info["total"]["seconds"],
+            "seconds_per_step": None if train_info is None else train_info["session"]["seconds_per_step"],
+            "command": None if train_info is None else train_info["command"],
+            "machine": None if train_info is None else train_info["machine"],
+            "n_parameters": sum(p.numel() for p in generator.parameters()),
+        },
+        "goals": goals,
+        "results": results,
+    }
+    print_table(report)
+    if args.out:
+        write_json_atomic(Path(args.out), report)
+        print(f"[evaluate] wrote {args.out}")
+    return 0
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The per-temperature table of an evaluation report."""
+    training = report["training"]
+    wall = training["wall_seconds"]
+    print(f"training: {training['steps']} steps, {training['energy_evaluations']:,} energy evaluations, "
+          f"wall {'?' if wall is None else f'{wall:.0f} s'}")
+    header = (f"{'T/K':>6} {'ESS%':>7} {'dF/kT':>7} {'+-':>5} {'ref':>6} {'+-':>5} {'diff':>6} {'sigma':>6} "
+              f"{'JS':>7} {'KL(r|m)':>8} {'wrongchi':>8}")
+    print(header)
+    for r in report["results"]:
+        print(f"{r['temperature_K']:6.0f} {r['ess_percent']:7.2f} {r['delta_f_kT']:7.3f} {r['delta_f_err_kT']:5.2f} "
+              f"{r['delta_f_ref_kT']:6.3f} {r['delta_f_ref_sem_kT']:5.2f} {r['delta_f_diff_kT']:6.2f} "
+              f"{r['delta_f_diff_sigma']:6.2f} {r['js_nats']:7.4f} {r['kl_ref_to_model_nats']:8.4f} "
+              f"{r['wrong_chirality_fraction']:8.4f}")
+    print("goals:", ", ".join(f"{k} {'MET' if v else 'MISSED'}" for k, v in report["goals"].items()))
+
+
+# ----------------------------------------------------------------------------------------------------- export
+
+
+def export(args: argparse.Namespace) -> int:
+    """Copy a checkpoint without optimiser state and training history (for transport); loads with load_generator."""
+    checkpoint = read_checkpoint(args.run)
+    checkpoint["optimizer_state"] = {}
+    checkpoint["history"] = checkpoint["history"][-5:]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write_path(out / CHECKPOINT_NAME) as temp:
+        torch.save(checkpoint, temp)
+    for name in ("benchmark_train.json", "summary.json"):
+        source = Path(args.run) / name
+        if source.exists():
+            with atomic_write_path(out / name) as temp:
+                temp.write_text(source.read_text())
+    print(f"[export] {out / CHECKPOINT_NAME}: {(out / CHECKPOINT_NAME).stat().st_size / 1e6:.2f} MB")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    p = sub.add_parser("train", help="train TRADE (wall-time budget, resume)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML of TrainConfig fields")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field (YAML value)")
+    p.add_argument("--steps", type=int, help="total optimiser steps (cosine schedule length)")
+    p.add_argument("--minutes", type=float, help="wall-time budget; stops there and writes the checkpoint")
+    p.add_argument("--out", default="runs/ala2_transfer", help="run directory")
+    p.add_argument("--data", help="dataset directory (default: the config's)")
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--print-every", type=float, default=30.0, help="seconds between progress lines")
+    p.add_argument("--fit-steps", action="store_true",
+                   help="with --minutes: after --fit-window TRADE steps, set steps so the schedule ends at the budget")
+    p.add_argument("--fit-window", type=int, default=30, help="TRADE steps timed for --fit-steps")
+    p.add_argument("--prior-seconds", type=float, default=0.0,
+                   help="with --resume: wall seconds of an earlier session that left no benchmark_train.json")
+    p.set_defaults(func=train)
+    p = sub.add_parser("evaluate", help="evaluate a run against the MBAR reference")
+    p.add_argument("--run", default="runs/ala2_transfer", help="run directory with checkpoint.pt")
+    p.add_argument("--out", help="JSON report path")
+    p.add_argument("--reference", default=str(DEFAULT_REFERENCE), help="MBAR reference summary.json")
+    p.add_argument("--samples", type=int, default=20000, help="samples per temperature")
+    p.add_argument("--temperatures", type=float, nargs="+", default=list(EVAL_TEMPERATURES))
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--platform", default="Reference", help="OpenMM platform of the energies")
+    p.add_argument("--energy-workers", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=evaluate)
+    p = sub.add_parser("export", help="checkpoint without optimiser state")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, help="directory for the stripped checkpoint.pt")
+    p.set_defaults(func=export)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

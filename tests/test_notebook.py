@@ -1,0 +1,31 @@
+"""Runs notebooks/ramachandran.ipynb top to bottom (nbclient) on a tiny model made here (tests/tiny_model.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny_model import make_tiny_model
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "ramachandran.ipynb"
+
+
+def test_notebook_runs_and_shows_its_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_tiny_model(tmp_path)
+    monkeypatch.setenv("TRADE_MD_MODEL", str(model))
+    monkeypatch.setenv("TRADE_MD_REFERENCE", "")              # the shipped reference of alanine dipeptide
+    monkeypatch.setenv("TRADE_MD_N_SAMPLES", "200")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    images = [output for output in outputs
+              if output.output_type == "display_data" and "image/png" in output.get("data", {})]
+    assert len(images) == 2                                   # Ramachandran grid and ΔF(T)
+    text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
+    assert f"model: {model}" in text and "Kish ESS" in text and "P(phi>0) ref" in text
+    assert "1000 K: Jensen-Shannon divergence" in text
