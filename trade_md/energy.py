@@ -54,11 +54,14 @@ PLATFORMS: tuple[str, ...] = ("Reference", "CPU", "OpenCL", "CUDA")
 """OpenMM platforms the bridge accepts by name, besides ``"auto"``."""
 
 # Properties each platform gets unless the caller sets them: one thread per worker on CPU (the workers are the
-# parallelism), mixed precision on GPUs, and bitwise-reproducible force sums wherever the platform offers them.
+# parallelism), double precision on GPUs, and bitwise-reproducible force sums wherever the platform offers them.
+# Double, because importance weights need accurate total energies: on an H200, alanine dipeptide's CUDA energies
+# differed from Reference by 3.6e-4 relative in mixed precision and by 5.5e-5 in double (benchmarks/gpu_check.sh),
+# at 6.5k instead of 10k calls/s. Pass {"Precision": "mixed"} to trade accuracy for speed.
 _DEFAULT_PROPERTIES: dict[str, dict[str, str]] = {
     "CPU": {"Threads": "1", "DeterministicForces": "true"},
-    "CUDA": {"Precision": "mixed", "DeterministicForces": "true"},
-    "OpenCL": {"Precision": "mixed"},
+    "CUDA": {"Precision": "double", "DeterministicForces": "true"},
+    "OpenCL": {"Precision": "double"},
 }
 _AUTO_CALLS = 50  # calls timed per candidate platform when platform="auto" chooses
 _AUTO_BUDGET_S = 0.5  # ... or fewer, once a platform has used this many seconds
@@ -394,7 +397,7 @@ class EnergyBridge:
         atoms) on an H200 machine: Reference 24,000 calls/s per core, CUDA 8,600/s (launch-bound), CPU ~2,000/s,
         so auto picks Reference there; CUDA wins for larger systems.
     platform_properties: OpenMM platform properties; defaults are ``Threads=1`` on CPU (the workers are the
-        parallelism) and ``Precision=mixed`` on GPUs, plus ``DeterministicForces=true`` where offered. A list or
+        parallelism) and ``Precision=double`` on GPUs, plus ``DeterministicForces=true`` where offered. A list or
         tuple value gives one value per worker, e.g. ``{"DeviceIndex": ["0", "1"]}``. With ``"auto"``, names the
         chosen platform does not know are dropped.
     in_process: evaluate in this process instead of a worker; only for ``n_workers=1``, and the default there
