@@ -11,7 +11,7 @@
 # Needs data/ala2_600K. Where openmm/mdtraj are missing, installs the wheels in .whl/ into /tmp/site.
 # Environment overrides (for a CPU dry run: GPU_CHECK_DEVICE=cpu GPU_CHECK_PLATFORM=Reference):
 #   OUT (default /tmp/gpu_check_out), GPU_CHECK_DEVICE (cuda), GPU_CHECK_PLATFORM (CUDA),
-#   GPU_CHECK_TRAIN_SECONDS (140), GPU_CHECK_WORKERS (12), GPU_CHECK_FRAMES (256), GPU_CHECK_TRADE_START (300).
+#   GPU_CHECK_TRAIN_SECONDS (140), GPU_CHECK_WORKERS (12), GPU_CHECK_FRAMES (256), GPU_CHECK_TRADE_START (500).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check_out}
@@ -20,7 +20,7 @@ PLATFORM=${GPU_CHECK_PLATFORM:-CUDA}
 TRAIN_SECONDS=${GPU_CHECK_TRAIN_SECONDS:-140}
 WORKERS=${GPU_CHECK_WORKERS:-12}
 FRAMES=${GPU_CHECK_FRAMES:-256}
-TRADE_START=${GPU_CHECK_TRADE_START:-300}
+TRADE_START=${GPU_CHECK_TRADE_START:-500}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$OUT/run"
 LOG="$OUT/gpu_check.log"
@@ -45,8 +45,8 @@ say "2/3 TRADE training on $DEVICE for $TRAIN_SECONDS s"
 timeout $(( TRAIN_SECONDS + 60 )) $PY benchmarks/ala2_transfer.py train --out "$OUT/run" --device "$DEVICE" \
   --minutes "$(echo "$TRAIN_SECONDS" | awk '{print $1 / 60}')" --fit-steps --fit-window 30 --steps 100000 \
   --set flow='{n_layers: 8, hidden: 128, n_hidden_layers: 2, n_bins: 8, seed: 0}' \
-  --set learning_rate=1.0e-3 --set batch_size=512 --set kl_batch_size=256 --set trade_batch_size=512 \
-  --set trade_start="$TRADE_START" --set trade_ramp=700 --set grid_nodes=16 --set grid_samples=4000 \
+  --set learning_rate=5.0e-4 --set batch_size=512 --set kl_batch_size=256 --set trade_batch_size=512 \
+  --set trade_start="$TRADE_START" --set trade_ramp=1000 --set grid_nodes=16 --set grid_samples=4000 \
   --set grid_refresh_every=100 --set energy_workers="$WORKERS" --set energy_platform=Reference \
   --set checkpoint_every=250 --set validate_every=100 --print-every 10 2>&1 | tee -a "$LOG"
 $PY benchmarks/ala2_transfer.py export --run "$OUT/run" --out "$OUT/run" 2>&1 | tee -a "$LOG"
