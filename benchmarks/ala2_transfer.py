@@ -110,9 +110,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 def train(args: argparse.Namespace) -> int:
     """Run (or resume) TRADE training under a wall-time budget; see the module docs."""
     from trade_md.energy import EnergyBridge
-    from trade_md.flows import Generator, molecule_generator
     from trade_md.md import load_dataset
-    from trade_md.train import SystemRecord, Trainer, split_frames
+    from trade_md.train import SystemRecord, Trainer, generator_for
 
     torch.set_num_threads(args.threads)
     wall_start = time.time()
@@ -129,12 +128,7 @@ def train(args: argparse.Namespace) -> int:
         if not args.resume:
             raise InputError(f"{out} already holds a checkpoint; pass --resume or choose another --out")
         checkpoint = read_checkpoint(out)
-    torch.manual_seed(config.seed)
-    if checkpoint is not None:
-        generator = Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"])
-    else:
-        training, _ = split_frames(dataset.positions, config)
-        generator = molecule_generator(dataset.system, training, config.reference_temperature, **config.flow)
+    generator = generator_for(dataset, config, checkpoint)
     positions = torch.as_tensor(dataset.positions, dtype=torch.float64)
     info_path = out / "benchmark_train.json"
     previous = json.loads(info_path.read_text()) if checkpoint is not None and info_path.exists() else {}

@@ -60,6 +60,7 @@ __all__ = [
     "SystemRecord",
     "TrainConfig",
     "Trainer",
+    "generator_for",
     "load_generator",
     "read_checkpoint",
     "register_cli",
@@ -337,6 +338,18 @@ def load_generator(
     generator = Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"]).to(device)
     generator.eval()
     return generator, record.build(), TrainConfig.from_dict(checkpoint["config"], source=f"{checkpoint_dir}")
+
+
+def generator_for(dataset: Any, config: TrainConfig, checkpoint: dict[str, Any] | None = None) -> Generator:
+    """The molecule generator of a run: rebuilt from ``checkpoint`` when resuming, else a fresh one whose
+    internal-coordinate normalisation comes from the training frames of ``dataset`` (seeded by ``config.seed``)."""
+    from trade_md.flows import molecule_generator
+
+    torch.manual_seed(config.seed)
+    if checkpoint is not None:
+        return Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"])
+    training, _ = split_frames(dataset.positions, config)
+    return molecule_generator(dataset.system, training, config.reference_temperature, **config.flow)
 
 
 def split_frames(data: Any, config: TrainConfig) -> tuple[Any, Any]:
@@ -842,7 +855,6 @@ def _main(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, config: TrainConfig, distributed: DistributedContext | None) -> int:
     """`trade-md train` on this process (one of several under torchrun: rank 0 prints and writes)."""
     from trade_md.energy import EnergyBridge
-    from trade_md.flows import molecule_generator
     from trade_md.md import load_dataset
 
     dataset = load_dataset(config.data)
@@ -865,12 +877,7 @@ def _train(args: argparse.Namespace, config: TrainConfig, distributed: Distribut
     elif (out / CHECKPOINT_NAME).exists():
         raise InputError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     positions = torch.as_tensor(dataset.positions, dtype=torch.float64)
-    torch.manual_seed(config.seed)
-    if checkpoint is not None:
-        generator = Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"])
-    else:
-        training, _ = split_frames(dataset.positions, config)
-        generator = molecule_generator(dataset.system, training, config.reference_temperature, **config.flow)
+    generator = generator_for(dataset, config, checkpoint)
     with EnergyBridge(dataset.system, n_workers=config.energy_workers, platform=config.energy_platform) as bridge:
         trainer = Trainer(generator, config, record, potential=bridge.potential, data=positions, out=out,
                           distributed=distributed)
