@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
+import platform
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 from trade_md.errors import InputError
 
-__all__ = ["atomic_write_path", "write_json_atomic", "read_json"]
+__all__ = ["atomic_write_path", "write_json_atomic", "read_json", "package_versions"]
 
 
 @contextlib.contextmanager
@@ -65,3 +67,14 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(target.read_text())
     except json.JSONDecodeError as error:
         raise InputError(f"{target} is not valid JSON ({error}); regenerate it") from None
+
+
+def package_versions(*packages: str) -> dict[str, str]:
+    """Versions of trade-md, Python and the named installed distributions, for the records runs write."""
+    versions = {"trade_md": importlib.metadata.version("trade-md"), "python": platform.python_version()}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

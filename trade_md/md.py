@@ -28,7 +28,6 @@ import argparse
 import math
 import multiprocessing
 import os
-import platform as python_platform
 import queue as queue_module
 import secrets
 import shutil
@@ -45,9 +44,8 @@ import openmm
 import openmm.unit as unit
 from tqdm.auto import tqdm
 
-from trade_md import __version__
 from trade_md.errors import InputError, SystemMismatchError, WorkerError
-from trade_md.io import atomic_write_path, read_json, write_json_atomic
+from trade_md.io import atomic_write_path, package_versions, read_json, write_json_atomic
 from trade_md.systems import MolecularSystem, add_system_arguments, builtin_config, system_from_args
 from trade_md.units import KB, to_kelvin
 
@@ -609,20 +607,13 @@ def _finish(out: Path, plan: dict[str, Any], wall_s: float) -> Dataset:
         "convergence": report,
         "files": {"topology": "topology.pdb", "trajectory": "trajectory.dcd", "arrays": "data.npz",
                   "system": "system.json"},
-        "versions": _versions(),
+        "versions": package_versions("openmm", "mdtraj", "numpy"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(out / "run.json", metadata)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     (out / "plan.json").unlink(missing_ok=True)
     return Dataset(positions.astype(np.float64), potential, plan["temperature"], system, metadata, times, run, out)
-
-
-def _versions() -> dict[str, str]:
-    import mdtraj
-
-    return {"trade_md": __version__, "openmm": openmm.version.full_version, "mdtraj": mdtraj.__version__,
-            "numpy": np.__version__, "python": python_platform.python_version()}
 
 
 # ----------------------------------------------------------------------------------------------------- loading

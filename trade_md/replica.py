@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import platform as python_platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.io import atomic_write_path, read_json, write_json_atomic
+from trade_md.io import atomic_write_path, package_versions, read_json, write_json_atomic
 from trade_md.units import KB, kT
 
 if TYPE_CHECKING:
@@ -269,17 +268,6 @@ def _configure_context_caches(sampler: Any, platform_name: str, properties: dict
                                                        capacity=None, time_to_live=None))
 
 
-def _versions() -> dict[str, str]:
-    import openmm
-    import openmmtools
-    import pymbar
-
-    from trade_md import __version__
-
-    return {"trade_md": __version__, "openmm": openmm.__version__, "openmmtools": openmmtools.__version__,
-            "pymbar": pymbar.__version__, "numpy": np.__version__, "python": python_platform.python_version()}
-
-
 def _same_fingerprint(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(json.loads(json.dumps(b)), sort_keys=True)
 
@@ -340,7 +328,7 @@ def run_remd(
         "fingerprint": system.fingerprint(),
         "system": system.serialize(),
         "platform": {"name": platform_name, "properties": properties},
-        "versions": _versions(),
+        "versions": package_versions("openmm", "openmmtools", "pymbar", "numpy"),
         "segments": [],
     }
     if rank == 0:
