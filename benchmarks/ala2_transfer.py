@@ -229,7 +229,8 @@ def fit_steps_to_budget(trainer: Any, mark: tuple[float, int, float], deadline: 
     window = trainer.step - step
     per_step = (now - start - (trainer.refresh_seconds - refresh_seconds)) / window
     per_refresh = trainer.refresh_seconds / max(trainer.refreshes, 1)
-    per_step += per_refresh / trainer.config.grid_refresh_every
+    if trainer.config.grid_refresh_every > 0:
+        per_step += per_refresh / trainer.config.grid_refresh_every
     steps = trainer.step + max(int(0.95 * (deadline - now) / per_step), 1)
     trainer.config.steps = steps
     print(f"[train] fitted the schedule to the budget: {per_step:.4f} s/step (refresh {per_refresh:.2f} s every "

@@ -36,6 +36,7 @@ def _config(**overrides: Any) -> TrainConfig:
         "grid_nodes": 7, "grid_samples": 1023,
         "grid_refresh_every": 10, "causality_epsilon": 0.5, "learning_rate": 3e-3, "lr_schedule": "constant",
         "validate_every": STEPS, "checkpoint_every": STEPS, "progress": False, "seed": 0, "dtype": "float64",
+        "ess_samples": 0,                                   # rank 0's validation ESS would count extra energies
         "flow": {"n_layers": 2, "hidden": 16, "n_bins": 8},
     }
     return TrainConfig(**{**values, **overrides})

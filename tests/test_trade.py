@@ -14,6 +14,8 @@ from trade_md.trade import (
     NONFINITE_EXCESS,
     ExpectationGrid,
     cap_reduced_energy,
+    centred_trade_residual,
+    group_means,
     huber,
     importance_estimate,
     integrate_free_energy,
@@ -126,6 +128,41 @@ def test_residual_vanishes_for_the_exact_density(toy: ToySystem) -> None:
     assert float(wrong.detach().abs().max()) > 0.1
     stale = trade_residual(toy.log_density, x, temperature, energy, toy.mean_energy(T0).expand_as(temperature))
     assert float(stale.detach().abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("toy", [DoubleWell1D(), DoubleWell2D(), HarmonicOscillator()], ids=lambda toy: toy.name)
+def test_centred_residual_vanishes_for_the_exact_density_and_recovers_mean_energy(toy: ToySystem) -> None:
+    """With groups of shared temperature, g − mean_group(g) is zero for the exact family (no E[U] needed), and the
+    centre is −β E_T[U] up to the sampling error of the group's points."""
+    generator = torch.Generator().manual_seed(8)
+    levels = torch.tensor([150.0, 220.0, T0, 600.0], dtype=torch.float64)
+    group = torch.arange(4).repeat_interleave(250)   # log_density(x, T [n]) integrates Z(T) per point: keep n small
+    temperature = levels[group]
+    x = torch.cat([toy.sample(250, float(t), generator=generator) for t in levels])
+    energy = toy.potential(x)
+    residual, centre = centred_trade_residual(toy.log_density, x, temperature, energy, group, 4)
+    assert float(residual.detach().abs().max()) < 1e-9
+    # exact samples at each level: the centre is the sample mean of −u, within 5 standard errors of −β E_T[U]
+    u = energy / (KB * temperature)
+    for k in range(4):
+        at = group == k
+        sigma = float(u[at].std()) / math.sqrt(int(at.sum()))
+        assert abs(float(centre[at][0]) + float(toy.mean_energy(levels[k:k + 1])[0] / (KB * levels[k]))) < 5 * sigma
+    # the test can fail: a density with the wrong temperature dependence leaves a residual
+    def wrong(points: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return toy.log_density(points, T0 + 0.5 * (t - T0))
+    bad, _ = centred_trade_residual(wrong, x, temperature, energy, group, 4)
+    assert float(bad.detach().abs().max()) > 0.1
+
+
+def test_group_means_are_detached_per_group_means() -> None:
+    values = torch.tensor([1.0, 3.0, 10.0, 20.0, 5.0], requires_grad=True)
+    group = torch.tensor([0, 0, 1, 1, 2])
+    means = group_means(values, group, 4)
+    torch.testing.assert_close(means, torch.tensor([2.0, 2.0, 15.0, 15.0, 5.0]))
+    assert not means.requires_grad
+    pooled = group_means(values, group, 4, all_reduce=lambda totals, op: 2 * totals)   # two identical ranks
+    torch.testing.assert_close(pooled, means)
 
 
 def test_log_temperature_derivative_matches_finite_difference() -> None:

@@ -13,6 +13,17 @@ where ∂_c is taken by autograd through the temperature input (log T is a leaf,
 the target carry the same single power of 1/T: u_T(x) = β U(x) and Ê_T[u_T] = β Ê_T[U] with β = 1/(k_B T) at the
 point's own T. The reduced form keeps r of order √(degrees of freedom) at every temperature.
 
+Two ways to obtain the constant Ê_T[u_T] of the target (``TrainConfig.expectation``):
+
+- ``"grid"`` (the paper's): Ê_T[U] from self-normalised importance sampling on the expectation grid (below);
+- ``"centred"``: the residual minus its own mean over the batch points that share a temperature,
+  r_i = g_i − mean_{j: T_j = T_i} g_j with g = ∂_c log q − u_T. Because q is normalised, E_q[∂_c log q] = 0, so the
+  only solution of ∂_c log q = u_T − c(T) for all x is c(T) = E_q[u_T] and q(· | T) ∝ q(· | T0) exp(−(β − β0) U):
+  the exact Boltzmann tilt of the boundary model. No importance weights enter the loss, so it stays unbiased when
+  the model's ESS is low (where a self-normalised Ê rests on a handful of samples and would drag the model; see
+  :func:`centred_trade_residual`). The centre is detached: for a squared loss its gradient contribution is exactly
+  zero (Σ (g_i − ḡ) = 0).
+
 Ê_T[U] comes from the model itself by self-normalised importance sampling on flow samples at T:
 log w = −u_T(x) − log q(x | T), Ê_T[U] = Σ w U / Σ w, with Kish ESS (Σw)² / (n Σw²). :class:`ExpectationGrid`
 keeps these estimates in kJ/mol on log-spaced temperature nodes (T0 is a node), interpolates E[U] linearly in
@@ -47,6 +58,8 @@ __all__ = [
     "NONFINITE_EXCESS",
     "ExpectationGrid",
     "cap_reduced_energy",
+    "centred_trade_residual",
+    "group_means",
     "huber",
     "importance_estimate",
     "integrate_free_energy",
@@ -143,6 +156,47 @@ def trade_residual(
     u = reduced_energy(energy.detach().to(derivative.dtype), t, threshold)
     mean_u = mean_energy.detach().to(derivative.dtype) / (KB * t)
     return derivative - (u - mean_u)
+
+
+def group_means(
+    values: Tensor, group: Tensor, n_groups: int, all_reduce: Callable[[Tensor, str], Tensor] | None = None
+) -> Tensor:
+    """Detached mean of ``values [n]`` over the points of each group, returned per point ``[n]``.
+
+    group: ``[n]`` integer ids in ``[0, n_groups)``; all_reduce: ``(tensor, "sum") -> tensor`` pooling the sums and
+    counts of all data-parallel ranks (None: one process). Groups without points get mean 0 (unused).
+    """
+    totals = torch.zeros(2, n_groups, dtype=torch.float64, device=values.device)
+    totals[0].index_add_(0, group, values.detach().to(torch.float64))
+    totals[1].index_add_(0, group, torch.ones_like(values, dtype=torch.float64))
+    if all_reduce is not None:
+        totals = all_reduce(totals, "sum")
+    means = totals[0] / totals[1].clamp(min=1.0)
+    return means[group].to(values.dtype)
+
+
+def centred_trade_residual(
+    log_prob: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    temperature: Tensor,
+    energy: Tensor,
+    group: Tensor,
+    n_groups: int,
+    threshold: float = DEFAULT_ENERGY_CAP,
+    all_reduce: Callable[[Tensor, str], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Centred TRADE residual ``r [n] = g − mean_group(g)``, ``g = ∂_logT log q(x | T) − u_T(x)`` (module docs).
+
+    Points of one group must share one temperature (``temperature [n]`` K, ``group [n]`` ids in
+    ``[0, n_groups)``); x ``[n, ...]`` and energy ``U [n]`` kJ/mol as in :func:`trade_residual`. Returns
+    ``(r, centre)`` where ``centre [n]`` (detached) estimates −E_q[u_T] at each point's temperature, so
+    ``−k_B T · centre`` is the model's own E_T[U] in kJ/mol.
+    """
+    _, derivative = log_temperature_derivative(log_prob, x, temperature)
+    t = temperature.detach().to(derivative.dtype)
+    g = derivative - reduced_energy(energy.detach().to(derivative.dtype), t, threshold)
+    centre = group_means(g, group, n_groups, all_reduce)
+    return g - centre, centre
 
 
 def huber(residual: Tensor, delta: float) -> Tensor:

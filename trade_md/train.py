@@ -47,6 +47,7 @@ from trade_md.flows import Generator
 from trade_md.io import atomic_write_path, write_json_atomic
 from trade_md.trade import (
     ExpectationGrid,
+    centred_trade_residual,
     huber,
     importance_estimate,
     ramp,
@@ -72,6 +73,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "trade-md-checkpoint-1"
 MAX_CONSECUTIVE_SKIPS = 100
 """Training stops with an error after this many consecutive non-finite steps."""
+LEGACY_CONFIG: dict[str, Any] = {"expectation": "grid"}
+"""Values of TrainConfig keys for checkpoints written before the key existed (the behaviour of that code)."""
 _RESUME_MUTABLE = frozenset({"steps", "device", "progress", "checkpoint_every", "validate_every", "out"})
 """TrainConfig fields that may differ from the checkpoint's when resuming."""
 
@@ -88,6 +91,9 @@ class TrainConfig:
         temperature_min, temperature_max: K, the trained range of mode ``trade`` (must contain T0).
         validation_fraction: fraction of frames held out (the last ones) for the validation NLL.
         data_stride: use every n-th frame.
+        init_from: run directory (or checkpoint file) whose model weights start this run, e.g. a boundary
+        pre-trained with mode nll or with trade_weight 0; same system, T0 and flow settings required (the optimiser
+        and the step count start afresh).
     Optimisation:
         steps: total optimiser steps (the run ends there; raise it and ``--resume`` to train on).
         batch_size: data frames per step for the NLL term.
@@ -102,13 +108,20 @@ class TrainConfig:
     TRADE (mode trade):
         trade_weight: final weight of the TRADE loss; trade_start: first step with the TRADE term;
         trade_ramp: steps over which its weight rises linearly from 0 to trade_weight.
+        expectation: the constant E_T[u] of the residual's target: ``"centred"`` (default; the residual minus its
+        mean over the points at the same temperature, exact because q is normalised, needs no importance weights)
+        or ``"grid"`` (self-normalised importance sampling on the expectation grid, the paper's estimator; biased
+        when the grid ESS is low). See :mod:`trade_md.trade`.
+        trade_temperatures: distinct temperatures per step in ``"centred"`` mode; the batch is dealt out evenly
+        among them (at most trade_batch_size / 2 of them, so that every centre rests on at least 2 points).
         trade_batch_size: residual points per step, split by residual_from_model (model samples at the
         point's own T), residual_from_reference (model samples at T0) and residual_from_data (data frames at T0);
         without data the data share goes to reference samples. Fractions are relative (normalised to sum 1).
         huber_delta: Huber threshold on the residual (reduced units).
         causality_epsilon: ε of the causality weights exp(−ε Σ L_j); 0 switches causality off.
         grid_nodes: about this many log-spaced temperature nodes for E[U] (T0 is one of them).
-        grid_samples: model samples per node and refresh; grid_refresh_every: steps between refreshes.
+        grid_samples: model samples per node and refresh; grid_refresh_every: steps between refreshes (0: never,
+        allowed with expectation ``"centred"``, where the grid only reports ESS and the free-energy curve).
         grid_decay: fraction of a node's previous effective sample count kept at a refresh (0 = replace).
         loss_momentum: running-average momentum of the per-node residual losses.
         energy_cap: reduced energies above this many k_B T grow only logarithmically (trade_md.trade).
@@ -117,7 +130,7 @@ class TrainConfig:
         energy_workers, energy_platform: EnergyBridge worker processes and OpenMM platform (molecules).
     Bookkeeping:
         checkpoint_every: steps between checkpoints; validate_every: steps between validation NLL / ESS reports.
-        ess_samples: model samples for the ESS at T0 shown in mode nll (0: none).
+        ess_samples: model samples for the ESS at T0 shown at each validation (0: none).
         progress_temperatures: K, temperatures whose grid ESS the progress bar shows (default T_min, T0, T_max).
         progress: show a tqdm progress bar.
     """
@@ -130,6 +143,7 @@ class TrainConfig:
     temperature_max: float | None = None
     validation_fraction: float = 0.1
     data_stride: int = 1
+    init_from: str | None = None
     steps: int = 20000
     batch_size: int = 256
     learning_rate: float = 1e-3
@@ -145,6 +159,8 @@ class TrainConfig:
     trade_weight: float = 1.0
     trade_start: int = 0
     trade_ramp: int = 2000
+    expectation: str = "centred"
+    trade_temperatures: int = 16
     trade_batch_size: int = 256
     residual_from_model: float = 0.5
     residual_from_reference: float = 0.25
@@ -211,10 +227,10 @@ class TrainConfig:
         if self.mode not in ("nll", "trade"):
             raise bad("mode", "'nll' or 'trade'")
         for name in ("steps", "batch_size", "kl_batch_size", "trade_batch_size", "grid_nodes", "grid_samples",
-                     "grid_refresh_every", "checkpoint_every", "validate_every", "data_stride", "energy_workers"):
+                     "trade_temperatures", "checkpoint_every", "validate_every", "data_stride", "energy_workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
-        for name in ("trade_start", "trade_ramp", "ess_samples", "seed"):
+        for name in ("trade_start", "trade_ramp", "ess_samples", "seed", "grid_refresh_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(name, "an integer >= 0")
         for name in ("learning_rate", "grad_clip", "huber_delta", "energy_cap"):
@@ -229,6 +245,12 @@ class TrainConfig:
                 raise bad(name, "a number in [0, 1]")
         if not 0 <= self.loss_momentum < 1:
             raise bad("loss_momentum", "a number in [0, 1)")
+        if self.expectation not in ("centred", "grid"):
+            raise bad("expectation", "'centred' or 'grid'")
+        if self.expectation == "grid" and self.grid_refresh_every < 1:
+            raise bad("grid_refresh_every", ">= 1 with expectation 'grid' (its estimates are the TRADE target)")
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise bad("init_from", "a path to a run directory or checkpoint file (or absent)")
         if self.lr_schedule not in ("constant", "cosine"):
             raise bad("lr_schedule", "'constant' or 'cosine'")
         if self.dtype not in ("float32", "float64"):
@@ -337,19 +359,48 @@ def load_generator(
         record.check_same(SystemRecord.of(system), f"checkpoint {checkpoint_dir}")
     generator = Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"]).to(device)
     generator.eval()
-    return generator, record.build(), TrainConfig.from_dict(checkpoint["config"], source=f"{checkpoint_dir}")
+    return generator, record.build(), _saved_config(checkpoint, f"{checkpoint_dir}")
 
 
 def generator_for(dataset: Any, config: TrainConfig, checkpoint: dict[str, Any] | None = None) -> Generator:
-    """The molecule generator of a run: rebuilt from ``checkpoint`` when resuming, else a fresh one whose
+    """The molecule generator of a run: rebuilt from ``checkpoint`` when resuming, else the model of
+    ``config.init_from`` (checked against the dataset's system, T0 and flow settings), else a fresh one whose
     internal-coordinate normalisation comes from the training frames of ``dataset`` (seeded by ``config.seed``)."""
     from trade_md.flows import molecule_generator
 
     torch.manual_seed(config.seed)
     if checkpoint is not None:
         return Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"])
+    if config.init_from is not None:
+        return _initial_generator(config, SystemRecord.of(dataset.system))
     training, _ = split_frames(dataset.positions, config)
     return molecule_generator(dataset.system, training, config.reference_temperature, **config.flow)
+
+
+def _initial_generator(config: TrainConfig, system: SystemRecord) -> Generator:
+    """The trained model of ``config.init_from`` as the starting point of a new run (its system, T0 and flow
+    settings must be this run's)."""
+    where = f"init_from {config.init_from}"
+    start = read_checkpoint(config.init_from)
+    SystemRecord(**start["system"]).check_same(system, where)
+    saved = _saved_config(start, where)
+    if config.flow != saved.flow:
+        raise InputError(f"{where} has flow {saved.flow}, this run asks for {config.flow}; use the same flow "
+                         "settings (copy them from that run's config)")
+    generator = Generator.from_config(start["generator_config"], start["model_state"])
+    if config.reference_temperature is not None and not math.isclose(
+        generator.reference_temperature, config.reference_temperature, rel_tol=1e-9
+    ):
+        raise InputError(f"{where} was trained at T0 = {generator.reference_temperature} K, this run's T0 is "
+                         f"{config.reference_temperature} K; start from a model of the same reference temperature")
+    return generator
+
+
+def _saved_config(checkpoint: dict[str, Any], where: str) -> TrainConfig:
+    """The :class:`TrainConfig` stored in a checkpoint; keys added since it was written take the value that the
+    older code used (expectation ``"grid"``) or their default."""
+    values = {**LEGACY_CONFIG, **checkpoint["config"]}
+    return TrainConfig.from_dict(values, source=where)
 
 
 def split_frames(data: Any, config: TrainConfig) -> tuple[Any, Any]:
@@ -551,8 +602,13 @@ class Trainer:
         terms["boundary"] = float(loss.detach())
         return loss
 
-    def _residual_points(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Temperatures ``[n]`` K, detached points ``[n, ...]`` and their energies ``[n]`` kJ/mol."""
+    def _residual_points(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Temperatures ``[n]`` K, detached points ``[n, ...]``, their energies ``[n]`` kJ/mol and group ids ``[n]``.
+
+        With expectation ``"grid"`` every point has its own temperature (group ids are unused); with
+        ``"centred"`` :attr:`n_centres` temperatures are drawn and the batch (model, reference and data points, in
+        that order) is dealt out among them in turn, so every group mixes all kinds of points.
+        """
         config = self.config
         n = config.trade_batch_size
         shares = [config.residual_from_model, config.residual_from_reference,
@@ -561,9 +617,17 @@ class Trainer:
         n_model = round(n * shares[0] / total)
         n_data = round(n * shares[2] / total)
         n_reference = n - n_model - n_data
-        drawn = sample_log_uniform(n, config.temperature_min, config.temperature_max, generator=self.rng)
         parts = ((0, n_model), (n_model, n - n_data), (n - n_data, n))   # model, reference and data points
+        if config.expectation == "centred":
+            levels = sample_log_uniform(self.n_centres, config.temperature_min, config.temperature_max,
+                                        generator=self.rng)
+            groups = torch.arange(n) % self.n_centres
+            drawn = levels[groups]
+        else:
+            drawn = sample_log_uniform(n, config.temperature_min, config.temperature_max, generator=self.rng)
+            groups = torch.zeros(n, dtype=torch.long)
         temperature = torch.cat([drawn[a:b][slice(*self._share(b - a))] for a, b in parts])  # this rank's slices
+        group = torch.cat([groups[a:b][slice(*self._share(b - a))] for a, b in parts])
         points, energies = [], []
         with torch.no_grad():
             for count, at in ((n_model, drawn[:n_model]), (n_reference, self.reference_temperature)):
@@ -576,13 +640,23 @@ class Trainer:
                 index = self._batch_indices(n_data)
                 points.append(self.train_data[index])
                 energies.append(self._data_energy[index])
-        return temperature.to(self.device), torch.cat(points).detach(), torch.cat(energies)
+        return temperature.to(self.device), torch.cat(points).detach(), torch.cat(energies), group.to(self.device)
+
+    @property
+    def n_centres(self) -> int:
+        """Temperatures per step of the centred residual: trade_temperatures, at most trade_batch_size / 2."""
+        return max(1, min(self.config.trade_temperatures, self.config.trade_batch_size // 2))
 
     def _trade_loss(self, terms: dict[str, float]) -> Tensor:
         config = self.config
-        temperature, x, energy = self._residual_points()
-        mean_energy = self.grid.mean_energy_at(temperature.cpu()).to(self.device)
-        residual = trade_residual(self.generator.log_prob, x, temperature, energy, mean_energy, config.energy_cap)
+        temperature, x, energy, group = self._residual_points()
+        if config.expectation == "centred":
+            residual, _ = centred_trade_residual(
+                self.generator.log_prob, x, temperature, energy, group, self.n_centres,
+                config.energy_cap, None if self.distributed is None else self.distributed.all_reduce)
+        else:
+            mean_energy = self.grid.mean_energy_at(temperature.cpu()).to(self.device)
+            residual = trade_residual(self.generator.log_prob, x, temperature, energy, mean_energy, config.energy_cap)
         losses = huber(residual, config.huber_delta)
         weights = self.grid.causality_weight_at(temperature.cpu(), config.causality_epsilon)
         loss = self._mean(weights.to(losses) * losses, config.trade_batch_size)
@@ -597,6 +671,14 @@ class Trainer:
         if self.config.mode != "trade":
             return 0.0
         return self.config.trade_weight * ramp(step, self.config.trade_start, self.config.trade_ramp)
+
+    def _refresh_due(self) -> bool:
+        """Whether the grid needs fresh estimates now: always before its first use as the target (mode grid),
+        then every ``grid_refresh_every`` steps (never when that is 0)."""
+        every = self.config.grid_refresh_every
+        if self.config.expectation == "grid" and not self.grid.ready:
+            return True
+        return every > 0 and (self.last_refresh is None or self.step - self.last_refresh >= every)
 
     def refresh_grid(self) -> None:
         """Re-estimate E[U] and the ESS at every grid node from fresh model samples."""
@@ -613,8 +695,7 @@ class Trainer:
         config = self.config
         terms: dict[str, float] = {}
         factor = self.trade_factor(self.step)
-        if factor > 0 and (self.last_refresh is None or self.step - self.last_refresh >= config.grid_refresh_every
-                           or not self.grid.ready):
+        if factor > 0 and self._refresh_due():
             self.refresh_grid()
         for group in self.optimizer.param_groups:
             group["lr"] = config.learning_rate * _lr_factor(config, self.step)
@@ -650,15 +731,15 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Validation NLL at T0 on held-out frames (mean −log q, nats) and, in mode nll with a potential, the
-        Kish ESS at T0 of ``ess_samples`` model samples."""
+        """Validation NLL at T0 on held-out frames (mean −log q, nats) and, with a potential, the Kish ESS at T0 of
+        ``ess_samples`` model samples."""
         self.generator.eval()
         report: dict[str, float] = {}
         if self.validation_data is not None:
             nll = torch.cat([-self.generator.log_prob(part, self.reference_temperature)
                              for part in torch.split(self.validation_data, 4096)])
             report["val_nll"] = float(nll.mean())
-        if self.config.mode == "nll" and self.potential is not None and self.config.ess_samples > 0:
+        if self.potential is not None and self.config.ess_samples > 0:
             rng = torch.Generator().manual_seed(self.config.seed + self.step)  # leaves the training draws alone
             x, log_q = self.generator.sample(self.config.ess_samples, self.reference_temperature, generator=rng)
             u = reduced_energy(self.energy(x).to(torch.float64), self.reference_temperature, self.config.energy_cap)
@@ -773,7 +854,7 @@ class Trainer:
     def load_state(self, checkpoint: dict[str, Any], where: str = "checkpoint") -> None:
         """Continue from a checkpoint payload of the same system and compatible config."""
         SystemRecord(**checkpoint["system"]).check_same(self.system, where)
-        saved = checkpoint["config"]
+        saved = _saved_config(checkpoint, where).to_dict()
         current = self.config.to_dict()
         changed = sorted(k for k in current if k not in _RESUME_MUTABLE and saved.get(k) != current[k])
         if changed:
