@@ -15,6 +15,7 @@ Steps (subcommands):
   JS and KL divergences of the reweighted 36×36 Ramachandran histogram to the reference's, the fraction of
   wrong-chirality samples; plus energy evaluations and wall time of training. Prints a table, writes JSON.
 - ``export``: a copy of a checkpoint without optimiser state (smaller; still loads with ``load_generator``).
+- ``history``: a run's training history (losses, validation NLL, ESS at each validation) and config as JSON.
 
 Goals (issue 4): |ΔF − ΔF_ref| ≤ 0.2 k_BT at every temperature and ESS ≥ 20 % at 300 and 1000 K.
 
@@ -411,6 +412,21 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def history(args: argparse.Namespace) -> int:
+    """Write a run's training history (validation NLL, ESS, losses per validation step) and config as JSON."""
+    checkpoint = read_checkpoint(args.run)
+    record = {
+        "run": str(args.run),
+        "step": int(checkpoint["step"]),
+        "energy_evaluations": int(checkpoint["energy_evaluations"]),
+        "config": checkpoint["config"],
+        "history": checkpoint["history"],
+    }
+    write_json_atomic(Path(args.out), record)
+    print(f"[history] {args.out}: {len(record['history'])} entries up to step {record['step']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="step", required=True)
@@ -450,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True, help="directory for the stripped checkpoint.pt")
     p.set_defaults(func=export)
+    p = sub.add_parser("history", help="a run's training history as JSON")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, help="JSON path")
+    p.set_defaults(func=history)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -65,6 +65,10 @@ def test_unknown_config_keys_are_named(tmp_path: Path) -> None:
         ({"mode": "trade", "temperature_min": 600.0, "temperature_max": 300.0}, "temperature_min"),
         ({"mode": "trade", "temperature_min": 200.0, "temperature_max": 600.0, "nll_weight": 0.0}, "boundary"),
         ({"dtype": "float16"}, "dtype"),
+        ({"expectation": "mean"}, "expectation"),
+        ({"expectation": "grid", "grid_refresh_every": 0}, "grid_refresh_every"),
+        ({"trade_energy_cap": -5.0}, "trade_energy_cap"),
+        ({"trade_temperatures": 0}, "trade_temperatures"),
     ],
 )
 def test_bad_config_values_raise_input_error(values: dict, message: str) -> None:
@@ -78,6 +82,10 @@ def test_alanine_dipeptide_configs_parse() -> None:
     assert trade.reference_temperature in (None, 600.0) and trade.data is not None and trade.nll_weight > 0
     nll = TrainConfig.from_yaml(REPO / "systems" / "alanine_dipeptide" / "nll.yaml")
     assert nll.mode == "nll" and nll.reference_temperature in (None, 600.0)
+    benchmark_configs = sorted((REPO / "benchmarks" / "configs").glob("*.yaml"))
+    assert benchmark_configs
+    for path in benchmark_configs:                     # the benchmark recipes stay valid configs
+        assert TrainConfig.from_yaml(path).reference_temperature == 600.0
 
 
 def test_split_frames_holds_out_the_last_frames() -> None:

@@ -125,6 +125,11 @@ class TrainConfig:
         grid_decay: fraction of a node's previous effective sample count kept at a refresh (0 = replace).
         loss_momentum: running-average momentum of the per-node residual losses.
         energy_cap: reduced energies above this many k_B T grow only logarithmically (trade_md.trade).
+        trade_energy_cap: the same cap for the TRADE target only (default: energy_cap). The exact tilt
+        q_T ∝ q_T0 exp(−(β − β0) U) multiplies a boundary sample of reduced energy u by up to exp((1 − T0/T) u)
+        at T > T0, so the high-energy debris of an imperfect boundary would dominate the hot end; a lower cap here
+        (e.g. 50) bounds that growth and keeps the derivative targets, and with them the context pathway of the
+        flow, of the size of the physical ones.
     Model and energies:
         flow: keyword arguments of the flow (n_layers, hidden, n_hidden_layers, n_bins, seed, ...).
         energy_workers, energy_platform: EnergyBridge worker processes and OpenMM platform (molecules).
@@ -173,6 +178,7 @@ class TrainConfig:
     grid_decay: float = 0.5
     loss_momentum: float = 0.9
     energy_cap: float = 1000.0
+    trade_energy_cap: float | None = None
     flow: dict[str, Any] = field(default_factory=dict)
     energy_workers: int = 1
     energy_platform: str = "auto"
@@ -233,6 +239,10 @@ class TrainConfig:
         for name in ("trade_start", "trade_ramp", "ess_samples", "seed", "grid_refresh_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(name, "an integer >= 0")
+        if self.trade_energy_cap is not None and not (
+            isinstance(self.trade_energy_cap, (int, float)) and self.trade_energy_cap > 0
+        ):
+            raise bad("trade_energy_cap", "a number > 0 (k_B T), or absent to use energy_cap")
         for name in ("learning_rate", "grad_clip", "huber_delta", "energy_cap"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise bad(name, "a number > 0")
@@ -650,13 +660,14 @@ class Trainer:
     def _trade_loss(self, terms: dict[str, float]) -> Tensor:
         config = self.config
         temperature, x, energy, group = self._residual_points()
+        cap = config.energy_cap if config.trade_energy_cap is None else config.trade_energy_cap
         if config.expectation == "centred":
             residual, _ = centred_trade_residual(
-                self.generator.log_prob, x, temperature, energy, group, self.n_centres,
-                config.energy_cap, None if self.distributed is None else self.distributed.all_reduce)
+                self.generator.log_prob, x, temperature, energy, group, self.n_centres, cap,
+                None if self.distributed is None else self.distributed.all_reduce)
         else:
             mean_energy = self.grid.mean_energy_at(temperature.cpu()).to(self.device)
-            residual = trade_residual(self.generator.log_prob, x, temperature, energy, mean_energy, config.energy_cap)
+            residual = trade_residual(self.generator.log_prob, x, temperature, energy, mean_energy, cap)
         losses = huber(residual, config.huber_delta)
         weights = self.grid.causality_weight_at(temperature.cpu(), config.causality_epsilon)
         loss = self._mean(weights.to(losses) * losses, config.trade_batch_size)
@@ -744,7 +755,7 @@ class Trainer:
             x, log_q = self.generator.sample(self.config.ess_samples, self.reference_temperature, generator=rng)
             u = reduced_energy(self.energy(x).to(torch.float64), self.reference_temperature, self.config.energy_cap)
             _, ess = importance_estimate(u, u, log_q.to(torch.float64))
-            report[f"ess{self.reference_temperature:g}"] = float(ess)
+            report["val_ess"] = float(ess)                # Kish ESS at T0 (grid ESS: "ess<T>")
         self.generator.train()
         return report
 
@@ -877,7 +888,7 @@ class Trainer:
 def _postfix(terms: dict[str, float], shown: dict[str, float]) -> dict[str, str]:
     postfix = {key: f"{terms[key]:.3g}" for key in ("boundary", "trade") if key in terms}
     for key, value in shown.items():
-        postfix[key] = f"{100 * value:.1f}%" if key.startswith("ess") else f"{value:.3g}"
+        postfix[key] = f"{100 * value:.1f}%" if key.startswith(("ess", "val_ess")) else f"{value:.3g}"
     return postfix
 
 
