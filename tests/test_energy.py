@@ -447,6 +447,9 @@ def test_no_orphans_after_interpreter_exit_or_ctrl_c(how: str, tmp_path: Path) -
         text=True,
         env=env,
         start_new_session=True,
+        # a shell that starts pytest in the background (`cmd &`) makes it ignore SIGINT, and children inherit that;
+        # a terminal's foreground job has the default disposition, which is what this test stands in for
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         pids = [int(pid) for pid in child.stdout.readline().split()]
