@@ -21,21 +21,10 @@ TRAIN_SECONDS=${GPU_CHECK_TRAIN_SECONDS:-140}
 WORKERS=${GPU_CHECK_WORKERS:-12}
 FRAMES=${GPU_CHECK_FRAMES:-256}
 TRADE_START=${GPU_CHECK_TRADE_START:-500}
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$OUT/run"
 LOG="$OUT/gpu_check.log"
-PY=${PYTHON:-python3}
-start=$(date +%s)
-say() { echo "[gpu_check +$(( $(date +%s) - start ))s] $*" | tee -a "$LOG"; }
-
-if ! $PY -c "import openmm, mdtraj" 2>/dev/null; then
-  say "installing .whl/*.whl into /tmp/site"
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    2>&1 | tail -3 | tee -a "$LOG"
-fi
-export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
-say "python $($PY -c 'import sys, torch, openmm; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), "openmm", openmm.__version__, [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())])' 2>&1)"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
+NAME=gpu_check
+source benchmarks/gpu_setup.sh
 
 say "1/3 energies: $PLATFORM vs Reference"
 timeout 90 $PY benchmarks/gpu_check.py energies --out "$OUT" --device-platform "$PLATFORM" --frames "$FRAMES" \

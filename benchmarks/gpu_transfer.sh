@@ -26,21 +26,10 @@ TRADE_START=${TRANSFER_TRADE_START:-200}
 LR=${TRANSFER_LR:-2.0e-4}
 TRADE_WEIGHT=${TRANSFER_TRADE_WEIGHT:-0.1}
 TRADE_RAMP=${TRANSFER_TRADE_RAMP:-1000}
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$OUT"
 LOG="$OUT/gpu_transfer.log"
-PY=${PYTHON:-python3}
-start=$(date +%s)
-say() { echo "[gpu_transfer +$(( $(date +%s) - start ))s] $*" | tee -a "$LOG"; }
-
-if ! $PY -c "import openmm, mdtraj" 2>/dev/null; then
-  say "installing .whl/*.whl into /tmp/site"
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    2>&1 | tail -3 | tee -a "$LOG"
-fi
-export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
-say "python $($PY -c 'import sys, torch, openmm; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), "openmm", openmm.__version__)' 2>&1)"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
+NAME=gpu_transfer
+source benchmarks/gpu_setup.sh
 
 say "1/2 TRADE training on $DEVICE for $MINUTES min from $INIT"
 timeout $(( ${MINUTES%.*} * 60 + 90 )) $PY benchmarks/ala2_transfer.py train \
