@@ -168,7 +168,7 @@ def test_resume_on_two_ranks_continues_exactly(runs: dict[str, Any]) -> None:
         for name, value in result["params"].items():
             assert torch.equal(value, result["resumed_params"][name]), name
         torch.testing.assert_close(result["resumed_mean_energy"], result["mean_energy"], rtol=0, atol=0)
-    assert runs["files"] == ["checkpoint.pt", "summary.json"]
+    assert runs["files"] == ["best", "checkpoint.pt", "summary.json"]             # rank 0 alone writes
 
 
 def test_a_two_process_checkpoint_continues_on_one_process(runs: dict[str, Any]) -> None:

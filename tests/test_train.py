@@ -147,10 +147,28 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
     torch.testing.assert_close(resumed.grid.mean_energy, uninterrupted.grid.mean_energy, rtol=0, atol=0)
     torch.testing.assert_close(resumed.grid.loss, uninterrupted.grid.loss, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(resumed.rng.get_state(), uninterrupted.rng.get_state())
+    assert resumed.best_ess == uninterrupted.best_ess > 0
     final = read_checkpoint(tmp_path / "a")
     assert final["step"] == 12 and final["system"]["name"] == "double-well-1d"
     assert final["normalisation"] == {"type": "box", "low": [-1.7], "high": [1.7]}
     assert (tmp_path / "a" / "summary.json").is_file()
+
+
+def test_best_checkpoint_is_the_refresh_with_the_highest_lowest_ess(tmp_path: Path) -> None:
+    """<out>/best/ holds the model of the refresh whose lowest node ESS was the highest so far; it loads."""
+    toy = DoubleWell1D()
+    trainer = _trainer(toy, _small_config(steps=24), tmp_path)
+    lowest_by_step = {}
+    while trainer.step < 24:
+        trainer.train_step()
+        if trainer.last_refresh is not None:
+            lowest_by_step[trainer.last_refresh] = float(trainer.grid.ess.min())
+    best = read_checkpoint(tmp_path / "best")
+    step, value = max(lowest_by_step.items(), key=lambda item: (item[1], -item[0]))
+    assert len(lowest_by_step) >= 3 and best["best_ess"] == value == trainer.best_ess
+    assert best["step"] == step                                   # saved when that refresh ran (before its step)
+    generator, _, _ = load_generator(tmp_path / "best", system=toy)
+    assert generator.log_prob(torch.zeros(1, 1), 300.0).isfinite().all()
 
 
 def test_resume_refuses_changed_settings(tmp_path: Path) -> None:

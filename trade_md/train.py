@@ -70,6 +70,8 @@ __all__ = [
 
 CHECKPOINT_NAME = "checkpoint.pt"
 """File name of the checkpoint inside a run directory."""
+BEST_DIR = "best"
+"""Sub-directory of a run that holds the checkpoint of the grid refresh with the highest lowest-node ESS."""
 CHECKPOINT_FORMAT = "trade-md-checkpoint-1"
 MAX_CONSECUTIVE_SKIPS = 100
 """Training stops with an error after this many consecutive non-finite steps."""
@@ -135,6 +137,9 @@ class TrainConfig:
         energy_workers, energy_platform: EnergyBridge worker processes and OpenMM platform (molecules).
     Bookkeeping:
         checkpoint_every: steps between checkpoints; validate_every: steps between validation NLL / ESS reports.
+        In mode trade every grid refresh whose lowest ESS over the nodes beats all earlier ones also writes
+        ``<out>/best/checkpoint.pt`` (load it with ``load_generator(out / "best")``): TRADE runs can lose the
+        temperatures away from T0 while T0 stays fine, and the grid ESS is what sees it.
         ess_samples: model samples for the ESS at T0 shown at each validation (0: none).
         progress_temperatures: K, temperatures whose grid ESS the progress bar shows (default T_min, T0, T_max).
         progress: show a tqdm progress bar.
@@ -487,6 +492,7 @@ class Trainer:
         self.energy_evaluations = 0
         self.refreshes = 0
         self.refresh_seconds = 0.0
+        self.best_ess = -1.0
         self._data_energy = self._data_energies() if self._uses_data_residuals else None
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -700,6 +706,11 @@ class Trainer:
         self.last_refresh = self.step
         self.refresh_seconds += time.perf_counter() - start
         self.refreshes += 1
+        lowest = float(self.grid.ess.min())
+        if lowest > self.best_ess:                       # the same on every rank: the grid pools all ranks' samples
+            self.best_ess = lowest
+            if self.out is not None and self.is_main:
+                self.save_checkpoint(self.out / BEST_DIR / CHECKPOINT_NAME)
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (or a counted skip); returns the loss terms as floats."""
@@ -851,13 +862,14 @@ class Trainer:
             "config": self.config.to_dict(),
             "system": dataclasses.asdict(self.system),
             "history": self.history,
+            "best_ess": self.best_ess,
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write ``<out>/checkpoint.pt`` atomically; returns its path."""
+    def save_checkpoint(self, path: Path | None = None) -> Path:
+        """Write the checkpoint atomically to ``path`` (default ``<out>/checkpoint.pt``); returns its path."""
         if self.out is None:
             raise InputError("this trainer has no output directory; pass out=... to save checkpoints")
-        path = self.out / CHECKPOINT_NAME
+        path = self.out / CHECKPOINT_NAME if path is None else path
         with atomic_write_path(path) as temp:
             torch.save(self.state(), temp)
         return path
@@ -883,6 +895,7 @@ class Trainer:
         self.energy_evaluations = int(checkpoint["energy_evaluations"])
         self.last_refresh = checkpoint["last_refresh"]
         self.history = list(checkpoint["history"])
+        self.best_ess = float(checkpoint.get("best_ess", -1.0))
 
 
 def _postfix(terms: dict[str, float], shown: dict[str, float]) -> dict[str, str]:
