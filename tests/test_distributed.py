@@ -28,11 +28,12 @@ measured 7e-15 for the parameters, 7e-16 relative for E[U])."""
 
 
 def _config(**overrides: Any) -> TrainConfig:
-    """Double well, NLL + reverse-KL boundary, TRADE from step 10; global batch sizes, odd so that 2 ranks get
-    unequal shares (127/128, 32/33, ...)."""
+    """Double well, NLL + reverse-KL boundary, TRADE and the range KL from step 10; global batch sizes, odd so
+    that 2 ranks get unequal shares (127/128, 32/33, ...)."""
     values: dict[str, Any] = {
         "mode": "trade", "temperature_min": 150.0, "temperature_max": 600.0, "steps": STEPS, "batch_size": 255,
-        "trade_batch_size": 126, "kl_weight": 0.5, "kl_batch_size": 65, "trade_start": 10, "trade_ramp": 20,
+        "trade_batch_size": 126, "kl_weight": 0.5, "kl_range_weight": 0.2, "kl_batch_size": 65, "trade_start": 10,
+        "trade_ramp": 20,
         "grid_nodes": 7, "grid_samples": 1023,
         "grid_refresh_every": 10, "causality_epsilon": 0.5, "learning_rate": 3e-3, "lr_schedule": "constant",
         "validate_every": STEPS, "checkpoint_every": STEPS, "progress": False, "seed": 0, "dtype": "float64",

@@ -15,6 +15,7 @@ from trade_md.flows import (
     ConditionalSplineFlow,
     Domain,
     Generator,
+    ThermalScaling,
     rational_quadratic_spline,
 )
 
@@ -129,6 +130,101 @@ def test_full_flow_logdet_and_inverse(domains) -> None:
         ctx = context[i : i + 1]
         expected = jacobian_logdet(lambda p, c=ctx: flow.transform(p.unsqueeze(0), c)[0][0], u[i])
         assert abs(float(logdet[i].detach()) - expected) < 1e-6
+
+
+def scaling_layer(domains, dtype=torch.float64) -> ThermalScaling:
+    """A thermal scaling layer with random centres and exponents (0.3-2)."""
+    layer = ThermalScaling(domains).to(dtype)
+    with torch.no_grad():
+        layer.centre.copy_(0.8 * torch.randn(len(domains)))
+        layer.exponent.copy_(0.3 + 1.7 * torch.rand(len(domains)))
+    return layer
+
+
+def test_thermal_scaling_is_the_identity_at_t0_and_inverts_elsewhere() -> None:
+    layer = scaling_layer(MIXED)
+    z = uniform_points(MIXED, 200)
+    at_t0, logdet = layer(z, torch.zeros(200, 1, dtype=torch.float64))
+    assert torch.allclose(at_t0, z, atol=1e-12) and torch.allclose(logdet, torch.zeros(200, dtype=torch.float64))
+    for log_t in (-0.8, 0.6):
+        context = torch.full((200, 1), log_t, dtype=torch.float64)
+        y, logdet = layer(z, context)
+        back, inverse_logdet = layer.inverse(y, context)
+        circular = torch.tensor([d.is_circular for d in MIXED])
+        difference = torch.where(circular, circular_difference(back, z), back - z).detach()
+        assert float(difference.abs().max()) < 1e-10 and torch.allclose(inverse_logdet, -logdet, atol=1e-10)
+        assert float((y - z).detach().abs().max()) > 0.1
+        inside = (y[:, 1] >= -1.0) & (y[:, 1] <= 2.0)
+        assert bool(inside.all())
+        for i in range(5):
+            expected = jacobian_logdet(lambda p, c=context[:1]: layer(p.unsqueeze(0), c)[0][0], z[i])
+            assert abs(float(logdet[i].detach()) - expected) < 1e-8
+
+
+def test_thermal_scaling_scales_about_the_centre_by_the_harmonic_factor() -> None:
+    """Near its centre a feature moves by ``(T / T0)^(a / 2)`` times its distance to the centre."""
+    layer = scaling_layer(MIXED)
+    with torch.no_grad():
+        layer.centre[1] = 0.3                                    # well inside the interval [-1, 2]
+    centre = layer.centres()
+    log_t = 0.4
+    expected = torch.exp(0.5 * layer.exponent.detach() * log_t)
+    context = torch.full((1, 1), log_t, dtype=torch.float64)
+    y, _ = layer(centre.unsqueeze(0) + 1e-5, context)
+    assert torch.allclose(circular_difference(y.detach()[0], centre) / 1e-5, expected, rtol=1e-4)
+    y, _ = layer(centre.unsqueeze(0) + 0.5, context)            # the interval stays a scaling over its bulk
+    assert abs(float((y.detach()[0, 1] - centre[1]) / 0.5 / expected[1]) - 1.0) < 5e-3
+
+
+def test_thermal_scaling_initialises_from_data() -> None:
+    """Centres at the (circular) means; exponent 1 on intervals and stiff dihedrals, 0 on wide dihedrals."""
+    generator = torch.Generator().manual_seed(0)
+    n = 20000
+    stiff = circular_difference(math.pi - 0.1 + 0.2 * torch.randn(n, generator=generator, dtype=torch.float64), 0)
+    wide = torch.where(torch.rand(n, generator=generator) < 0.5, -1.5, 1.2) + 0.3 * torch.randn(n, generator=generator)
+    interval = 0.5 + 0.1 * torch.randn(n, generator=generator, dtype=torch.float64)
+    z = torch.stack([stiff, interval.double(), circular_difference(wide.double(), 0)], dim=1)
+    layer = ThermalScaling(MIXED).double()
+    layer.initialise(z)
+    assert layer.exponent.tolist() == [1.0, 1.0, 0.0]
+    centre = layer.centres()
+    assert abs(float(circular_difference(centre[0], torch.tensor(math.pi - 0.1)))) < 0.01
+    assert abs(float(centre[1]) - 0.5) < 0.01
+
+
+def test_flow_with_thermal_scaling_is_consistent_and_round_trips() -> None:
+    flow = random_flow(MIXED, thermal_scaling=True)
+    assert flow.config()["thermal_scaling"] is True
+    context = torch.full((500, 1), -0.5, dtype=torch.float64)
+    with torch.no_grad():
+        z, log_q = flow.sample(context)
+        assert torch.allclose(flow.log_prob(z, context), log_q, atol=1e-8)
+        rebuilt = ConditionalSplineFlow.from_config(flow.config()).double()
+        rebuilt.load_state_dict(flow.state_dict())
+        assert torch.allclose(rebuilt.log_prob(z, context), log_q, atol=1e-12)
+    old = {key: value for key, value in flow.config().items() if key != "thermal_scaling"}
+    assert ConditionalSplineFlow.from_config(old).scaling is None      # checkpoints from before the layer
+    with pytest.raises(InputError, match="thermal_scaling=True"):
+        Generator(BoxCoordinates(-1.0, 1.0, 1), ConditionalSplineFlow([Domain.interval(-1.0, 1.0)]),
+                  300.0).initialise_thermal_scaling(torch.zeros(3, 1))
+
+
+def test_context_enters_through_zero_weights_until_trained() -> None:
+    """Weights on the context start at zero (and reset_context_weights zeroes them again): a model that only ever
+    saw T0 is the same at every T, instead of being perturbed by untrained random weights."""
+    flow = ConditionalSplineFlow(MIXED, n_layers=3, hidden=8).double()
+    with torch.no_grad():
+        for layer in flow.layers:
+            layer.conditioner[-1].weight.normal_()            # a trained-looking layer, context weights untouched
+    z = uniform_points(MIXED, 20)
+    at = {c: flow.log_prob(z, torch.full((20, 1), c, dtype=torch.float64)).detach() for c in (0.0, 0.7)}
+    assert torch.equal(at[0.0], at[0.7]) and float(at[0.0].std()) > 0.1
+    randomise(flow)
+    moved = flow.log_prob(z, torch.full((20, 1), 0.7, dtype=torch.float64)).detach()
+    assert not torch.allclose(moved, flow.log_prob(z, torch.zeros(20, 1, dtype=torch.float64)).detach())
+    flow.reset_context_weights()
+    reset = flow.log_prob(z, torch.full((20, 1), 0.7, dtype=torch.float64)).detach()
+    assert torch.allclose(reset, flow.log_prob(z, torch.zeros(20, 1, dtype=torch.float64)).detach(), atol=1e-12)
 
 
 def test_new_flow_is_identity_and_base_is_uniform() -> None:

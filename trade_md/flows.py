@@ -10,8 +10,11 @@ Rational-quadratic splines follow Durkan et al., "Neural Spline Flows" (2019). O
 monotonic bijection of ``[low, high]``; on the circle the derivative at ``-pi`` and ``pi`` is shared, so the map is
 a diffeomorphism of the circle, and each layer is followed by a fixed (non-learned) rotation of the circular
 features so that the seam at ``+-pi`` moves from layer to layer. Every layer starts as the exact identity (the
-conditioner's output layer is zero-initialised). Everything is differentiable twice (TRADE differentiates
-``log q`` with respect to the context with ``create_graph=True``).
+conditioner's output layer is zero-initialised). An optional last layer, :class:`ThermalScaling`, builds in the
+temperature dependence of harmonic degrees of freedom (each feature scaled about its centre by ``(T/T0)^(a/2)``):
+it is the identity at T0 and gives TRADE the right starting point for bonds, angles and stiff dihedrals, which
+an untrained conditioner would otherwise hold at their T0 widths at every temperature. Everything is
+differentiable twice (TRADE differentiates ``log q`` with respect to the context with ``create_graph=True``).
 
 >>> flow = ConditionalSplineFlow([Domain.circular(), Domain.interval(0.0, 1.0)], context_dim=1, n_layers=2)
 >>> z, log_q = flow.sample(torch.zeros(5, 1))
@@ -41,6 +44,7 @@ __all__ = [
     "Domain",
     "Generator",
     "SplineCoupling",
+    "ThermalScaling",
     "molecule_generator",
     "rational_quadratic_spline",
 ]
@@ -180,7 +184,9 @@ class SplineCoupling(nn.Module):
     """One coupling layer: RQ splines on the ``transformed`` dims, conditioned on the others and the context.
 
     domains: all ``d`` feature domains; transformed: indices of the dims this layer changes; the conditioner is
-    an MLP (SiLU) on ``[embedded passive features, context]`` whose output layer starts at zero (identity layer).
+    an MLP (SiLU) on ``[embedded passive features, context]`` whose output layer starts at zero (identity layer)
+    and whose weights on the context start at zero, so that a model trained at T0 alone is the same model at
+    every T until its temperature dependence is trained.
     """
 
     def __init__(
@@ -225,6 +231,14 @@ class SplineCoupling(nn.Module):
         nn.init.zeros_(output.bias)
         layers.append(output)
         self.conditioner = nn.Sequential(*layers)
+        self.context_dim = context_dim
+        self.reset_context_weights()
+
+    @torch.no_grad()
+    def reset_context_weights(self) -> None:
+        """Zero the conditioner's weights on the context (the last inputs): the layer forgets its temperature
+        dependence. A run at T0 alone never trains them (the context is 0 there)."""
+        self.conditioner[0].weight[:, -self.context_dim:] = 0.0
 
     def _embed(self, passive: Tensor) -> Tensor:
         """Conditioner features: ``(cos, sin)`` of circular dims, interval dims rescaled onto ``[-1, 1]``."""
@@ -253,6 +267,104 @@ class SplineCoupling(nn.Module):
         return self._couple(z, context, inverse=True)
 
 
+STIFF_CIRCULAR_STD = 0.5
+"""Circular standard deviation (rad) below which :meth:`ThermalScaling.initialise` treats a dihedral as stiff."""
+_EDGE = 1e-6
+"""Interval features are kept this far (as a fraction of the half length) inside their edges before unfolding."""
+_UNFOLD_POWER = 8
+"""``p`` of the unfolding ``w = v / (1 - v^p)^(1/p)`` of ``(-1, 1)`` onto the line: linear within 0.3 % up to
+``|v| = 0.6`` (``atanh`` is off by 15 % there), so the scaling stays a scaling out to 3.6 data standard deviations."""
+
+
+def _unfold(v: Tensor) -> Tensor:
+    """``w = v / (1 - v^p)^(1/p)``: ``(-1, 1)`` onto the real line, odd, ``w ~ v`` near 0."""
+    return v * torch.exp(-torch.log1p(-v.abs() ** _UNFOLD_POWER) / _UNFOLD_POWER)
+
+
+def _fold(w: Tensor) -> tuple[Tensor, Tensor]:
+    """The inverse of :func:`_unfold`, ``v = w / (1 + w^p)^(1/p)``, and ``log dv/dw = -(1 + 1/p) log(1 + w^p)``."""
+    log_1p = torch.log1p(w.abs() ** _UNFOLD_POWER)
+    return w * torch.exp(-log_1p / _UNFOLD_POWER), -(1.0 + 1.0 / _UNFOLD_POWER) * log_1p
+
+
+class ThermalScaling(nn.Module):
+    """The harmonic temperature dependence as a fixed-form last layer: feature ``i`` is scaled about its centre
+    ``c_i`` by ``s_i = (T / T0)^(a_i / 2)``, made a bijection of its domain.
+
+    Interval ``[low, high]``: with ``v = 2 (z - low) / (high - low) - 1`` unfolded onto the line,
+    ``w = v / (1 - v^8)^(1/8)``, the map is ``w' = c + s (w - c)`` (``c`` in ``w`` units): a plain scaling over the
+    bulk of the interval (bonds and angles span +-6 data standard deviations) that never leaves it. Circle:
+    ``theta' = c + 2 atan2(s sin h, cos h)`` with ``h = wrap(theta - c) / 2``, a diffeomorphism of the circle with
+    slope ``s`` at ``c``. Exponent ``a = 1`` is the exact temperature dependence
+    of a harmonic degree of freedom about its minimum (every coordinate of a Gaussian scales by ``sqrt(T / T0)``
+    about the mode, whatever its correlations); ``a = 0`` leaves a feature alone. At ``T0`` (context 0) the layer
+    is the identity for any ``c`` and ``a``, so a boundary fit never sees it; centres and exponents are trained by
+    the TRADE term only. Parameters start at ``c = 0, a = 0`` (identity); :meth:`initialise` sets them from data.
+    """
+
+    def __init__(self, domains: Sequence[Domain]) -> None:
+        super().__init__()
+        d = len(domains)
+        self.centre = nn.Parameter(torch.zeros(d))
+        self.exponent = nn.Parameter(torch.zeros(d))
+        self.register_buffer("_circular", torch.tensor([dom.is_circular for dom in domains]), persistent=False)
+        self.register_buffer("_low", torch.tensor([dom.low for dom in domains], dtype=torch.float64), persistent=False)
+        self.register_buffer("_length", torch.tensor([dom.length for dom in domains], dtype=torch.float64),
+                             persistent=False)
+
+    @torch.no_grad()
+    def initialise(self, z: Tensor, stiff_std: float = STIFF_CIRCULAR_STD) -> None:
+        """Centres at the mean of features ``z [n, d]`` (circular mean on circles); exponent 1 on every interval
+        feature and on dihedrals whose circular standard deviation is below ``stiff_std`` rad, 0 elsewhere."""
+        z = z.detach().to(torch.float64)
+        mean_v = (2.0 * (z - self._low) / self._length - 1.0).mean(0).clamp(-1.0 + _EDGE, 1.0 - _EDGE)
+        resultant = torch.complex(torch.cos(z).mean(0), torch.sin(z).mean(0))
+        circular_std = torch.sqrt(-2.0 * torch.log(resultant.abs().clamp(min=1e-12)))
+        centre = torch.where(self._circular, torch.angle(resultant), _unfold(mean_v))
+        stiff = ~self._circular | (circular_std < stiff_std)
+        self.centre.copy_(centre.to(self.centre.dtype))
+        self.exponent.copy_(stiff.to(self.exponent.dtype))
+
+    def centres(self) -> Tensor:
+        """The centres in feature units ``[d]`` (angles on circles)."""
+        with torch.no_grad():
+            folded, _ = _fold(self.centre)
+            interval = self._low.to(folded) + 0.5 * self._length.to(folded) * (folded + 1.0)
+            return torch.where(self._circular, _wrap(self.centre), interval).detach()
+
+    def _scale(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """``(s [n, d], log s [n, d])`` for context ``log(T / T0)`` ``[n, 1]``."""
+        log_s = 0.5 * self.exponent.to(context.dtype) * context
+        return torch.exp(log_s), log_s
+
+    def _map(self, z: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        s, log_s = self._scale(context)
+        if inverse:
+            s, log_s = 1.0 / s, -log_s
+        centre = self.centre.to(z.dtype)
+        low, length = self._low.to(z.dtype), self._length.to(z.dtype)
+        v = (2.0 * (z - low) / length - 1.0).clamp(-1.0 + _EDGE, 1.0 - _EDGE)
+        w = _unfold(v)
+        v_new, log_fold_new = _fold(centre + s * (w - centre))
+        _, log_fold = _fold(w)
+        interval = low + 0.5 * length * (v_new + 1.0)
+        interval_log = log_s + log_fold_new - log_fold
+        h = 0.5 * _wrap(z - centre)
+        angle = _wrap(centre + 2.0 * torch.atan2(s * torch.sin(h), torch.cos(h)))
+        angle_log = log_s - torch.log(torch.cos(h) ** 2 + (s * torch.sin(h)) ** 2)
+        out = torch.where(self._circular, angle, interval)
+        log_derivative = torch.where(self._circular, angle_log, interval_log)
+        return out, log_derivative.sum(dim=-1)
+
+    def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Flow side to feature side at context ``[n, 1]``: ``(z' [n, d], log|dz'/dz| [n])``."""
+        return self._map(z, context, inverse=False)
+
+    def inverse(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Feature side to flow side: ``(z' [n, d], log|dz'/dz| [n])``."""
+        return self._map(z, context, inverse=True)
+
+
 def _masks(d: int, n_layers: int, generator: torch.Generator) -> list[list[int]]:
     """Transformed dims per layer: random halves, each followed by its complement, so every dim moves twice."""
     if d == 1:
@@ -273,7 +385,9 @@ class ConditionalSplineFlow(nn.Module):
 
     domains: the ``d`` feature domains; context_dim: width of the context (1 for ``log(T / T0)``);
     n_layers: coupling layers; hidden, n_hidden_layers: conditioner MLP shape; n_bins: spline bins;
-    seed: fixes the coupling masks and the circular phase shifts (stored as buffers and in :meth:`config`).
+    seed: fixes the coupling masks and the circular phase shifts (stored as buffers and in :meth:`config`);
+    thermal_scaling: end with a :class:`ThermalScaling` layer (the harmonic temperature dependence, identity at
+    T0; set its centres and exponents from data with :meth:`Generator.initialise_thermal_scaling`).
     The base distribution is uniform on the product of domains and independent of the context.
     """
 
@@ -286,6 +400,7 @@ class ConditionalSplineFlow(nn.Module):
         n_hidden_layers: int = 2,
         n_bins: int = 8,
         seed: int = 0,
+        thermal_scaling: bool = False,
     ) -> None:
         super().__init__()
         self.domains = [d if isinstance(d, Domain) else Domain(**d) for d in domains]
@@ -298,7 +413,7 @@ class ConditionalSplineFlow(nn.Module):
             )
         self.context_dim = int(context_dim)
         self._settings = {"n_layers": int(n_layers), "hidden": int(hidden), "n_hidden_layers": int(n_hidden_layers),
-                          "n_bins": int(n_bins), "seed": int(seed)}
+                          "n_bins": int(n_bins), "seed": int(seed), "thermal_scaling": bool(thermal_scaling)}
         generator = torch.Generator().manual_seed(int(seed))
         d = len(self.domains)
         self.layers = nn.ModuleList(
@@ -311,6 +426,12 @@ class ConditionalSplineFlow(nn.Module):
         self.register_buffer("_circular", circular, persistent=False)
         self.register_buffer("_low", torch.tensor([dom.low for dom in self.domains], dtype=torch.float64))
         self.register_buffer("_high", torch.tensor([dom.high for dom in self.domains], dtype=torch.float64))
+        self.scaling = ThermalScaling(self.domains) if thermal_scaling else None
+
+    def reset_context_weights(self) -> None:
+        """Zero every coupling's weights on the context (see :meth:`SplineCoupling.reset_context_weights`)."""
+        for layer in self.layers:
+            layer.reset_context_weights()
 
     @property
     def dim(self) -> int:
@@ -349,6 +470,9 @@ class ConditionalSplineFlow(nn.Module):
             z, ld = layer(z, context)
             z = self._rotate(z, index, 1.0)
             logdet = logdet + ld
+        if self.scaling is not None:
+            z, ld = self.scaling(z, context)
+            logdet = logdet + ld
         return z, logdet
 
     def inverse_transform(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
@@ -356,6 +480,8 @@ class ConditionalSplineFlow(nn.Module):
         self._check(z)
         context = self._context(context, z.shape[0]).to(z.dtype)
         u, logdet = z, torch.zeros_like(z[:, 0])
+        if self.scaling is not None:
+            u, logdet = self.scaling.inverse(u, context)
         for index in reversed(range(len(self.layers))):
             u = self._rotate(u, index, -1.0)
             u, ld = self.layers[index].inverse(u, context)
@@ -521,6 +647,14 @@ class Generator(nn.Module):
         high = self.flow._high.to(z.dtype)
         inside = (z >= low) & (z <= high)
         return torch.all(inside | self.flow._circular, dim=-1)
+
+    def initialise_thermal_scaling(self, x: Tensor) -> None:
+        """Set the flow's :class:`ThermalScaling` centres and exponents from frames ``x`` (nm, at T0)."""
+        if self.flow.scaling is None:
+            raise InputError("this flow has no thermal scaling layer; build it with thermal_scaling=True")
+        with torch.no_grad():
+            z, _ = self.coordinates.forward(torch.as_tensor(x).to(dtype=self.dtype, device=self.device))
+        self.flow.scaling.initialise(z)
 
     def chirality_flags(self, x: Tensor) -> Tensor:
         """``bool [n]``, True where a chiral centre is wrong-handed; all False for coordinates without centres."""

@@ -591,7 +591,8 @@ def molecule_generator(
     ``.constrained_bonds()`` (a ``MolecularSystem``) or ``.system`` (an ``openmm.System``) for bond constraints;
     training_positions: ``[n, atoms, 3]`` nm (normalisation statistics); reference_temperature: ``T0`` in K;
     flow_kwargs: :class:`~trade_md.flows.ConditionalSplineFlow` arguments (n_layers, hidden, n_hidden_layers,
-    n_bins, seed). The model is float32; call ``.double()`` for float64.
+    n_bins, seed, thermal_scaling; the scaling layer's centres and exponents come from ``training_positions``).
+    The model is float32; call ``.double()`` for float64.
     """
     topology = system.topology
     zmatrix = ZMatrix.from_topology(topology)
@@ -609,4 +610,7 @@ def molecule_generator(
         width_sigmas=width_sigmas,
     )
     flow = ConditionalSplineFlow(coordinates.domains, context_dim=1, **flow_kwargs)
-    return Generator(coordinates, flow, to_kelvin(reference_temperature)).float()
+    generator = Generator(coordinates, flow, to_kelvin(reference_temperature)).float()
+    if flow.scaling is not None:
+        generator.initialise_thermal_scaling(to_nm(training_positions))
+    return generator

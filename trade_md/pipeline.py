@@ -65,7 +65,8 @@ QUICK = Preset(
     train={"steps": 100, "batch_size": 64, "learning_rate": 2.0e-3, "kl_batch_size": 32, "trade_start": 30,
            "trade_ramp": 40, "trade_batch_size": 64, "grid_nodes": 6, "grid_samples": 128, "grid_refresh_every": 25,
            "checkpoint_every": 25, "validate_every": 25,
-           "flow": {"n_layers": 4, "hidden": 32, "n_hidden_layers": 1, "n_bins": 8, "seed": 0}},
+           "flow": {"n_layers": 4, "hidden": 32, "n_hidden_layers": 1, "n_bins": 8, "seed": 0,
+                    "thermal_scaling": True}},
 )
 """A first look in a few minutes on a laptop CPU (and the CI test); its numbers are not converged."""
 

@@ -28,6 +28,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -107,6 +108,11 @@ class TrainConfig:
     Boundary (mode trade; mode nll uses NLL only):
         nll_weight: weight of the NLL on data at T0 (needs data).
         kl_weight: weight of the reverse KL ``E_q[log q + u]`` at T0 (energy only); kl_batch_size samples per step.
+        kl_range_weight: weight of the same reverse KL at temperatures drawn log-uniformly over the trained range
+        (energy only, no data; ramped in with the TRADE term; 0, the default, is TRADE alone). Its minimum is the
+        Boltzmann density at every T, so it cannot bias the transfer; it penalises what the exact TRADE solution
+        of an imperfect boundary does at the hot end: the boundary's few high-energy samples, multiplied by
+        ``exp((beta0 - beta) U)``.
     TRADE (mode trade):
         trade_weight: final weight of the TRADE loss; trade_start: first step with the TRADE term;
         trade_ramp: steps over which its weight rises linearly from 0 to trade_weight.
@@ -133,7 +139,8 @@ class TrainConfig:
         (e.g. 50) bounds that growth and keeps the derivative targets, and with them the context pathway of the
         flow, of the size of the physical ones.
     Model and energies:
-        flow: keyword arguments of the flow (n_layers, hidden, n_hidden_layers, n_bins, seed, ...).
+        flow: keyword arguments of the flow (n_layers, hidden, n_hidden_layers, n_bins, seed, thermal_scaling;
+        see :class:`trade_md.flows.ConditionalSplineFlow`).
         energy_workers, energy_platform: EnergyBridge worker processes and OpenMM platform (molecules).
     Bookkeeping:
         checkpoint_every: steps between checkpoints; validate_every: steps between validation NLL / ESS reports.
@@ -165,6 +172,7 @@ class TrainConfig:
     dtype: str = "float32"
     nll_weight: float = 1.0
     kl_weight: float = 0.0
+    kl_range_weight: float = 0.0
     kl_batch_size: int = 256
     trade_weight: float = 1.0
     trade_start: int = 0
@@ -251,8 +259,8 @@ class TrainConfig:
         for name in ("learning_rate", "grad_clip", "huber_delta", "energy_cap"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise bad(name, "a number > 0")
-        for name in ("nll_weight", "kl_weight", "trade_weight", "causality_epsilon", "residual_from_model",
-                     "residual_from_reference", "residual_from_data"):
+        for name in ("nll_weight", "kl_weight", "kl_range_weight", "trade_weight", "causality_epsilon",
+                     "residual_from_model", "residual_from_reference", "residual_from_data"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
                 raise bad(name, "a number >= 0")
         for name in ("validation_fraction", "grid_decay", "lr_final_fraction"):
@@ -282,7 +290,7 @@ class TrainConfig:
                                  "to train over")
             if self.temperature_min >= self.temperature_max:
                 raise bad("temperature_min", f"below temperature_max = {self.temperature_max}")
-            if self.nll_weight == 0 and self.kl_weight == 0:
+            if self.nll_weight == 0 and self.kl_weight == 0 and self.kl_range_weight == 0:
                 raise InputError(f"{source}: mode 'trade' needs a boundary at T0: set nll_weight > 0 (data) and/or "
                                  "kl_weight > 0 (reverse KL on the energy)")
             if self.residual_from_model + self.residual_from_reference + self.residual_from_data <= 0:
@@ -386,23 +394,43 @@ def generator_for(dataset: Any, config: TrainConfig, checkpoint: dict[str, Any] 
     torch.manual_seed(config.seed)
     if checkpoint is not None:
         return Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"])
-    if config.init_from is not None:
-        return _initial_generator(config, SystemRecord.of(dataset.system))
     training, _ = split_frames(dataset.positions, config)
+    if config.init_from is not None:
+        return _initial_generator(config, SystemRecord.of(dataset.system), training)
     return molecule_generator(dataset.system, training, config.reference_temperature, **config.flow)
 
 
-def _initial_generator(config: TrainConfig, system: SystemRecord) -> Generator:
+def _initial_generator(config: TrainConfig, system: SystemRecord, training: Any) -> Generator:
     """The trained model of ``config.init_from`` as the starting point of a new run (its system, T0 and flow
-    settings must be this run's)."""
+    settings must be this run's). A run may add ``thermal_scaling`` to a model trained without it: the layer is
+    the identity at T0, so the model is unchanged there; its centres and exponents come from ``training``
+    (``[n, atoms, 3]`` nm). A model that was trained at T0 alone starts with its context weights at zero: the
+    same model at every T."""
     where = f"init_from {config.init_from}"
     start = read_checkpoint(config.init_from)
     SystemRecord(**start["system"]).check_same(system, where)
     saved = _saved_config(start, where)
-    if config.flow != saved.flow:
+    wanted, had = dict(config.flow), dict(saved.flow)
+    add_scaling = bool(wanted.pop("thermal_scaling", False)) and not had.pop("thermal_scaling", False)
+    if not add_scaling:
+        wanted, had = config.flow, saved.flow
+    if wanted != had:
         raise InputError(f"{where} has flow {saved.flow}, this run asks for {config.flow}; use the same flow "
-                         "settings (copy them from that run's config)")
-    generator = Generator.from_config(start["generator_config"], start["model_state"])
+                         "settings (copy them from that run's config; only thermal_scaling may be added)")
+    if add_scaling:
+        generator_config = copy.deepcopy(start["generator_config"])
+        generator_config["flow"]["thermal_scaling"] = True
+        dtype = next(v.dtype for k, v in start["model_state"].items() if "conditioner" in k)
+        generator = Generator.from_config(generator_config).to(dtype)
+        missing, unexpected = generator.load_state_dict(start["model_state"], strict=False)
+        if unexpected or set(missing) != {"flow.scaling.centre", "flow.scaling.exponent"}:
+            raise InputError(f"{where}: its weights do not fit this flow (missing {missing}, unexpected "
+                             f"{unexpected})")
+        generator.initialise_thermal_scaling(training)
+    else:
+        generator = Generator.from_config(start["generator_config"], start["model_state"])
+    if saved.mode == "nll" or (saved.trade_weight == 0 and saved.kl_range_weight == 0):
+        generator.flow.reset_context_weights()       # never trained (context 0 at T0); older code drew them at random
     if config.reference_temperature is not None and not math.isclose(
         generator.reference_temperature, config.reference_temperature, rel_tol=1e-9
     ):
@@ -682,6 +710,19 @@ class Trainer:
         terms["trade"] = float(loss.detach())
         return loss
 
+    def _range_kl_loss(self, terms: dict[str, float]) -> Tensor:
+        """Reverse KL ``E_q[log q + u_T]`` averaged over kl_batch_size temperatures drawn log-uniformly over the
+        trained range (the constant ``-log Z(T)`` of each T does not reach the gradient)."""
+        config = self.config
+        n = config.kl_batch_size
+        temperature = sample_log_uniform(n, config.temperature_min, config.temperature_max, generator=self.rng)
+        x, log_q = self._sample(n, temperature)
+        local = temperature[slice(*self._share(n))].to(device=self.device, dtype=log_q.dtype)
+        u = reduced_energy(self.energy(x).to(log_q.dtype), local, config.energy_cap)
+        kl = self._mean(log_q + u, n)
+        terms["kl_range"] = float(kl.detach())
+        return kl
+
     # ------------------------------------------------------------------------------------------- loop
     def trade_factor(self, step: int) -> float:
         """Current TRADE weight: trade_weight × linear ramp (0 in mode nll)."""
@@ -725,6 +766,10 @@ class Trainer:
         loss = self._boundary_loss(terms)
         if factor > 0:
             loss = loss + factor * self._trade_loss(terms)
+        if config.mode == "trade" and config.kl_range_weight > 0:
+            growing = ramp(self.step, config.trade_start, config.trade_ramp)
+            if growing > 0:
+                loss = loss + growing * config.kl_range_weight * self._range_kl_loss(terms)
         terms["loss"] = float(loss.detach())
         finite = self._everywhere(bool(torch.isfinite(loss)))
         if finite:
