@@ -425,7 +425,7 @@ def _initial_generator(config: TrainConfig, system: SystemRecord, training: Any)
         missing, unexpected = generator.load_state_dict(start["model_state"], strict=False)
         if unexpected or set(missing) != {"flow.scaling.centre", "flow.scaling.exponent"}:
             raise InputError(f"{where}: its weights do not fit this flow (missing {missing}, unexpected "
-                             f"{unexpected})")
+                             f"{unexpected}); start from a checkpoint that trade-md wrote for these flow settings")
         generator.initialise_thermal_scaling(training)
     else:
         generator = Generator.from_config(start["generator_config"], start["model_state"])
