@@ -12,8 +12,8 @@
 # Environment overrides (for a CPU dry run: TRANSFER_DEVICE=cpu TRANSFER_MINUTES=0.5 TRANSFER_SAMPLES=500
 # TRANSFER_WORKERS=2): OUT (/tmp/gpu_transfer_out), INIT (runs/ala2_boundary_export), TRANSFER_DEVICE (cuda),
 # TRANSFER_MINUTES (6), TRANSFER_WORKERS (12), TRANSFER_SAMPLES (100000 per temperature), TRANSFER_TRADE_START
-# (200: $INIT is a boundary; 0 when it is already a TRADE model), TRANSFER_LR (2e-4), TRANSFER_TRADE_WEIGHT (0.1),
-# TRANSFER_TRADE_RAMP (1000 steps).
+# (200: $INIT is a boundary; 0 when it is already a TRADE model), TRANSFER_LR (5e-5, as in the config),
+# TRANSFER_TRADE_WEIGHT (0.1), TRANSFER_TRADE_RAMP (1000 steps).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_transfer_out}
@@ -23,7 +23,7 @@ MINUTES=${TRANSFER_MINUTES:-6}
 WORKERS=${TRANSFER_WORKERS:-12}
 SAMPLES=${TRANSFER_SAMPLES:-100000}
 TRADE_START=${TRANSFER_TRADE_START:-200}
-LR=${TRANSFER_LR:-2.0e-4}
+LR=${TRANSFER_LR:-5.0e-5}
 TRADE_WEIGHT=${TRANSFER_TRADE_WEIGHT:-0.1}
 TRADE_RAMP=${TRANSFER_TRADE_RAMP:-1000}
 mkdir -p "$OUT"
