@@ -14,6 +14,9 @@ Steps (subcommands):
   in k_BT with a bootstrap error, its difference to the MBAR reference (k_BT and in combined standard errors),
   JS and KL divergences of the reweighted 36×36 Ramachandran histogram to the reference's, the fraction of
   wrong-chirality samples; plus energy evaluations and wall time of training. Prints a table, writes JSON.
+- ``tilt``: what TRADE can reach from a boundary before any TRADE training: samples the model at T0 and reports,
+  per temperature, the Kish ESS of the exact Boltzmann tilt q0 · exp(−(β − β0) U), TRADE's fixed point
+  (:func:`trade_md.metrics.tilted_ess`), with the fraction of T0 samples the estimate rests on.
 - ``export``: a copy of a checkpoint without optimiser state (smaller; still loads with ``load_generator``).
 - ``history``: a run's training history (losses, validation NLL, ESS at each validation) and config as JSON.
 
@@ -394,6 +397,37 @@ def print_table(report: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------------- export
 
 
+def tilt(args: argparse.Namespace) -> int:
+    """Print and write the ESS of the exact tilt of the model at T0 (TRADE's fixed point) at each temperature."""
+    from trade_md.energy import EnergyBridge
+    from trade_md.metrics import kish_ess, tilted_ess
+    from trade_md.sampler import Sampler
+    from trade_md.train import load_generator
+
+    torch.set_num_threads(args.threads)
+    generator, system, config = load_generator(args.run)
+    t0 = generator.reference_temperature
+    with EnergyBridge(system, n_workers=args.energy_workers, platform=args.platform) as bridge:
+        sampler = Sampler(generator, bridge.energies, temperature_range=(config.temperature_min or t0,
+                                                                         config.temperature_max or t0),
+                          topology=system.topology)
+        torch.manual_seed(args.seed)
+        samples = sampler.sample(args.samples, t0, batch_size=args.batch_size, progress=False)
+    rows = [{"temperature_K": t0, "ess_percent": 100.0 * kish_ess(samples.log_weights), "support_percent": 100.0}]
+    for temperature in args.temperatures:
+        if math.isclose(temperature, t0):
+            continue
+        ess, support = tilted_ess(samples.log_weights, samples.energies, t0, temperature)
+        rows.append({"temperature_K": temperature, "ess_percent": 100.0 * ess, "support_percent": 100.0 * support})
+    print(f"exact tilt of the T0 = {t0:.0f} K model ({args.samples} samples): ESS % (support %)")
+    for row in rows:
+        print(f"  {row['temperature_K']:6.0f} K  {row['ess_percent']:7.2f}  ({row['support_percent']:.3g})")
+    if args.out:
+        write_json_atomic(Path(args.out), {"run": str(args.run), "samples": args.samples, "seed": args.seed,
+                                           "machine": machine_info(), "rows": rows})
+    return 0
+
+
 def export(args: argparse.Namespace) -> int:
     """Copy a checkpoint without optimiser state and training history (for transport); loads with load_generator."""
     checkpoint = read_checkpoint(args.run)
@@ -462,6 +496,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=evaluate)
+    p = sub.add_parser("tilt", help="ESS of the exact tilt of the T0 model (TRADE's fixed point)")
+    p.add_argument("--run", required=True, help="run directory with checkpoint.pt (a boundary)")
+    p.add_argument("--out", help="JSON report path")
+    p.add_argument("--samples", type=int, default=200000, help="model samples at T0")
+    p.add_argument("--temperatures", type=float, nargs="+", default=list(EVAL_TEMPERATURES))
+    p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--platform", default="Reference", help="OpenMM platform of the energies")
+    p.add_argument("--energy-workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=tilt)
     p = sub.add_parser("export", help="checkpoint without optimiser state")
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True, help="directory for the stripped checkpoint.pt")

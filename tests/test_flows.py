@@ -227,6 +227,31 @@ def test_context_enters_through_zero_weights_until_trained() -> None:
     assert torch.allclose(reset, flow.log_prob(z, torch.zeros(20, 1, dtype=torch.float64)).detach(), atol=1e-12)
 
 
+@pytest.mark.parametrize("head", [False, True])
+def test_temperature_masks_cover_exactly_what_acts_away_from_t0(head: bool) -> None:
+    """Changing every masked entry (context weights, temperature heads, scaling layer) leaves log q at T0 as it
+    was (to rounding: the scaling layer computes c + 1 * (w - c)) and moves it elsewhere; changing an unmasked
+    entry moves it at T0. A flow with heads stays a consistent bijection (sample vs log_prob)."""
+    flow = random_flow(MIXED, thermal_scaling=True, temperature_head=head)
+    z = uniform_points(MIXED, 50)
+    zero, hot = (torch.full((50, 1), c, dtype=torch.float64) for c in (0.0, 0.5))
+    before = {c: flow.log_prob(z, ctx).detach() for c, ctx in (("zero", zero), ("hot", hot))}
+    masks = flow.temperature_gradient_masks()
+    per_head = 2 * (flow.config()["n_hidden_layers"] + 1) if head else 0
+    assert len(masks) == len(flow.layers) * (1 + per_head) + 2
+    with torch.no_grad():
+        for parameter, mask in masks:
+            parameter.add_(mask * torch.randn_like(parameter))
+    assert torch.allclose(flow.log_prob(z, zero).detach(), before["zero"], rtol=0.0, atol=1e-12)
+    assert float((flow.log_prob(z, hot).detach() - before["hot"]).abs().max()) > 0.1
+    with torch.no_grad():
+        sampled, log_q = flow.sample(hot)
+        assert torch.allclose(flow.log_prob(sampled, hot), log_q, atol=1e-8)
+    with torch.no_grad():
+        flow.layers[0].conditioner[0].weight[:, 0] += 1.0          # a weight on a passive feature
+    assert not torch.allclose(flow.log_prob(z, zero).detach(), before["zero"])
+
+
 def test_new_flow_is_identity_and_base_is_uniform() -> None:
     flow = ConditionalSplineFlow(MIXED, n_layers=3, hidden=8).double()
     z = uniform_points(MIXED, 20)

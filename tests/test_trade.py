@@ -16,6 +16,7 @@ from trade_md.trade import (
     cap_reduced_energy,
     centred_trade_residual,
     group_means,
+    group_softmax,
     huber,
     importance_estimate,
     integrate_free_energy,
@@ -163,6 +164,17 @@ def test_group_means_are_detached_per_group_means() -> None:
     assert not means.requires_grad
     pooled = group_means(values, group, 4, all_reduce=lambda totals, op: 2 * totals)   # two identical ranks
     torch.testing.assert_close(pooled, means)
+
+
+def test_group_softmax_normalises_within_groups_and_drops_non_finite() -> None:
+    log_w = torch.tensor([0.0, math.log(3.0), 1000.0, float("nan"), -math.inf, 2.0], requires_grad=True)
+    group = torch.tensor([0, 0, 1, 1, 1, 2])
+    weights = group_softmax(log_w, group, 4)
+    torch.testing.assert_close(weights, torch.tensor([0.25, 0.75, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64))
+    assert not weights.requires_grad
+    reduce = {"max": lambda t: t, "sum": lambda t: 2 * t}                                # two identical ranks
+    pooled = group_softmax(log_w, group, 4, all_reduce=lambda t, op: reduce[op](t))
+    torch.testing.assert_close(pooled, weights / 2)
 
 
 def test_log_temperature_derivative_matches_finite_difference() -> None:

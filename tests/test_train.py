@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -69,6 +71,12 @@ def test_unknown_config_keys_are_named(tmp_path: Path) -> None:
         ({"expectation": "grid", "grid_refresh_every": 0}, "grid_refresh_every"),
         ({"trade_energy_cap": -5.0}, "trade_energy_cap"),
         ({"trade_temperatures": 0}, "trade_temperatures"),
+        ({"trainable": "context"}, "trainable"),
+        ({"trainable": "temperature"}, "'all' in mode nll"),
+        ({"mode": "trade", "temperature_min": 300.0, "temperature_max": 900.0, "tilt_span": [200.0, 600.0]},
+         "tilt_span"),
+        ({"mode": "trade", "temperature_min": 300.0, "temperature_max": 900.0, "kl_range_span": [600.0]},
+         "kl_range_span"),
     ],
 )
 def test_bad_config_values_raise_input_error(values: dict, message: str) -> None:
@@ -429,6 +437,65 @@ def test_thermal_scaling_transfers_a_harmonic_boundary_without_trade(trained: di
     assert max(plain.values()) > 5 * max(scaled.values()), (plain, scaled)
 
 
+@pytest.mark.slow
+def test_temperature_only_training_keeps_t0_and_transfers(trained: dict) -> None:
+    """trainable "temperature" from the double well's boundary-only model: log q at T0 stays bit-identical (every
+    frozen weight too) while TRADE halves the worst KL over 150-600 K (measured 0.214 -> 0.085 nats at 400 steps;
+    full training reaches 0.023, see the transfer test: the context weights alone are a narrower pathway)."""
+    name = "double-well-1d"
+    toy, start = TRANSFER[name]["toy"], trained[name, None]
+    generator = copy.deepcopy(start.generator)
+    frozen = {key: value.clone() for key, value in generator.state_dict().items()}
+    data = toy.sample(20000, T0, generator=torch.Generator().manual_seed(1))
+    config = dataclasses.replace(_transfer_config(name, "centred"), trainable="temperature", nll_weight=0.0,
+                                 steps=400, trade_start=0, trade_ramp=100, learning_rate=5e-3)
+    trainer = _trainer(toy, config, data=data, generator=generator)
+    trainer.run()
+    assert torch.equal(trainer.generator.log_prob(data[:500], T0), start.generator.log_prob(data[:500], T0))
+    masked = {id(p): m for p, m in trainer.generator.flow.temperature_gradient_masks()}
+    for key, parameter in trainer.generator.named_parameters():
+        changed = parameter.detach() != frozen[key]
+        assert not bool(torch.any(changed & (masked.get(id(parameter), torch.zeros_like(parameter)) == 0))), key
+    before, after = max(_max_kl(start, toy).values()), max(_max_kl(trainer, toy).values())
+    assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TRANSFER))
+def test_tilt_below_and_range_kl_above_t0_transfer_a_frozen_boundary(trained: dict, name: str) -> None:
+    """The split recipe: temperature heads added to the boundary-only model, trainable "temperature", the tilt term
+    over 150-300 K and the range KL over 300-600 K, no TRADE residual. Max KL over 150-600 K below 0.04 nats
+    (measured 0.008 double well, 0.013 oscillator; boundary alone 0.21 / 0.31, TRADE residual 0.023 / 0.037), and
+    the model at T0 is the boundary's, bit for bit."""
+    from trade_md.flows import Generator
+
+    toy, start = TRANSFER[name]["toy"], trained[name, None]
+    config = dataclasses.replace(_transfer_config(name, "centred"), trainable="temperature", nll_weight=0.0,
+                                 kl_weight=0.0, trade_weight=0.0, tilt_weight=1.0, tilt_span=[150.0, 300.0],
+                                 kl_range_weight=1.0, kl_range_span=[300.0, 600.0], kl_batch_size=256, steps=400,
+                                 trade_start=0, trade_ramp=100, learning_rate=5e-3)
+    config.flow = {**config.flow, "temperature_head": True}
+    generator_config = copy.deepcopy(start.generator.config())
+    generator_config["flow"]["temperature_head"] = True
+    generator = Generator.from_config(generator_config)
+    missing, unexpected = generator.load_state_dict(start.generator.state_dict(), strict=False)
+    assert not unexpected and all(".temperature_head." in key for key in missing)
+    data = toy.sample(20000, T0, generator=torch.Generator().manual_seed(1))
+    trainer = _trainer(toy, config, data=data, generator=generator)
+    trainer.run()
+    assert torch.equal(trainer.generator.log_prob(data[:500], T0), start.generator.log_prob(data[:500], T0))
+    kls = _max_kl(trainer, toy)
+    assert max(kls.values()) < 0.04, kls
+    assert {"tilt", "kl_range"} <= set(trainer.history[-1])
+
+
+def test_temperature_only_training_needs_a_boundary(tmp_path: Path) -> None:
+    config = TrainConfig(mode="trade", temperature_min=300.0, temperature_max=900.0, trainable="temperature",
+                         nll_weight=0.0)
+    with pytest.raises(InputError, match="init_from"):
+        generator_for(SimpleNamespace(positions=torch.zeros(10, 22, 3)), config)
+
+
 # ----------------------------------------------------------------------------------------------- molecules
 
 
@@ -499,3 +566,17 @@ def test_cli_trains_resumes_and_reloads_alanine_dipeptide(tmp_path: Path, capsys
     continued.write_text(config.read_text() + f"init_from: {tmp_path / 'nll'}\n")
     assert main(["train", "--config", str(continued), "--data", str(tmp_path / "data"), "--out",
                  str(tmp_path / "continued"), "--steps", "2", "--no-progress"]) == 0
+    # a temperature-only run that adds the heads and the scaling layer keeps the boundary's model at T0
+    headed = tmp_path / "headed.yaml"
+    headed.write_text(
+        config.read_text().replace("n_bins: 4}", "n_bins: 4, thermal_scaling: true, temperature_head: true}")
+        + f"init_from: {tmp_path / 'nll'}\ntrainable: temperature\nnll_weight: 0.0\nkl_weight: 0.0\n"
+    )
+    assert main(["train", "--config", str(headed), "--data", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "headed"), "--steps", "3", "--no-progress"]) == 0
+    transferred, _, _ = load_generator(tmp_path / "headed")
+    boundary, _, _ = load_generator(tmp_path / "nll")
+    assert transferred.flow.layers[0].temperature_head is not None
+    with torch.no_grad():
+        assert torch.allclose(transferred.log_prob(frames, 600.0), boundary.log_prob(frames, 600.0), atol=1e-4)
+        assert not torch.allclose(transferred.log_prob(frames, 300.0), boundary.log_prob(frames, 300.0), atol=1.0)

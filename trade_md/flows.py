@@ -180,13 +180,29 @@ def rational_quadratic_spline(
     return outputs, (-log_derivative if inverse else log_derivative)
 
 
+def _zero_output_mlp(n_inputs: int, hidden: int, n_hidden_layers: int, n_outputs: int) -> nn.Sequential:
+    """SiLU MLP ``n_inputs -> hidden (x n_hidden_layers) -> n_outputs`` whose output layer starts at zero."""
+    layers: list[nn.Module] = []
+    width = n_inputs
+    for _ in range(n_hidden_layers):
+        layers.extend([nn.Linear(width, hidden), nn.SiLU()])
+        width = hidden
+    output = nn.Linear(width, n_outputs)
+    nn.init.zeros_(output.weight)
+    nn.init.zeros_(output.bias)
+    layers.append(output)
+    return nn.Sequential(*layers)
+
+
 class SplineCoupling(nn.Module):
     """One coupling layer: RQ splines on the ``transformed`` dims, conditioned on the others and the context.
 
     domains: all ``d`` feature domains; transformed: indices of the dims this layer changes; the conditioner is
     an MLP (SiLU) on ``[embedded passive features, context]`` whose output layer starts at zero (identity layer)
     and whose weights on the context start at zero, so that a model trained at T0 alone is the same model at
-    every T until its temperature dependence is trained.
+    every T until its temperature dependence is trained. With ``temperature_head`` a second MLP of the same shape
+    adds ``Σ_k context_k · head_k(features)`` to the spline parameters: a temperature dependence that vanishes at
+    T0 (context 0) whatever its weights, so it can be trained without touching the model at T0.
     """
 
     def __init__(
@@ -197,6 +213,7 @@ class SplineCoupling(nn.Module):
         hidden: int,
         n_hidden_layers: int,
         n_bins: int,
+        temperature_head: bool = False,
     ) -> None:
         super().__init__()
         self.domains = list(domains)
@@ -221,16 +238,11 @@ class SplineCoupling(nn.Module):
         self.register_buffer("_interval_length", torch.tensor(interval_length, dtype=torch.float64),
                              persistent=False)
         n_inputs = 2 * len(angles) + len(intervals) + context_dim
-        layers: list[nn.Module] = []
-        width = n_inputs
-        for _ in range(n_hidden_layers):
-            layers.extend([nn.Linear(width, hidden), nn.SiLU()])
-            width = hidden
-        output = nn.Linear(width, len(self.transformed) * (3 * n_bins + 1))
-        nn.init.zeros_(output.weight)
-        nn.init.zeros_(output.bias)
-        layers.append(output)
-        self.conditioner = nn.Sequential(*layers)
+        n_outputs = len(self.transformed) * (3 * n_bins + 1)
+        self.conditioner = _zero_output_mlp(n_inputs, hidden, n_hidden_layers, n_outputs)
+        self.temperature_head = (
+            _zero_output_mlp(n_inputs, hidden, n_hidden_layers, context_dim * n_outputs) if temperature_head else None
+        )
         self.context_dim = context_dim
         self.reset_context_weights()
 
@@ -251,7 +263,11 @@ class SplineCoupling(nn.Module):
         passive = z[:, self.passive_index]
         features = torch.cat([self._embed(passive), context], dim=-1)
         k = self.n_bins
-        raw = self.conditioner(features).reshape(z.shape[0], len(self.transformed), 3 * k + 1)
+        raw = self.conditioner(features)
+        if self.temperature_head is not None:
+            head = self.temperature_head(features).reshape(z.shape[0], self.context_dim, -1)
+            raw = raw + torch.einsum("nk,nko->no", context, head)
+        raw = raw.reshape(z.shape[0], len(self.transformed), 3 * k + 1)
         y, logdet = rational_quadratic_spline(
             z[:, self.transformed_index], raw[..., :k], raw[..., k:2 * k], raw[..., 2 * k:],
             self._low.to(z.dtype), self._high.to(z.dtype), self._circular, inverse=inverse,
@@ -387,7 +403,8 @@ class ConditionalSplineFlow(nn.Module):
     n_layers: coupling layers; hidden, n_hidden_layers: conditioner MLP shape; n_bins: spline bins;
     seed: fixes the coupling masks and the circular phase shifts (stored as buffers and in :meth:`config`);
     thermal_scaling: end with a :class:`ThermalScaling` layer (the harmonic temperature dependence, identity at
-    T0; set its centres and exponents from data with :meth:`Generator.initialise_thermal_scaling`).
+    T0; set its centres and exponents from data with :meth:`Generator.initialise_thermal_scaling`);
+    temperature_head: give every coupling a temperature head (see :class:`SplineCoupling`), zero at T0.
     The base distribution is uniform on the product of domains and independent of the context.
     """
 
@@ -401,6 +418,7 @@ class ConditionalSplineFlow(nn.Module):
         n_bins: int = 8,
         seed: int = 0,
         thermal_scaling: bool = False,
+        temperature_head: bool = False,
     ) -> None:
         super().__init__()
         self.domains = [d if isinstance(d, Domain) else Domain(**d) for d in domains]
@@ -413,11 +431,12 @@ class ConditionalSplineFlow(nn.Module):
             )
         self.context_dim = int(context_dim)
         self._settings = {"n_layers": int(n_layers), "hidden": int(hidden), "n_hidden_layers": int(n_hidden_layers),
-                          "n_bins": int(n_bins), "seed": int(seed), "thermal_scaling": bool(thermal_scaling)}
+                          "n_bins": int(n_bins), "seed": int(seed), "thermal_scaling": bool(thermal_scaling),
+                          "temperature_head": bool(temperature_head)}
         generator = torch.Generator().manual_seed(int(seed))
         d = len(self.domains)
         self.layers = nn.ModuleList(
-            SplineCoupling(self.domains, mask, self.context_dim, hidden, n_hidden_layers, n_bins)
+            SplineCoupling(self.domains, mask, self.context_dim, hidden, n_hidden_layers, n_bins, temperature_head)
             for mask in _masks(d, n_layers, generator)
         )
         circular = torch.tensor([dom.is_circular for dom in self.domains])
@@ -432,6 +451,23 @@ class ConditionalSplineFlow(nn.Module):
         """Zero every coupling's weights on the context (see :meth:`SplineCoupling.reset_context_weights`)."""
         for layer in self.layers:
             layer.reset_context_weights()
+
+    def temperature_gradient_masks(self) -> list[tuple[nn.Parameter, Tensor]]:
+        """The parameters that act only away from T0, each with a 0/1 mask ``[same shape]`` of the entries that do:
+        the conditioners' input weights on the context (multiplied by ``log(T / T0) = 0`` at T0), the temperature
+        heads and the thermal scaling layer (both zero or the identity at T0). Training only these entries leaves
+        ``q(x | T0)`` exactly as it is."""
+        masks = []
+        for layer in self.layers:
+            weight = layer.conditioner[0].weight
+            mask = torch.zeros_like(weight)
+            mask[:, -self.context_dim:] = 1.0
+            masks.append((weight, mask))
+            if layer.temperature_head is not None:
+                masks.extend((p, torch.ones_like(p)) for p in layer.temperature_head.parameters())
+        if self.scaling is not None:
+            masks.extend((p, torch.ones_like(p)) for p in self.scaling.parameters())
+        return masks
 
     @property
     def dim(self) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "bootstrap_delta_f",
     "energy_wasserstein",
     "nll_per_dof",
+    "tilted_ess",
 ]
 
 RAMACHANDRAN_BINS: int = 36
@@ -174,3 +175,29 @@ def nll_per_dof(log_q: np.ndarray, n_dof: int) -> float:
     if n_dof <= 0:
         raise InputError(f"n_dof must be positive, got {n_dof}")
     return float(-np.mean(log_q) / n_dof)
+
+
+def tilted_ess(
+    log_w: np.ndarray, energies: np.ndarray, reference_temperature: float, temperature: float
+) -> tuple[float, float]:
+    """What TRADE can reach at ``temperature`` from a boundary model q0 at T0, before any TRADE training.
+
+    TRADE's exact solution is the Boltzmann tilt q_T ∝ q0 · exp(−(β − β0) U) of the boundary, whose importance
+    weights for p_T are q0's own weights w0 = p0 / q0 (up to a constant). From samples of q0 at T0 with log-weights
+    ``log_w`` ``[n]`` (for p0) and energies ``[n]`` kJ/mol, returns ``(ess, support)``: the Kish ESS fraction of that
+    tilt at T, (Σ t w0)² / (Σ t · Σ t w0²) with t = exp(−(β − β0) U), and the Kish fraction of q0 samples the
+    estimate rests on, (Σ t)² / (n Σ t²). A small support means a few high-energy samples of q0 dominate the tilt
+    (at T > T0 this is the boundary's high-energy debris, multiplied by exp((β0 − β) U)) and the ESS estimate is
+    itself uncertain. Non-finite log-weights or energies drop the sample.
+    """
+    log_w, energies = np.asarray(log_w, dtype=np.float64), np.asarray(energies, dtype=np.float64)
+    if log_w.shape != energies.shape:
+        raise InputError(f"log_w {log_w.shape} and energies {energies.shape} must have the same shape")
+    keep = np.isfinite(log_w) & np.isfinite(energies)
+    if not keep.any():
+        raise InputError("no sample has a finite log-weight and energy")
+    log_w, energies = log_w[keep], energies[keep]
+    log_t = -(1.0 / kT(temperature) - 1.0 / kT(reference_temperature)) * energies
+    ess = np.exp(2.0 * logsumexp(log_t + log_w) - logsumexp(log_t) - logsumexp(log_t + 2.0 * log_w))
+    support = np.exp(2.0 * logsumexp(log_t) - logsumexp(2.0 * log_t)) / log_t.size
+    return float(ess), float(support)

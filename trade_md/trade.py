@@ -60,6 +60,7 @@ __all__ = [
     "cap_reduced_energy",
     "centred_trade_residual",
     "group_means",
+    "group_softmax",
     "huber",
     "importance_estimate",
     "integrate_free_energy",
@@ -173,6 +174,25 @@ def group_means(
         totals = all_reduce(totals, "sum")
     means = totals[0] / totals[1].clamp(min=1.0)
     return means[group].to(values.dtype)
+
+
+def group_softmax(
+    log_w: Tensor, group: Tensor, n_groups: int, all_reduce: Callable[[Tensor, str], Tensor] | None = None
+) -> Tensor:
+    """Detached self-normalised weights ``[n]``: ``exp(log_w)`` over its sum within each group (pooled over ranks
+    with ``all_reduce``, as in :func:`group_means`); non-finite log-weights get weight 0."""
+    log_w = log_w.detach().to(torch.float64)
+    log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)
+    peak = torch.full((n_groups,), -math.inf, dtype=torch.float64, device=log_w.device)
+    peak = peak.scatter_reduce(0, group, log_w, "amax")
+    if all_reduce is not None:
+        peak = all_reduce(peak, "max")
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    weights = torch.exp(log_w - peak[group])
+    totals = torch.zeros(n_groups, dtype=torch.float64, device=log_w.device).index_add_(0, group, weights)
+    if all_reduce is not None:
+        totals = all_reduce(totals, "sum")
+    return weights / totals[group].clamp(min=1e-300)
 
 
 def centred_trade_residual(

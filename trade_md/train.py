@@ -49,6 +49,7 @@ from trade_md.io import atomic_write_path, write_json_atomic
 from trade_md.trade import (
     ExpectationGrid,
     centred_trade_residual,
+    group_softmax,
     huber,
     importance_estimate,
     ramp,
@@ -78,6 +79,8 @@ MAX_CONSECUTIVE_SKIPS = 100
 """Training stops with an error after this many consecutive non-finite steps."""
 LEGACY_CONFIG: dict[str, Any] = {"expectation": "grid"}
 """Values of TrainConfig keys for checkpoints written before the key existed (the behaviour of that code)."""
+ADDABLE_FLOW_PARTS = ("thermal_scaling", "temperature_head")
+"""Flow settings that ``init_from`` may switch on for a model trained without them (they act only away from T0)."""
 _RESUME_MUTABLE = frozenset({"steps", "device", "progress", "checkpoint_every", "validate_every", "out"})
 """TrainConfig fields that may differ from the checkpoint's when resuming."""
 
@@ -103,16 +106,29 @@ class TrainConfig:
         learning_rate: Adam step size; lr_schedule: ``"constant"`` or ``"cosine"`` (decays to
         ``learning_rate × lr_final_fraction`` at ``steps``).
         grad_clip: maximal global gradient norm (clipped above).
+        trainable: ``"all"`` (every weight) or ``"temperature"`` (mode trade, starting from ``init_from``): only the
+        weights that act away from T0, i.e. the conditioners' weights on the context and the thermal scaling layer
+        (:meth:`trade_md.flows.ConditionalSplineFlow.temperature_gradient_masks`). The model at T0 then stays
+        exactly the boundary of ``init_from``: TRADE cannot erode it, and the boundary terms may be 0.
         seed: seeds model initialisation and every random draw of the trainer.
         device: ``"cpu"`` or ``"cuda"``; dtype: ``"float32"`` or ``"float64"`` of the model.
     Boundary (mode trade; mode nll uses NLL only):
         nll_weight: weight of the NLL on data at T0 (needs data).
         kl_weight: weight of the reverse KL ``E_q[log q + u]`` at T0 (energy only); kl_batch_size samples per step.
-        kl_range_weight: weight of the same reverse KL at temperatures drawn log-uniformly over the trained range
+        kl_range_weight: weight of the same reverse KL at temperatures drawn log-uniformly over ``kl_range_span``
         (energy only, no data; ramped in with the TRADE term; 0, the default, is TRADE alone). Its minimum is the
         Boltzmann density at every T, so it cannot bias the transfer; it penalises what the exact TRADE solution
         of an imperfect boundary does at the hot end: the boundary's few high-energy samples, multiplied by
         ``exp((beta0 - beta) U)``.
+        tilt_weight: weight of the tilt term (ramped in with the TRADE term; default 0): the forward KL from the
+        exact solution of the TRADE equation for the model at T0, q(x | T0) exp(−(β − β0) U(x)) / Z, to q(x | T),
+        estimated with self-normalised importance weights on the model's own samples at T (kl_batch_size of them,
+        in groups that share a temperature, as trade_temperatures does). Same fixed point as the TRADE residual,
+        without derivatives in the loss; with trainable "temperature" its target is fixed. At T > T0 the exact
+        tilt multiplies the boundary's high-energy samples by exp((β0 − β) U): use it below T0, or with
+        kl_range_weight (``trade_md.metrics.tilted_ess`` says what the tilt is worth at each T).
+        kl_range_span, tilt_span: ``[low, high]`` K inside the trained range where the range KL and the tilt term
+        draw their temperatures (default: the whole range); e.g. the tilt below T0 and the range KL above it.
     TRADE (mode trade):
         trade_weight: final weight of the TRADE loss; trade_start: first step with the TRADE term;
         trade_ramp: steps over which its weight rises linearly from 0 to trade_weight.
@@ -139,8 +155,8 @@ class TrainConfig:
         (e.g. 50) bounds that growth and keeps the derivative targets, and with them the context pathway of the
         flow, of the size of the physical ones.
     Model and energies:
-        flow: keyword arguments of the flow (n_layers, hidden, n_hidden_layers, n_bins, seed, thermal_scaling;
-        see :class:`trade_md.flows.ConditionalSplineFlow`).
+        flow: keyword arguments of the flow (n_layers, hidden, n_hidden_layers, n_bins, seed, thermal_scaling,
+        temperature_head; see :class:`trade_md.flows.ConditionalSplineFlow`).
         energy_workers, energy_platform: EnergyBridge worker processes and OpenMM platform (molecules).
     Bookkeeping:
         checkpoint_every: steps between checkpoints; validate_every: steps between validation NLL / ESS reports.
@@ -167,12 +183,16 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     lr_final_fraction: float = 0.05
     grad_clip: float = 1.0
+    trainable: str = "all"
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
     nll_weight: float = 1.0
     kl_weight: float = 0.0
     kl_range_weight: float = 0.0
+    tilt_weight: float = 0.0
+    kl_range_span: list[float] | None = None
+    tilt_span: list[float] | None = None
     kl_batch_size: int = 256
     trade_weight: float = 1.0
     trade_start: int = 0
@@ -259,7 +279,7 @@ class TrainConfig:
         for name in ("learning_rate", "grad_clip", "huber_delta", "energy_cap"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise bad(name, "a number > 0")
-        for name in ("nll_weight", "kl_weight", "kl_range_weight", "trade_weight", "causality_epsilon",
+        for name in ("nll_weight", "kl_weight", "kl_range_weight", "tilt_weight", "trade_weight", "causality_epsilon",
                      "residual_from_model", "residual_from_reference", "residual_from_data"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
                 raise bad(name, "a number >= 0")
@@ -268,6 +288,10 @@ class TrainConfig:
                 raise bad(name, "a number in [0, 1]")
         if not 0 <= self.loss_momentum < 1:
             raise bad("loss_momentum", "a number in [0, 1)")
+        if self.trainable not in ("all", "temperature"):
+            raise bad("trainable", "'all' or 'temperature'")
+        if self.trainable == "temperature" and self.mode != "trade":
+            raise bad("trainable", "'all' in mode nll ('temperature' trains only what acts away from T0)")
         if self.expectation not in ("centred", "grid"):
             raise bad("expectation", "'centred' or 'grid'")
         if self.expectation == "grid" and self.grid_refresh_every < 1:
@@ -290,9 +314,18 @@ class TrainConfig:
                                  "to train over")
             if self.temperature_min >= self.temperature_max:
                 raise bad("temperature_min", f"below temperature_max = {self.temperature_max}")
-            if self.nll_weight == 0 and self.kl_weight == 0 and self.kl_range_weight == 0:
+            if self.trainable == "all" and self.nll_weight == 0 and self.kl_weight == 0 and self.kl_range_weight == 0:
                 raise InputError(f"{source}: mode 'trade' needs a boundary at T0: set nll_weight > 0 (data) and/or "
                                  "kl_weight > 0 (reverse KL on the energy)")
+            for name in ("kl_range_span", "tilt_span"):
+                span = getattr(self, name)
+                if span is not None and not (
+                    isinstance(span, (list, tuple)) and len(span) == 2
+                    and all(isinstance(v, (int, float)) for v in span)
+                    and self.temperature_min <= span[0] < span[1] <= self.temperature_max
+                ):
+                    raise bad(name, f"[low, high] in K with {self.temperature_min} <= low < high <= "
+                                    f"{self.temperature_max} (the trained range), or absent")
             if self.residual_from_model + self.residual_from_reference + self.residual_from_data <= 0:
                 raise InputError(f"{source}: residual_from_model/_reference/_data are all 0; give at least one a "
                                  "positive share")
@@ -397,39 +430,41 @@ def generator_for(dataset: Any, config: TrainConfig, checkpoint: dict[str, Any] 
     training, _ = split_frames(dataset.positions, config)
     if config.init_from is not None:
         return _initial_generator(config, SystemRecord.of(dataset.system), training)
+    if config.trainable == "temperature":
+        raise InputError("trainable 'temperature' keeps the model at T0 as it starts; set init_from to a trained "
+                         "boundary run (or use trainable 'all')")
     return molecule_generator(dataset.system, training, config.reference_temperature, **config.flow)
 
 
 def _initial_generator(config: TrainConfig, system: SystemRecord, training: Any) -> Generator:
     """The trained model of ``config.init_from`` as the starting point of a new run (its system, T0 and flow
-    settings must be this run's). A run may add ``thermal_scaling`` to a model trained without it: the layer is
-    the identity at T0, so the model is unchanged there; its centres and exponents come from ``training``
-    (``[n, atoms, 3]`` nm). A model that was trained at T0 alone starts with its context weights at zero: the
-    same model at every T."""
+    settings must be this run's). A run may add ``thermal_scaling`` and ``temperature_head`` to a model trained
+    without them: both act only away from T0, so the model is unchanged there; the scaling layer's centres and
+    exponents come from ``training`` (``[n, atoms, 3]`` nm), the heads start at zero. A model that was trained at
+    T0 alone starts with its context weights at zero: the same model at every T."""
     where = f"init_from {config.init_from}"
     start = read_checkpoint(config.init_from)
     SystemRecord(**start["system"]).check_same(system, where)
     saved = _saved_config(start, where)
-    wanted, had = dict(config.flow), dict(saved.flow)
-    add_scaling = bool(wanted.pop("thermal_scaling", False)) and not had.pop("thermal_scaling", False)
-    if not add_scaling:
-        wanted, had = config.flow, saved.flow
-    if wanted != had:
+    wanted = {**config.flow, **{key: bool(config.flow.get(key, False)) for key in ADDABLE_FLOW_PARTS}}
+    had = {**saved.flow, **{key: bool(saved.flow.get(key, False)) for key in ADDABLE_FLOW_PARTS}}
+    added = [key for key in ADDABLE_FLOW_PARTS if wanted[key] and not had[key]]
+    if wanted != {**had, **{key: True for key in added}}:
         raise InputError(f"{where} has flow {saved.flow}, this run asks for {config.flow}; use the same flow "
-                         "settings (copy them from that run's config; only thermal_scaling may be added)")
-    if add_scaling:
-        generator_config = copy.deepcopy(start["generator_config"])
-        generator_config["flow"]["thermal_scaling"] = True
-        dtype = next(v.dtype for k, v in start["model_state"].items() if "conditioner" in k)
-        generator = Generator.from_config(generator_config).to(dtype)
-        missing, unexpected = generator.load_state_dict(start["model_state"], strict=False)
-        if unexpected or set(missing) != {"flow.scaling.centre", "flow.scaling.exponent"}:
-            raise InputError(f"{where}: its weights do not fit this flow (missing {missing}, unexpected "
-                             f"{unexpected}); start from a checkpoint that trade-md wrote for these flow settings")
+                         "settings (copy them from that run's config; only "
+                         f"{' and '.join(ADDABLE_FLOW_PARTS)} may be added)")
+    generator_config = copy.deepcopy(start["generator_config"])
+    generator_config["flow"].update({key: True for key in added})
+    dtype = next(v.dtype for k, v in start["model_state"].items() if "conditioner" in k)
+    generator = Generator.from_config(generator_config).to(dtype)
+    missing, unexpected = generator.load_state_dict(start["model_state"], strict=False)
+    new_parts = {"thermal_scaling": ".scaling.", "temperature_head": ".temperature_head."}
+    if unexpected or any(not any(new_parts[key] in name for key in added) for name in missing):
+        raise InputError(f"{where}: its weights do not fit this flow (missing {missing}, unexpected "
+                         f"{unexpected}); start from a checkpoint that trade-md wrote for these flow settings")
+    if "thermal_scaling" in added:
         generator.initialise_thermal_scaling(training)
-    else:
-        generator = Generator.from_config(start["generator_config"], start["model_state"])
-    if saved.mode == "nll" or (saved.trade_weight == 0 and saved.kl_range_weight == 0):
+    if saved.mode == "nll" or saved.trade_weight == saved.kl_range_weight == saved.tilt_weight == 0:
         generator.flow.reset_context_weights()       # never trained (context 0 at T0); older code drew them at random
     if config.reference_temperature is not None and not math.isclose(
         generator.reference_temperature, config.reference_temperature, rel_tol=1e-9
@@ -502,7 +537,8 @@ class Trainer:
         self.out = None if out is None else Path(out)
         self._split_data(data)
         self._check_inputs()
-        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.learning_rate)
+        self.gradient_masks = self._trainable_masks()
+        self.optimizer = torch.optim.Adam([p for p, _ in self.gradient_masks], lr=config.learning_rate)
         self.rng = torch.Generator().manual_seed(config.seed)
         self.grid: ExpectationGrid | None = None
         if config.mode == "trade":
@@ -556,6 +592,17 @@ class Trainer:
             self.train_data = train.to(device=self.device, dtype=self.generator.dtype)
             if validation.shape[0]:
                 self.validation_data = validation.to(device=self.device, dtype=self.generator.dtype)
+
+    def _trainable_masks(self) -> list[tuple[torch.nn.Parameter, Tensor | None]]:
+        """The optimised parameters with their gradient masks (None: every entry); with ``trainable`` "temperature"
+        every other parameter is frozen (``requires_grad`` False)."""
+        if self.config.trainable == "all":
+            return [(p, None) for p in self.generator.parameters()]
+        masks = self.generator.flow.temperature_gradient_masks()
+        chosen = {id(p) for p, _ in masks}
+        for parameter in self.generator.parameters():
+            parameter.requires_grad_(id(parameter) in chosen)
+        return masks
 
     def _check_inputs(self) -> None:
         config = self.config
@@ -715,13 +762,46 @@ class Trainer:
         trained range (the constant ``-log Z(T)`` of each T does not reach the gradient)."""
         config = self.config
         n = config.kl_batch_size
-        temperature = sample_log_uniform(n, config.temperature_min, config.temperature_max, generator=self.rng)
+        temperature = sample_log_uniform(n, *self._span(config.kl_range_span), generator=self.rng)
         x, log_q = self._sample(n, temperature)
         local = temperature[slice(*self._share(n))].to(device=self.device, dtype=log_q.dtype)
         u = reduced_energy(self.energy(x).to(log_q.dtype), local, config.energy_cap)
         kl = self._mean(log_q + u, n)
         terms["kl_range"] = float(kl.detach())
         return kl
+
+    def _span(self, span: list[float] | None) -> tuple[float, float]:
+        """``(low, high)`` K: ``span``, or the trained range when it is None."""
+        if span is None:
+            return self.config.temperature_min, self.config.temperature_max
+        return float(span[0]), float(span[1])
+
+    def _tilt_loss(self, terms: dict[str, float]) -> Tensor:
+        """``−Σ_groups Σ_i w_i log q(x_i | T_g) / n_groups``: x_i model samples at the group's temperature T_g,
+        w_i ∝ q(x_i | T0) exp(−(β − β0) U(x_i)) / q(x_i | T_g) normalised within the group (TrainConfig.tilt_weight).
+        The tilt uses the capped reduced energy: −(β − β0) U = −u_T (1 − T / T0)."""
+        config = self.config
+        n = config.kl_batch_size
+        n_groups = max(1, min(config.trade_temperatures, n // 2))
+        levels = sample_log_uniform(n_groups, *self._span(config.tilt_span), generator=self.rng)
+        groups = torch.arange(n) % n_groups
+        with torch.no_grad():
+            x, log_q_sampled = self._sample(n, levels[groups])
+        mine = slice(*self._share(n))
+        temperature = levels[groups][mine].to(device=self.device, dtype=log_q_sampled.dtype)
+        group = groups[mine].to(self.device)
+        cap = config.energy_cap if config.trade_energy_cap is None else config.trade_energy_cap
+        u = reduced_energy(self.energy(x).to(log_q_sampled.dtype), temperature, cap)
+        with torch.no_grad():
+            log_q0 = self.generator.log_prob(x, self.reference_temperature)
+        log_w = log_q0 - u * (1.0 - temperature / self.reference_temperature) - log_q_sampled
+        weights = group_softmax(log_w, group, n_groups,
+                                None if self.distributed is None else self.distributed.all_reduce)
+        log_q = self.generator.log_prob(x, temperature)
+        world = 1 if self.distributed is None else self.distributed.world_size   # gradients are averaged over ranks
+        loss = -world * torch.sum(weights.to(log_q) * log_q) / n_groups
+        terms["tilt"] = float(loss.detach())
+        return loss
 
     # ------------------------------------------------------------------------------------------- loop
     def trade_factor(self, step: int) -> float:
@@ -758,7 +838,8 @@ class Trainer:
         config = self.config
         terms: dict[str, float] = {}
         factor = self.trade_factor(self.step)
-        if factor > 0 and self._refresh_due():
+        growing = ramp(self.step, config.trade_start, config.trade_ramp) if config.mode == "trade" else 0.0
+        if growing > 0 and self._refresh_due():         # also for runs with the range terms alone (ESS, best/)
             self.refresh_grid()
         for group in self.optimizer.param_groups:
             group["lr"] = config.learning_rate * _lr_factor(config, self.step)
@@ -766,14 +847,18 @@ class Trainer:
         loss = self._boundary_loss(terms)
         if factor > 0:
             loss = loss + factor * self._trade_loss(terms)
-        if config.mode == "trade" and config.kl_range_weight > 0:
-            growing = ramp(self.step, config.trade_start, config.trade_ramp)
-            if growing > 0:
-                loss = loss + growing * config.kl_range_weight * self._range_kl_loss(terms)
+        if growing > 0 and config.kl_range_weight > 0:
+            loss = loss + growing * config.kl_range_weight * self._range_kl_loss(terms)
+        if growing > 0 and config.tilt_weight > 0:
+            loss = loss + growing * config.tilt_weight * self._tilt_loss(terms)
         terms["loss"] = float(loss.detach())
         finite = self._everywhere(bool(torch.isfinite(loss)))
         if finite:
-            loss.backward()
+            if loss.requires_grad:                      # not when every term is off (a frozen boundary, no TRADE yet)
+                loss.backward()
+            for parameter, mask in self.gradient_masks:
+                if parameter.grad is not None and mask is not None:
+                    parameter.grad.mul_(mask)
             if self.distributed is not None:
                 self.distributed.average_gradients(self.generator.parameters())
             norm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), config.grad_clip)
