@@ -107,8 +107,8 @@ class TrainConfig:
         ``learning_rate × lr_final_fraction`` at ``steps``).
         grad_clip: maximal global gradient norm (clipped above).
         trainable: ``"all"`` (every weight) or ``"temperature"`` (mode trade, starting from ``init_from``): only the
-        weights that act away from T0, i.e. the conditioners' weights on the context and the thermal scaling layer
-        (:meth:`trade_md.flows.ConditionalSplineFlow.temperature_gradient_masks`). The model at T0 then stays
+        weights that act away from T0, i.e. the conditioners' weights on the context, the temperature heads and the
+        thermal scaling layer (:meth:`trade_md.flows.ConditionalSplineFlow.temperature_gradient_masks`). The model at T0 then stays
         exactly the boundary of ``init_from``: TRADE cannot erode it, and the boundary terms may be 0.
         seed: seeds model initialisation and every random draw of the trainer.
         device: ``"cpu"`` or ``"cuda"``; dtype: ``"float32"`` or ``"float64"`` of the model.
@@ -839,7 +839,8 @@ class Trainer:
         terms: dict[str, float] = {}
         factor = self.trade_factor(self.step)
         growing = ramp(self.step, config.trade_start, config.trade_ramp) if config.mode == "trade" else 0.0
-        if growing > 0 and self._refresh_due():         # also for runs with the range terms alone (ESS, best/)
+        transferring = growing > 0 and max(config.trade_weight, config.kl_range_weight, config.tilt_weight) > 0
+        if transferring and self._refresh_due():         # not in boundary-only runs; ESS and best/ for the rest
             self.refresh_grid()
         for group in self.optimizer.param_groups:
             group["lr"] = config.learning_rate * _lr_factor(config, self.step)
