@@ -426,6 +426,13 @@ def test_generator_config_round_trip() -> None:
     assert clone.reference_temperature == 300.0
     fresh = Generator.from_config(model.config())
     assert fresh.dtype == torch.float32
+    headed = Generator.from_config(model.config(), model.state_dict(), adding=["temperature_head"])
+    assert torch.allclose(headed.log_prob(x, 300.0), model.log_prob(x, 300.0), atol=1e-12)
+    assert headed.flow.layers[0].temperature_head is not None
+    with pytest.raises(InputError, match="can be added"):
+        Generator.from_config(model.config(), model.state_dict(), adding=["n_layers"])
+    with pytest.raises(InputError, match="do not fit"):
+        Generator.from_config(headed.config(), model.state_dict())     # head weights missing, none added
 
 
 def test_generator_input_errors() -> None:

@@ -38,6 +38,7 @@ from trade_md.errors import InputError
 from trade_md.units import to_kelvin
 
 __all__ = [
+    "ADDABLE_FLOW_PARTS",
     "BoxCoordinates",
     "ConditionalSplineFlow",
     "CoordinateTransform",
@@ -611,6 +612,11 @@ def _coordinates_from_config(config: dict[str, Any]) -> nn.Module:
                      "'internal' (was the checkpoint written by another version of trade-md?)")
 
 
+ADDABLE_FLOW_PARTS: dict[str, str] = {"thermal_scaling": ".scaling.", "temperature_head": ".temperature_head."}
+"""Flow settings that may be switched on for a model trained without them (they act only away from T0), with the
+name fragment of their weights."""
+
+
 class Generator(nn.Module):
     """The temperature-conditioned Boltzmann generator ``q(x | T)``: coordinates + flow, context ``log(T / T0)``.
 
@@ -708,15 +714,29 @@ class Generator(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], state_dict: dict[str, Tensor] | None = None) -> Generator:
-        """Rebuild from :meth:`config` (weights random) and, if given, load ``state_dict`` (dtype follows it)."""
+    def from_config(
+        cls, config: dict[str, Any], state_dict: dict[str, Tensor] | None = None, adding: Sequence[str] = ()
+    ) -> Generator:
+        """Rebuild from :meth:`config` (weights random) and, if given, load ``state_dict`` (dtype follows it).
+
+        adding: flow parts (:data:`ADDABLE_FLOW_PARTS`) to switch on for weights trained without them; they act
+        only away from T0, so the model at T0 is the saved one. They start at the identity (zero heads; the
+        scaling layer still needs :meth:`initialise_thermal_scaling`).
+        """
+        unknown = set(adding) - set(ADDABLE_FLOW_PARTS)
+        if unknown:
+            raise InputError(f"only {', '.join(ADDABLE_FLOW_PARTS)} can be added to a trained flow, not "
+                             f"{', '.join(sorted(unknown))}")
         coordinates = _coordinates_from_config(config["coordinates"])
-        flow = ConditionalSplineFlow.from_config(config["flow"])
+        flow = ConditionalSplineFlow.from_config({**config["flow"], **{part: True for part in adding}})
         model = cls(coordinates, flow, config["reference_temperature"])
         if state_dict is not None:
             dtype = next(v.dtype for k, v in state_dict.items() if k.startswith("flow.layers") and "conditioner" in k)
             model.to(dtype)
-            model.load_state_dict(state_dict)
+            missing, unexpected = model.load_state_dict(state_dict, strict=False)
+            if unexpected or any(not any(ADDABLE_FLOW_PARTS[part] in key for part in adding) for key in missing):
+                raise InputError(f"these weights do not fit the flow (missing {missing}, unexpected {unexpected}); "
+                                 "start from a checkpoint that trade-md wrote for these flow settings")
         return model
 
 

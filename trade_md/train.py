@@ -28,7 +28,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import math
@@ -44,7 +43,7 @@ from torch import Tensor
 
 from trade_md.distributed import DistributedContext, init_from_environment
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.flows import Generator
+from trade_md.flows import ADDABLE_FLOW_PARTS, Generator
 from trade_md.io import atomic_write_path, write_json_atomic
 from trade_md.trade import (
     ExpectationGrid,
@@ -79,8 +78,6 @@ MAX_CONSECUTIVE_SKIPS = 100
 """Training stops with an error after this many consecutive non-finite steps."""
 LEGACY_CONFIG: dict[str, Any] = {"expectation": "grid"}
 """Values of TrainConfig keys for checkpoints written before the key existed (the behaviour of that code)."""
-ADDABLE_FLOW_PARTS = ("thermal_scaling", "temperature_head")
-"""Flow settings that ``init_from`` may switch on for a model trained without them (they act only away from T0)."""
 _RESUME_MUTABLE = frozenset({"steps", "device", "progress", "checkpoint_every", "validate_every", "out"})
 """TrainConfig fields that may differ from the checkpoint's when resuming."""
 
@@ -453,15 +450,10 @@ def _initial_generator(config: TrainConfig, system: SystemRecord, training: Any)
         raise InputError(f"{where} has flow {saved.flow}, this run asks for {config.flow}; use the same flow "
                          "settings (copy them from that run's config; only "
                          f"{' and '.join(ADDABLE_FLOW_PARTS)} may be added)")
-    generator_config = copy.deepcopy(start["generator_config"])
-    generator_config["flow"].update({key: True for key in added})
-    dtype = next(v.dtype for k, v in start["model_state"].items() if "conditioner" in k)
-    generator = Generator.from_config(generator_config).to(dtype)
-    missing, unexpected = generator.load_state_dict(start["model_state"], strict=False)
-    new_parts = {"thermal_scaling": ".scaling.", "temperature_head": ".temperature_head."}
-    if unexpected or any(not any(new_parts[key] in name for key in added) for name in missing):
-        raise InputError(f"{where}: its weights do not fit this flow (missing {missing}, unexpected "
-                         f"{unexpected}); start from a checkpoint that trade-md wrote for these flow settings")
+    try:
+        generator = Generator.from_config(start["generator_config"], start["model_state"], adding=added)
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
     if "thermal_scaling" in added:
         generator.initialise_thermal_scaling(training)
     if saved.mode == "nll" or saved.trade_weight == saved.kl_range_weight == saved.tilt_weight == 0:
