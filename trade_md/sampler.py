@@ -5,6 +5,12 @@ potential energies (kJ/mol), ``log q`` and self-normalised importance log-weight
 ``log w = −U/(k_B T) − log q`` (normalised so that ``logsumexp(log w) = 0``). Samples with a wrong-handed chiral
 centre or a non-finite energy get weight zero (``log w = −inf``), so reweighted estimates stay honest.
 
+A *defensive mixture* proposal (``mixture=[(T_j, f_j), ...]``) draws a fraction ``f_j`` of the samples from the
+same generator at other temperatures ``T_j`` and weights every sample by the mixture density
+``q_mix(x) = (1 − Σ f_j) q(x | T) + Σ f_j q(x | T_j)``. The weights stay exact for any components; a hotter
+component bounds the largest weights where ``q(x | T)`` under-covers the Boltzmann density (the rare huge weights
+that set the Kish ESS of a flow), at the price of one extra density evaluation per component and sample.
+
 >>> import numpy as np
 >>> u_kn = reduced_potentials(np.array([1.0, 2.0]), [300.0, 600.0])
 >>> u_kn.shape
@@ -55,7 +61,9 @@ class SampleSet:
     """Samples at one temperature with their importance weights.
 
     positions: ``[n, atoms, 3]`` nm (``[n, d]`` for toys); energies: ``[n]`` kJ/mol; log_q: ``[n]`` nats;
-    log_weights: ``[n]`` normalised (``logsumexp = 0``, ``−inf`` for dropped samples); wrong_chirality: ``[n]``.
+    log_weights: ``[n]`` normalised (``logsumexp = 0``, ``−inf`` for dropped samples); wrong_chirality: ``[n]``;
+    mixture: the proposal's other components ``(T_j K, fraction f_j)`` (empty: ``q(x | T)`` alone), in which case
+    ``log_q`` is the mixture's log density.
     """
 
     positions: np.ndarray
@@ -64,6 +72,7 @@ class SampleSet:
     log_weights: np.ndarray
     wrong_chirality: np.ndarray
     temperature: float
+    mixture: tuple[tuple[float, float], ...] = ()
 
     def __len__(self) -> int:
         return int(self.energies.shape[0])
@@ -113,6 +122,8 @@ class SampleSet:
                     log_weights=self.log_weights,
                     wrong_chirality=self.wrong_chirality,
                     temperature_k=np.float64(self.temperature),
+                    mixture_temperatures_k=np.array([t for t, _ in self.mixture], dtype=np.float64),
+                    mixture_fractions=np.array([f for _, f in self.mixture], dtype=np.float64),
                     **({} if topology is not None else {"positions_nm": self.positions}),
                 )
         return out
@@ -200,27 +211,55 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def check_mixture(self, mixture: Sequence[tuple[Any, float]]) -> tuple[tuple[float, float], ...]:
+        """Mixture components as ``((T_j K, f_j), ...)``, validated: ``T_j > 0``, ``f_j > 0``, ``Σ f_j <= 1``.
+
+        Components may lie outside the trained range: the weights are exact for any proposal.
+        """
+        components = tuple((to_kelvin(t), float(f)) for t, f in mixture)
+        fractions = [f for _, f in components]
+        if any(not (f > 0.0) for f in fractions) or sum(fractions) > 1.0 + 1e-12:
+            raise InputError(f"mixture fractions must be > 0 and sum to at most 1, got {fractions}; the rest of "
+                             "the samples come from the target temperature")
+        return components
+
     @torch.no_grad()
-    def _batch(self, n: int, temperature: float) -> tuple[np.ndarray, ...]:
-        x, log_q = self.generator.sample(n, temperature)
+    def _batch(
+        self, n: int, temperature: float, mixture: tuple[tuple[float, float], ...] = ()
+    ) -> tuple[np.ndarray, ...]:
+        if not mixture:
+            x, log_q = self.generator.sample(n, temperature)
+        else:
+            temperatures = torch.tensor([temperature] + [t for t, _ in mixture], dtype=torch.float64)
+            fractions = torch.tensor([1.0 - sum(f for _, f in mixture)] + [f for _, f in mixture],
+                                     dtype=torch.float64).clamp(min=0.0)
+            component = torch.multinomial(fractions, n, replacement=True)
+            x, _ = self.generator.sample(n, temperatures[component])
+            log_q = torch.logsumexp(torch.stack([
+                torch.log(f) + self.generator.log_prob(x, float(t)).double()
+                for t, f in zip(temperatures, fractions) if f > 0
+            ]), dim=0)
         wrong = self.generator.chirality_flags(x).cpu().numpy().astype(bool)
         positions = x.detach().cpu().double().numpy()
         energies = np.asarray(self.energy(positions), dtype=np.float64)
         return positions, energies, log_q.detach().cpu().double().numpy(), wrong
 
     def iter_batches(
-        self, n: int, temperature: Any, *, batch_size: int = 4096, progress: bool = True
+        self, n: int, temperature: Any, *, batch_size: int = 4096, progress: bool = True,
+        mixture: Sequence[tuple[Any, float]] = (),
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield ``(positions, energies kJ/mol, log q, wrong_chirality)`` per batch; memory bounded by the batch."""
+        """Yield ``(positions, energies kJ/mol, log q, wrong_chirality)`` per batch; memory bounded by the batch.
+        With a ``mixture`` (see :meth:`sample`), ``log q`` is the mixture's log density."""
         if n < 1:
             raise InputError(f"number of samples must be >= 1, got {n}")
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         value = self.check_temperature(temperature)
+        components = self.check_mixture(mixture)
         with tqdm(total=n, desc=f"sampling {value:g} K", unit="samples", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 size = min(batch_size, n - start)
-                yield self._batch(size, value)
+                yield self._batch(size, value, components)
                 bar.update(size)
 
     def log_weights(
@@ -238,18 +277,26 @@ class Sampler:
         return log_w - logsumexp(log_w)
 
     def sample(
-        self, n: int, temperature: Any, *, batch_size: int = 4096, progress: bool = True
+        self, n: int, temperature: Any, *, batch_size: int = 4096, progress: bool = True,
+        mixture: Sequence[tuple[Any, float]] = (),
     ) -> SampleSet:
-        """``n`` weighted samples at ``temperature`` (float K or ``openmm.unit`` quantity), drawn in batches."""
+        """``n`` weighted samples at ``temperature`` (float K or ``openmm.unit`` quantity), drawn in batches.
+
+        mixture: defensive components ``[(T_j, f_j), ...]`` (K or quantities; fractions ``> 0``, ``Σ f_j <= 1``):
+        each sample comes from ``q(x | T_j)`` with probability ``f_j`` and from ``q(x | T)`` otherwise, and is
+        weighted against the mixture density (see the module docs). Empty: ``q(x | T)`` alone.
+        """
         value = self.check_temperature(temperature)
-        parts = list(self.iter_batches(n, value, batch_size=batch_size, progress=progress))
+        components = self.check_mixture(mixture)
+        parts = list(self.iter_batches(n, value, batch_size=batch_size, progress=progress, mixture=components))
         positions, energies, log_q, wrong = (np.concatenate(column) for column in zip(*parts))
-        return SampleSet(positions, energies, log_q, self.log_weights(energies, log_q, wrong, value), wrong, value)
+        return SampleSet(positions, energies, log_q, self.log_weights(energies, log_q, wrong, value), wrong, value,
+                         components)
 
 
 def write_samples(
     sampler: Sampler, n: int, temperature: Any, out: str | os.PathLike, *, batch_size: int = 4096,
-    progress: bool = True,
+    progress: bool = True, mixture: Sequence[tuple[Any, float]] = (),
 ) -> dict[str, Any]:
     """Stream ``n`` samples to ``out/samples.dcd`` (+ ``topology.pdb``) and ``out/samples.npz`` in batches.
 
@@ -261,6 +308,7 @@ def write_samples(
     if sampler.topology is None:
         raise InputError("streaming to a trajectory needs the molecule's topology; this sampler has none")
     value = sampler.check_temperature(temperature)
+    components = sampler.check_mixture(mixture)
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
     topology = mdtraj.Topology.from_openmm(sampler.topology)
@@ -268,7 +316,7 @@ def write_samples(
     with atomic_write_path(directory / "samples.dcd") as temp:
         with mdtraj.formats.DCDTrajectoryFile(str(temp), "w", force_overwrite=True) as dcd:
             for positions, energies, log_q, wrong in sampler.iter_batches(n, value, batch_size=batch_size,
-                                                                         progress=progress):
+                                                                         progress=progress, mixture=components):
                 dcd.write(10.0 * positions.astype(np.float32))  # DCD stores Å
                 for column, part in zip(columns, (energies, log_q, wrong)):
                     column.append(part)
@@ -277,7 +325,7 @@ def write_samples(
     log_w = sampler.log_weights(energies, log_q, wrong, value)
     with atomic_write_path(directory / "topology.pdb") as temp:
         mdtraj.Trajectory(first[None].astype(np.float32), topology).save_pdb(str(temp))
-    samples = SampleSet(np.empty((len(energies), 0)), energies, log_q, log_w, wrong, value)
+    samples = SampleSet(np.empty((len(energies), 0)), energies, log_q, log_w, wrong, value, components)
     samples.save(directory)
     return {"n": int(n), "temperature_k": value, "ess": samples.ess,
             "wrong_chirality_fraction": float(np.mean(wrong)), "out": str(directory)}
@@ -297,23 +345,39 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=4096, help="samples per batch (default %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="energy worker processes (default %(default)s)")
     parser.add_argument("--platform", default="auto", help="OpenMM platform for energies (default %(default)s)")
+    parser.add_argument("--mixture", action="append", default=[], metavar="T:FRACTION",
+                        help="defensive mixture component: this fraction of the samples from the generator at T K "
+                             "(repeatable; e.g. --mixture 700:0.2 for a 600 K target); exact weights either way")
     parser.add_argument("--strict-range", action="store_true",
                         help="refuse temperatures outside the trained range instead of warning")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_main, command="sample")
 
 
+def parse_mixture(items: Sequence[str]) -> list[tuple[float, float]]:
+    """``["700:0.2", ...]`` → ``[(700.0, 0.2), ...]``; a clear error for anything else."""
+    components = []
+    for item in items:
+        try:
+            temperature, fraction = (float(part) for part in item.split(":"))
+        except ValueError:
+            raise InputError(f"--mixture takes T:FRACTION (e.g. 700:0.2), got {item!r}") from None
+        components.append((temperature, fraction))
+    return components
+
+
 def _main(args: argparse.Namespace) -> int:
+    mixture = parse_mixture(args.mixture)
     with Sampler.from_checkpoint(args.model, n_workers=args.workers, platform=args.platform,
                                  out_of_range="error" if args.strict_range else "warn") as sampler:
         if sampler.topology is None:
             samples = sampler.sample(args.n, args.temperature, batch_size=args.batch_size,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, mixture=mixture)
             samples.save(args.out)
             summary = {"n": args.n, "temperature_k": samples.temperature, "ess": samples.ess, "out": args.out}
         else:
             summary = write_samples(sampler, args.n, args.temperature, args.out, batch_size=args.batch_size,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, mixture=mixture)
     print(f"{summary['n']} samples at {summary['temperature_k']:g} K, Kish ESS {100 * summary['ess']:.1f} % "
           f"-> {summary['out']}")
     return 0
