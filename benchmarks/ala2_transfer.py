@@ -279,12 +279,13 @@ def evaluate(args: argparse.Namespace) -> int:
         kl_divergence,
         ramachandran_histogram,
     )
-    from trade_md.sampler import Sampler
+    from trade_md.sampler import Sampler, parse_mixture
     from trade_md.train import load_generator
     from trade_md.units import kT
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    mixture_ratios = parse_mixture(args.mixture_ratio, option="--mixture-ratio")
     generator, system, config = load_generator(args.run, device=args.device)
     checkpoint = read_checkpoint(args.run)
     reference = json.loads(Path(args.reference).read_text())
@@ -298,7 +299,7 @@ def evaluate(args: argparse.Namespace) -> int:
         for temperature in args.temperatures:
             t0 = time.perf_counter()
             torch.manual_seed(args.seed + int(temperature))
-            mixture = [(ratio * temperature, fraction) for ratio, fraction in args.mixture_ratio]
+            mixture = [(ratio * temperature, fraction) for ratio, fraction in mixture_ratios]
             samples = sampler.sample(args.samples, temperature, batch_size=args.batch_size, progress=False,
                                      mixture=mixture)
             phi, psi = backbone_angles(system.topology, samples.positions)
@@ -358,7 +359,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "reference": str(args.reference),
         "reference_run": reference.get("run", {}).get("command"),
         "evaluation": {"samples_per_temperature": args.samples, "bootstrap": args.bootstrap, "seed": args.seed,
-                       "mixture_ratios": [list(c) for c in args.mixture_ratio],
+                       "mixture_ratios": [list(c) for c in mixture_ratios],
                        "energy_platform": platform_name, "seconds": time.perf_counter() - start,
                        "ramachandran_bins": "36x36 equal bins on [-pi, pi)^2, rows phi, columns psi",
                        "delta_f": "F(phi>0) - F(phi<0) = -ln(P(phi>0)/P(phi<0)) in k_BT, reweighted samples; "
@@ -470,14 +471,6 @@ def history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ratio_fraction(text: str) -> tuple[float, float]:
-    try:
-        ratio, fraction = (float(part) for part in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected R:F such as 1.25:0.2, got {text!r}") from None
-    return ratio, fraction
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="step", required=True)
@@ -510,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--platform", default="Reference", help="OpenMM platform of the energies")
     p.add_argument("--energy-workers", type=int, default=1)
-    p.add_argument("--mixture-ratio", type=_ratio_fraction, action="append", default=[], metavar="R:F",
+    p.add_argument("--mixture-ratio", action="append", default=[], metavar="R:F",
                    help="defensive mixture component at R times each target temperature with fraction F "
                         "(repeatable; trade_md.sampler); default: q(x | T) alone")
     p.add_argument("--device", default="cpu")

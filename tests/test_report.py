@@ -196,6 +196,15 @@ def test_cli_writes_the_report(tiny: dict[str, Path], tmp_path: Path, capsys: py
     assert "WARNING: 1200 K lies outside the trained range" in captured.err
     assert f"wrote {out / 'metrics.json'}" in captured.out
     assert [m["temperature"] for m in _strict_json(out / "metrics.json")["per_temperature"]] == [300.0, 1200.0]
+    mixed = tmp_path / "mixed"
+    args = parser.parse_args(["evaluate", "--model", str(tiny["model"]), "--reference", str(tiny["reference"]),
+                              "--temperatures", "600", "--out", str(mixed), "--n-samples", "100",
+                              "--platform", "Reference", "--no-progress", "--mixture-ratio", "1.2:0.25"])
+    assert args.func(args) == 0
+    assert _strict_json(mixed / "metrics.json")["mixture_ratios"] == [[1.2, 0.25]]
+    args = parser.parse_args(["evaluate", "--model", str(tiny["model"]), "--out", str(mixed), "--mixture-ratio", "1.2"])
+    with pytest.raises(InputError, match="--mixture-ratio takes two numbers"):
+        args.func(args)
 
 
 def test_energy_axis_follows_the_boltzmann_weighted_series() -> None:

@@ -290,6 +290,7 @@ def evaluate(
     energy_platform: str = "auto",
     progress: bool = True,
     on_warning: Callable[[str], None] | None = None,
+    mixture_ratios: Sequence[tuple[float, float]] = (),
 ) -> dict[str, Any]:
     """Evaluate the generator of run directory ``model`` at ``temperatures`` K against ``reference`` and write
     ``metrics.json``, the figures and ``summary.md`` to ``out``; returns the metrics dict.
@@ -297,6 +298,8 @@ def evaluate(
     reference: see :func:`load_reference`; None: the system's shipped reference. Temperatures outside the
     trained range, or missing from the reference, are evaluated with a warning (``on_warning(message)``, default
     :class:`~trade_md.sampler.OutOfRangeWarning`), also recorded in ``metrics.json``.
+    mixture_ratios: defensive mixture components ``(R, f)``: a fraction ``f`` of the samples at ``R × T`` for each
+    evaluated ``T`` (:meth:`~trade_md.sampler.Sampler.sample`); empty: ``q(x | T)`` alone.
     """
     import torch
     from tqdm.auto import tqdm
@@ -349,7 +352,8 @@ def evaluate(
         bar = tqdm(temperatures, desc="evaluate", unit="T", disable=None if progress else True, dynamic_ncols=True)
         for k, temperature in enumerate(bar):
             bar.set_postfix_str(f"{temperature:g} K")
-            samples = sampler.sample(n_samples, float(temperature), progress=False)
+            mixture = [(ratio * float(temperature), fraction) for ratio, fraction in mixture_ratios]
+            samples = sampler.sample(n_samples, float(temperature), progress=False, mixture=mixture)
             metrics, arrays[float(temperature)] = _evaluate_temperature(float(temperature), samples, system.topology,
                                                                          generator, ref, seed + k)
             metrics["in_trained_range"] = bool(low - 1e-6 <= temperature <= high + 1e-6)
@@ -363,6 +367,7 @@ def evaluate(
         "system": system.name,
         "n_dof": generator.n_dof,
         "n_samples": n_samples,
+        "mixture_ratios": [list(component) for component in mixture_ratios],
         "seed": seed,
         "reference_temperature": t0,
         "trained_range": [low, high],
@@ -519,14 +524,20 @@ def register_cli(subparsers: Any) -> None:
                                                                       "(default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument("--platform", default="auto", help="OpenMM platform of the energies (default auto)")
+    parser.add_argument("--mixture-ratio", action="append", default=[], metavar="R:FRACTION",
+                        help="defensive mixture: this fraction of the samples at R times each temperature "
+                             "(repeatable, e.g. --mixture-ratio 1.2:0.2); exact weights either way")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_main, command="evaluate")
 
 
 def _main(args: argparse.Namespace) -> int:
+    from trade_md.sampler import parse_mixture
+
     result = evaluate(args.model, args.out, reference=args.reference,
                       temperatures=parse_temperatures(args.temperatures), n_samples=args.n_samples, seed=args.seed,
                       energy_platform=args.platform, progress=not args.no_progress,
+                      mixture_ratios=parse_mixture(args.mixture_ratio, option="--mixture-ratio"),
                       on_warning=lambda note: print(f"WARNING: {note}", file=sys.stderr, flush=True))
     for m in result["per_temperature"]:
         print(f"{m['temperature']:7g} K: ESS {100 * m['ess']:.2f}%, ΔF {_pm(m['delta_f_kT']['generator'], None)} k_BT "

@@ -37,7 +37,7 @@ from trade_md.io import atomic_write_path
 from trade_md.metrics import kish_ess, normalized_weights
 from trade_md.units import KB, temperature_array, to_kelvin
 
-__all__ = ["SampleSet", "Sampler", "reduced_potentials", "write_samples", "OutOfRangeWarning"]
+__all__ = ["SampleSet", "Sampler", "reduced_potentials", "write_samples", "parse_mixture", "OutOfRangeWarning"]
 
 EnergyFunction = Callable[[np.ndarray], np.ndarray]
 """positions ``[n, ...]`` (nm) → potential energies ``[n]`` (kJ/mol, +inf where undefined)."""
@@ -354,15 +354,16 @@ def register_cli(subparsers: Any) -> None:
     parser.set_defaults(func=_main, command="sample")
 
 
-def parse_mixture(items: Sequence[str]) -> list[tuple[float, float]]:
-    """``["700:0.2", ...]`` → ``[(700.0, 0.2), ...]``; a clear error for anything else."""
+def parse_mixture(items: Sequence[str], option: str = "--mixture") -> list[tuple[float, float]]:
+    """Command-line mixture components ``["700:0.2", ...]`` → ``[(700.0, 0.2), ...]`` (temperatures in K, or
+    ratios to the target temperature for ``--mixture-ratio``); a clear error naming ``option`` otherwise."""
     components = []
     for item in items:
         try:
-            temperature, fraction = (float(part) for part in item.split(":"))
+            value, fraction = (float(part) for part in item.split(":"))
         except ValueError:
-            raise InputError(f"--mixture takes T:FRACTION (e.g. 700:0.2), got {item!r}") from None
-        components.append((temperature, fraction))
+            raise InputError(f"{option} takes two numbers as A:FRACTION (e.g. 700:0.2), got {item!r}") from None
+        components.append((value, fraction))
     return components
 
 
