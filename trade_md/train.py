@@ -948,8 +948,8 @@ class Trainer:
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "seconds": seconds,
-            "seconds_per_step": seconds / steps_run if steps_run else math.nan,
-            "seconds_per_refresh": self.refresh_seconds / self.refreshes if self.refreshes else math.nan,
+            "seconds_per_step": seconds / steps_run if steps_run else None,
+            "seconds_per_refresh": self.refresh_seconds / self.refreshes if self.refreshes else None,
             "energy_evaluations": self.energy_evaluations,
             "reference_temperature": self.reference_temperature,
             "system": self.system.name,
@@ -1116,8 +1116,9 @@ def _train(args: argparse.Namespace, config: TrainConfig, distributed: Distribut
         return 0
     last = summary["last"]
     shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith(("val", "ess", "boundary", "trade")))
+    per_step = summary["seconds_per_step"]
     print(f"wrote {out / CHECKPOINT_NAME}: {summary['step']} steps ({summary['skipped_steps']} skipped), "
-          f"{summary['seconds_per_step'] * 1000:.1f} ms/step, "
+          f"{'no new steps' if per_step is None else f'{per_step * 1000:.1f} ms/step'}, "
           f"{summary.get('energy_evaluations_all_ranks', summary['energy_evaluations'])} energy evaluations; "
           f"{shown}")
     return 0
