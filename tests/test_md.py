@@ -234,6 +234,46 @@ def test_parallel_replicas_are_pooled_with_their_index(ala2: MolecularSystem, tm
     assert len(report["population_phi_positive_per_run"]) == 2 and report["runs"] == 2
 
 
+@pytest.mark.slow
+def test_workers_stop_when_the_md_command_is_killed(tmp_path: Path) -> None:
+    """SIGTERM to `trade-md md` (no cleanup runs) leaves no replica process computing on (each has ~1 min of MD
+    left); the finished chunks stay for --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "trade_md.cli", "md", "--system", "alanine-dipeptide", "--temperature", "600",
+               "--ns", "3", "--replicas", "2", "--frame-interval", "0.5", "--equilibration", "1",
+               "--platform", "Reference", "--seed", "3", "--no-progress", "--out", str(out)]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120.0
+    while not list((out / "checkpoints").glob("run_*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(pid) for pid in Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()]
+    assert len(workers) >= 2  # the two replicas (and the resource tracker)
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except OSError:
+            return False
+        return state != "Z"
+
+    deadline = time.monotonic() + 15.0
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in workers if alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors
+    assert (out / "plan.json").is_file() and list((out / "checkpoints").glob("run_*.npz"))
+
+
 def test_load_dataset_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         load_dataset(tmp_path / "absent")

@@ -20,6 +20,7 @@ from trade_md.replica import (
     RemdSettings,
     analyse_reference,
     count_round_trips,
+    export_dataset,
     export_frames,
     geometric_ladder,
     parse_temperatures,
@@ -291,6 +292,33 @@ def test_cli_reference_and_errors(resumed_run, tmp_path, capsys):
     assert "no system" in capsys.readouterr().err
     assert cli.main(["remd", "--resume", "--out", str(out), "--temperatures", "300:1000:3"]) == 2
     assert "differs from the run's ladder" in capsys.readouterr().err
+
+
+def test_remd_frames_at_one_temperature_become_a_dataset(resumed_run, tmp_path, capsys):
+    from trade_md.md import load_dataset
+
+    out, data = resumed_run
+    ps = 100 * 1.0e-3  # steps_per_iteration x 1 fs
+    assert cli.main(["remd-data", str(out), str(out), "--temperature", "600", "--discard-ps", "0.25",
+                     "--out", str(tmp_path / "d600")]) == 0
+    assert "frames at 600 K from 2 remd run(s)" in capsys.readouterr().out
+    dataset = load_dataset(tmp_path / "d600")
+    kept = np.arange(3, TARGET + 1)  # iterations after 0.25 ps, the minimised start excluded
+    assert len(dataset) == 2 * kept.size and dataset.temperature == 600.0
+    assert dataset.run.tolist() == [0] * kept.size + [1] * kept.size
+    assert np.allclose(dataset.times[: kept.size], kept * ps)
+    replica = np.argmax(data.states[kept] == 1, axis=1)  # the replica at ladder state 1 (600 K) in each iteration
+    assert np.allclose(dataset.positions[: kept.size], data.positions[kept, replica], atol=1e-6)
+    assert np.allclose(dataset.energies[: kept.size], data.energies[kept, replica])
+    assert dataset.system.fingerprint() == data.system.fingerprint()
+    assert dataset.metadata["source"] == "trade-md remd" and dataset.metadata["runs"][0]["frames"] == kept.size
+
+    with pytest.raises(InputError, match="not on the ladder .* pick one of those"):
+        export_dataset([out], 650.0, tmp_path / "x")
+    with pytest.raises(InputError, match="none after --discard-ps"):
+        export_dataset([out], 600.0, tmp_path / "x", discard_ps=100.0)
+    assert cli.main(["remd-data", str(tmp_path / "nothing"), "--temperature", "600", "--out", str(tmp_path / "y")]) == 2
+    assert "trade-md remd" in capsys.readouterr().err
 
 
 @pytest.mark.slow

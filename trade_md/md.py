@@ -12,6 +12,9 @@ minimised and equilibrated first, and pools their frames. The output directory h
   without it is incomplete (``load_dataset`` refuses it), and ``--resume`` continues it from the per-replica
   checkpoints in ``checkpoints/`` (OpenMM State XML + frames so far, rewritten atomically every chunk).
 
+:func:`write_dataset` writes that format for frames from elsewhere (``trade-md remd-data``: the frames of a
+parallel-tempering run at one ladder temperature).
+
 Every chunk of a replica starts a fresh OpenMM Context whose integrator seed derives from (seed, replica, chunk),
 so an interrupted and resumed run produces exactly the frames of an uninterrupted one on the same platform.
 
@@ -62,6 +65,7 @@ __all__ = [
     "block_standard_error",
     "convergence_report",
     "register_cli",
+    "write_dataset",
     "DEFAULT_NS",
 ]
 
@@ -526,10 +530,18 @@ def _run_replica(out: Path, k: int, report: Callable[[float], Any]) -> None:
         del context, integrator
 
 
-def _replica_process(out: str, k: int, messages: Any) -> None:
-    """Entry point of a spawned replica process: run, then report "done" or the error through ``messages``."""
+def _replica_process(out: str, k: int, messages: Any, parent: int) -> None:
+    """Entry point of a spawned replica process: run, then report "done" or the error through ``messages``.
+    Exits at the next frame once process ``parent`` is gone (a parent killed by a signal cannot stop its workers);
+    the finished chunks stay in the checkpoints for ``--resume``."""
+
+    def report(ps: float) -> None:
+        if os.getppid() != parent:
+            sys.exit(143)
+        messages.put(("progress", k, ps))
+
     try:
-        _run_replica(Path(out), k, lambda ps: messages.put(("progress", k, ps)))
+        _run_replica(Path(out), k, report)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as error:
@@ -541,7 +553,8 @@ def _replica_process(out: str, k: int, messages: Any) -> None:
 def _run_processes(out: Path, todo: list[int], report: Callable[[float], Any]) -> None:
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
-    processes = {k: context.Process(target=_replica_process, args=(str(out), k, messages), name=f"trade-md-md-{k}")
+    processes = {k: context.Process(target=_replica_process, args=(str(out), k, messages, os.getpid()),
+                                  name=f"trade-md-md-{k}")
                  for k in todo}
     for process in processes.values():
         process.start()
@@ -571,39 +584,67 @@ def _run_processes(out: Path, todo: list[int], report: Callable[[float], Any]) -
 
 
 def _finish(out: Path, plan: dict[str, Any], wall_s: float) -> Dataset:
-    """Pool the replicas' frames, write the dataset files and, last, run.json."""
-    import mdtraj
-
+    """Pool the replicas' frames and write the dataset (run.json last)."""
     system = MolecularSystem.deserialize(read_json(out / "system.json"))
     checkpoints = [_load_checkpoint(out, k) for k in range(plan["replicas"])]
-    positions = np.concatenate([c["positions"] for c in checkpoints]).astype(np.float32)
-    potential = np.concatenate([c["potential_energies"] for c in checkpoints])
     kinetic = np.concatenate([c["kinetic_energies"] for c in checkpoints])
-    times = np.concatenate([c["times"] for c in checkpoints])
-    run = np.concatenate([np.full(len(c["times"]), k, dtype=np.int64) for k, c in enumerate(checkpoints)])
+    dof = degrees_of_freedom(system.system)
+    record = {
+        **{key: value for key, value in plan.items() if key != "system"},
+        "steps_per_replica": plan["equilibration_steps"] + plan["frames_per_replica"] * plan["steps_per_frame"],
+        "degrees_of_freedom": dof,
+        "kinetic_temperature": float(2.0 * kinetic.mean() / (dof * KB)),
+        "replica_seconds": [float(c["compute_s"]) for c in checkpoints],
+        "wall_seconds_last_session": float(wall_s),
+    }
+    dataset = write_dataset(
+        out, system, plan["temperature"],
+        positions=np.concatenate([c["positions"] for c in checkpoints]),
+        energies=np.concatenate([c["potential_energies"] for c in checkpoints]),
+        times=np.concatenate([c["times"] for c in checkpoints]),
+        run=np.concatenate([np.full(len(c["times"]), k, dtype=np.int64) for k, c in enumerate(checkpoints)]),
+        record=record, kinetic_energies=kinetic)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    (out / "plan.json").unlink(missing_ok=True)
+    return dataset
+
+
+def write_dataset(
+    out: Path, system: MolecularSystem, temperature: float, *, positions: np.ndarray, energies: np.ndarray,
+    times: np.ndarray, run: np.ndarray, record: dict[str, Any], kinetic_energies: np.ndarray | None = None,
+) -> Dataset:
+    """Write frames at ``temperature`` (K) as a dataset directory that :func:`load_dataset` reads.
+
+    positions: [n, atoms, 3] nm; energies, kinetic_energies: [n] kJ/mol; times: [n] ps within each run; run: [n]
+    index of the independent run each frame comes from (a run's frames contiguous, in time order). ``record`` adds
+    provenance to run.json, which is written last (a directory without it is incomplete).
+    """
+    import mdtraj
+
+    positions = np.asarray(positions, dtype=np.float32)
     _, labels, phi = backbone_phi(system, positions)
     report = convergence_report(phi, run, labels)
     for line in report["warnings"]:
         warnings.warn(line, ConvergenceWarning, stacklevel=3)
-    dof = degrees_of_freedom(system.system)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "system.json", system.serialize())
+    arrays = {"positions": positions, "potential_energies": energies, "times": times, "run": run}
+    if kinetic_energies is not None:
+        arrays["kinetic_energies"] = kinetic_energies
     with atomic_write_path(out / "data.npz") as temp, open(temp, "wb") as handle:
-        np.savez(handle, positions=positions, potential_energies=potential, kinetic_energies=kinetic, times=times,
-                 run=run)
+        np.savez(handle, **arrays)
     with atomic_write_path(out / "topology.pdb") as temp:
         temp.write_text(system.pdb_text(positions[0]))
     with atomic_write_path(out / "trajectory.dcd") as temp:
         mdtraj.Trajectory(positions, mdtraj.Topology.from_openmm(system.topology)).save_dcd(str(temp))
     metadata = {
-        **{key: value for key, value in plan.items() if key != "system"},
+        **record,
+        "format": DATASET_FORMAT,
+        "temperature": float(temperature),
         "complete": True,
         "system": system.fingerprint(),
         "n_frames": int(len(times)),
-        "steps_per_replica": plan["equilibration_steps"] + plan["frames_per_replica"] * plan["steps_per_frame"],
-        "degrees_of_freedom": dof,
-        "mean_potential_energy": float(potential.mean()),
-        "kinetic_temperature": float(2.0 * kinetic.mean() / (dof * KB)),
-        "replica_seconds": [float(c["compute_s"]) for c in checkpoints],
-        "wall_seconds_last_session": float(wall_s),
+        "mean_potential_energy": float(np.mean(energies)),
         "convergence": report,
         "files": {"topology": "topology.pdb", "trajectory": "trajectory.dcd", "arrays": "data.npz",
                   "system": "system.json"},
@@ -611,9 +652,8 @@ def _finish(out: Path, plan: dict[str, Any], wall_s: float) -> Dataset:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(out / "run.json", metadata)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    (out / "plan.json").unlink(missing_ok=True)
-    return Dataset(positions.astype(np.float64), potential, plan["temperature"], system, metadata, times, run, out)
+    return Dataset(positions.astype(np.float64), np.asarray(energies, dtype=np.float64), float(temperature), system,
+                   metadata, np.asarray(times), np.asarray(run), out)
 
 
 # ----------------------------------------------------------------------------------------------------- loading
