@@ -124,8 +124,13 @@ class TrainConfig:
         without derivatives in the loss; with trainable "temperature" its target is fixed. At T > T0 the exact
         tilt multiplies the boundary's high-energy samples by exp((β0 − β) U): use it below T0, or with
         kl_range_weight (``trade_md.metrics.tilted_ess`` says what the tilt is worth at each T).
-        kl_range_span, tilt_span: ``[low, high]`` K inside the trained range where the range KL and the tilt term
-        draw their temperatures (default: the whole range); e.g. the tilt below T0 and the range KL above it.
+        fkl_range_weight: weight of the forward KL from the Boltzmann density at T to q(x | T) (ramped in with the
+        TRADE term; default 0), estimated like the tilt term with the target exp(−u_T(x)): mass-covering where the
+        reverse KL is mode-seeking, so it raises q where p/q is large (a mode the model under-weights, such as cis
+        peptide bonds at high T); its gradient is as noisy as the model's ESS at T is low.
+        kl_range_span, tilt_span, fkl_range_span: ``[low, high]`` K inside the trained range where the range KL,
+        the tilt term and the forward range KL draw their temperatures (default: the whole range); e.g. the tilt
+        below T0 and the range KL above it.
     TRADE (mode trade):
         trade_weight: final weight of the TRADE loss; trade_start: first step with the TRADE term;
         trade_ramp: steps over which its weight rises linearly from 0 to trade_weight.
@@ -188,8 +193,10 @@ class TrainConfig:
     kl_weight: float = 0.0
     kl_range_weight: float = 0.0
     tilt_weight: float = 0.0
+    fkl_range_weight: float = 0.0
     kl_range_span: list[float] | None = None
     tilt_span: list[float] | None = None
+    fkl_range_span: list[float] | None = None
     kl_batch_size: int = 256
     trade_weight: float = 1.0
     trade_start: int = 0
@@ -276,7 +283,8 @@ class TrainConfig:
         for name in ("learning_rate", "grad_clip", "huber_delta", "energy_cap"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise bad(name, "a number > 0")
-        for name in ("nll_weight", "kl_weight", "kl_range_weight", "tilt_weight", "trade_weight", "causality_epsilon",
+        for name in ("nll_weight", "kl_weight", "kl_range_weight", "tilt_weight", "fkl_range_weight", "trade_weight",
+                     "causality_epsilon",
                      "residual_from_model", "residual_from_reference", "residual_from_data"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
                 raise bad(name, "a number >= 0")
@@ -314,7 +322,7 @@ class TrainConfig:
             if self.trainable == "all" and self.nll_weight == 0 and self.kl_weight == 0 and self.kl_range_weight == 0:
                 raise InputError(f"{source}: mode 'trade' needs a boundary at T0: set nll_weight > 0 (data) and/or "
                                  "kl_weight > 0 (reverse KL on the energy)")
-            for name in ("kl_range_span", "tilt_span"):
+            for name in ("kl_range_span", "tilt_span", "fkl_range_span"):
                 span = getattr(self, name)
                 if span is not None and not (
                     isinstance(span, (list, tuple)) and len(span) == 2
@@ -456,7 +464,9 @@ def _initial_generator(config: TrainConfig, system: SystemRecord, training: Any)
         raise InputError(f"{where}: {error}") from None
     if "thermal_scaling" in added:
         generator.initialise_thermal_scaling(training)
-    if saved.mode == "nll" or saved.trade_weight == saved.kl_range_weight == saved.tilt_weight == 0:
+    if saved.mode == "nll" or (
+        saved.trade_weight == saved.kl_range_weight == saved.tilt_weight == saved.fkl_range_weight == 0
+    ):
         generator.flow.reset_context_weights()       # never trained (context 0 at T0); older code drew them at random
     if config.reference_temperature is not None and not math.isclose(
         generator.reference_temperature, config.reference_temperature, rel_tol=1e-9
@@ -769,13 +779,22 @@ class Trainer:
         return float(span[0]), float(span[1])
 
     def _tilt_loss(self, terms: dict[str, float]) -> Tensor:
-        """``−Σ_groups Σ_i w_i log q(x_i | T_g) / n_groups``: x_i model samples at the group's temperature T_g,
-        w_i ∝ q(x_i | T0) exp(−(β − β0) U(x_i)) / q(x_i | T_g) normalised within the group (TrainConfig.tilt_weight).
-        The tilt uses the capped reduced energy: −(β − β0) U = −u_T (1 − T / T0)."""
+        """Forward KL to the tilt of the model at T0 (TrainConfig.tilt_weight): target q(x | T0) exp(−(β − β0) U)."""
+        return self._weighted_nll(terms, "tilt", self.config.tilt_span, tilted=True)
+
+    def _forward_range_kl_loss(self, terms: dict[str, float]) -> Tensor:
+        """Forward KL to the Boltzmann density (TrainConfig.fkl_range_weight): target exp(−u_T(x))."""
+        return self._weighted_nll(terms, "fkl_range", self.config.fkl_range_span, tilted=False)
+
+    def _weighted_nll(self, terms: dict[str, float], name: str, span: list[float] | None, tilted: bool) -> Tensor:
+        """``−Σ_groups Σ_i w_i log q(x_i | T_g) / n_groups``: x_i model samples at the group's temperature T_g
+        (drawn log-uniformly over ``span``), w_i ∝ p̃(x_i) / q(x_i | T_g) normalised within the group, with
+        p̃ = q(x | T0) exp(−(β − β0) U) when ``tilted`` (the tilt uses the capped reduced energy:
+        −(β − β0) U = −u_T (1 − T / T0)), else exp(−u_T)."""
         config = self.config
         n = config.kl_batch_size
         n_groups = max(1, min(config.trade_temperatures, n // 2))
-        levels = sample_log_uniform(n_groups, *self._span(config.tilt_span), generator=self.rng)
+        levels = sample_log_uniform(n_groups, *self._span(span), generator=self.rng)
         groups = torch.arange(n) % n_groups
         with torch.no_grad():
             x, log_q_sampled = self._sample(n, levels[groups])
@@ -784,15 +803,18 @@ class Trainer:
         group = groups[mine].to(self.device)
         cap = config.energy_cap if config.trade_energy_cap is None else config.trade_energy_cap
         u = reduced_energy(self.energy(x).to(log_q_sampled.dtype), temperature, cap)
-        with torch.no_grad():
-            log_q0 = self.generator.log_prob(x, self.reference_temperature)
-        log_w = log_q0 - u * (1.0 - temperature / self.reference_temperature) - log_q_sampled
+        if tilted:
+            with torch.no_grad():
+                log_q0 = self.generator.log_prob(x, self.reference_temperature)
+            log_w = log_q0 - u * (1.0 - temperature / self.reference_temperature) - log_q_sampled
+        else:
+            log_w = -u - log_q_sampled
         weights = group_softmax(log_w, group, n_groups,
                                 None if self.distributed is None else self.distributed.all_reduce)
         log_q = self.generator.log_prob(x, temperature)
         world = 1 if self.distributed is None else self.distributed.world_size   # gradients are averaged over ranks
         loss = -world * torch.sum(weights.to(log_q) * log_q) / n_groups
-        terms["tilt"] = float(loss.detach())
+        terms[name] = float(loss.detach())
         return loss
 
     # ------------------------------------------------------------------------------------------- loop
@@ -831,7 +853,8 @@ class Trainer:
         terms: dict[str, float] = {}
         factor = self.trade_factor(self.step)
         growing = ramp(self.step, config.trade_start, config.trade_ramp) if config.mode == "trade" else 0.0
-        transferring = growing > 0 and max(config.trade_weight, config.kl_range_weight, config.tilt_weight) > 0
+        transferring = growing > 0 and max(config.trade_weight, config.kl_range_weight, config.tilt_weight,
+                                           config.fkl_range_weight) > 0
         if transferring and self._refresh_due():         # not in boundary-only runs; ESS and best/ for the rest
             self.refresh_grid()
         for group in self.optimizer.param_groups:
@@ -844,6 +867,8 @@ class Trainer:
             loss = loss + growing * config.kl_range_weight * self._range_kl_loss(terms)
         if growing > 0 and config.tilt_weight > 0:
             loss = loss + growing * config.tilt_weight * self._tilt_loss(terms)
+        if growing > 0 and config.fkl_range_weight > 0:
+            loss = loss + growing * config.fkl_range_weight * self._forward_range_kl_loss(terms)
         terms["loss"] = float(loss.detach())
         finite = self._everywhere(bool(torch.isfinite(loss)))
         if finite:
