@@ -13,7 +13,8 @@ Steps (subcommands):
   :class:`trade_md.energy.EnergyBridge`) and reports per temperature: Kish ESS (%), ΔF = −k_B T ln(P(φ>0)/P(φ<0))
   in k_BT with a bootstrap error, its difference to the MBAR reference (k_BT and in combined standard errors),
   JS and KL divergences of the reweighted 36×36 Ramachandran histogram to the reference's, the fraction of
-  wrong-chirality samples; plus energy evaluations and wall time of training. Prints a table, writes JSON.
+  wrong-chirality samples, the cis peptide-bond fractions (raw and reweighted) with their share of the squared
+  weights; plus energy evaluations and wall time of training. Prints a table, writes JSON.
 - ``tilt``: what TRADE can reach from a boundary before any TRADE training: samples the model at T0 and reports,
   per temperature, the Kish ESS of the exact Boltzmann tilt q0 · exp(−(β − β0) U), TRADE's fixed point
   (:func:`trade_md.metrics.tilted_ess`), with the fraction of T0 samples the estimate rests on.
@@ -256,6 +257,18 @@ def backbone_angles(topology: Any, positions: np.ndarray) -> tuple[np.ndarray, n
     return phi[:, 0].astype(np.float64), psi[:, 0].astype(np.float64)
 
 
+def cis_peptide_bonds(topology: Any, positions: np.ndarray) -> np.ndarray:
+    """``[n, 2]`` booleans: the ACE-ALA and ALA-NME peptide bonds cis (|ω| < 90°; ω = CH3-C-N-CA and CA-C-N-C);
+    positions ``[n, atoms, 3]`` nm."""
+    import mdtraj
+
+    index = {(atom.residue.name, atom.name): atom.index for atom in topology.atoms()}
+    quadruplets = [[index["ACE", "CH3"], index["ACE", "C"], index["ALA", "N"], index["ALA", "CA"]],
+                   [index["ALA", "CA"], index["ALA", "C"], index["NME", "N"], index["NME", "C"]]]
+    trajectory = mdtraj.Trajectory(np.asarray(positions, dtype=np.float32), mdtraj.Topology.from_openmm(topology))
+    return np.abs(mdtraj.compute_dihedrals(trajectory, quadruplets)) < 0.5 * math.pi
+
+
 def reference_at(reference: dict[str, Any], temperature: float) -> dict[str, Any]:
     """The MBAR reference entries at one temperature (must be one of the reference's temperatures)."""
     temperatures = np.asarray(reference["temperatures"], dtype=np.float64)
@@ -313,6 +326,7 @@ def evaluate(args: argparse.Namespace) -> int:
             histogram = ramachandran_histogram(phi, psi, weights)
             raw_histogram = ramachandran_histogram(phi, psi)
             finite = np.isfinite(samples.log_weights)
+            cis = cis_peptide_bonds(system.topology, samples.positions)
             entry = {
                 "temperature_K": temperature,
                 "n_samples": len(samples),
@@ -332,6 +346,9 @@ def evaluate(args: argparse.Namespace) -> int:
                 "kl_ref_to_model_nats": kl_divergence(ref["ramachandran"], histogram),
                 "kl_model_to_ref_nats": kl_divergence(histogram, ref["ramachandran"]),
                 "js_unweighted_nats": js_divergence(raw_histogram, ref["ramachandran"]),
+                "cis_fraction_unweighted": cis.mean(axis=0).tolist(),
+                "cis_fraction": (weights @ cis).tolist(),
+                "cis_share_of_sum_w2": float(np.sum(weights**2 * cis.any(axis=1)) / np.sum(weights**2)),
                 "wrong_chirality_fraction": float(np.mean(samples.wrong_chirality)),
                 "dropped_fraction": float(np.mean(~finite)),
                 "mean_energy_kj_per_mol": float(np.sum(weights * np.where(finite, samples.energies, 0.0))),
@@ -386,6 +403,11 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _percent_pair(fractions: list[float] | None) -> str:
+    """``"a.aa/b.bb"`` percent of a two-bond fraction list (reports written before the cis fields: ``"-"``)."""
+    return f"{'-':>11}" if fractions is None else f"{100 * fractions[0]:5.2f}/{100 * fractions[1]:5.2f}"
+
+
 def print_table(report: dict[str, Any]) -> None:
     """The per-temperature table of an evaluation report."""
     training = report["training"]
@@ -393,13 +415,16 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"training: {training['steps']} steps, {training['energy_evaluations']:,} energy evaluations, "
           f"wall {'?' if wall is None else f'{wall:.0f} s'}")
     header = (f"{'T/K':>6} {'ESS%':>7} {'dF/kT':>7} {'+-':>5} {'ref':>6} {'+-':>5} {'diff':>6} {'sigma':>6} "
-              f"{'JS':>7} {'KL(r|m)':>8} {'wrongchi':>8}")
+              f"{'JS':>7} {'KL(r|m)':>8} {'wrongchi':>8} {'cis% q':>11} {'cis% p':>11} {'cis w2':>6}")
     print(header)
     for r in report["results"]:
         print(f"{r['temperature_K']:6.0f} {r['ess_percent']:7.2f} {r['delta_f_kT']:7.3f} {r['delta_f_err_kT']:5.2f} "
               f"{r['delta_f_ref_kT']:6.3f} {r['delta_f_ref_sem_kT']:5.2f} {r['delta_f_diff_kT']:6.2f} "
               f"{r['delta_f_diff_sigma']:6.2f} {r['js_nats']:7.4f} {r['kl_ref_to_model_nats']:8.4f} "
-              f"{r['wrong_chirality_fraction']:8.4f}")
+              f"{r['wrong_chirality_fraction']:8.4f} {_percent_pair(r.get('cis_fraction_unweighted'))} "
+              f"{_percent_pair(r.get('cis_fraction'))} {r.get('cis_share_of_sum_w2', math.nan):6.3f}")
+    print("cis% q / p: cis ACE-ALA / ALA-NME peptide bonds among the samples / reweighted to Boltzmann; cis w2: "
+          "their share of the sum of squared weights")
     labels = {True: "MET", False: "MISSED", None: "not evaluated"}
     print("goals:", ", ".join(f"{k} {labels[v]}" for k, v in report["goals"].items()))
 
