@@ -301,7 +301,8 @@ def test_remd_frames_at_one_temperature_become_a_dataset(resumed_run, tmp_path, 
     ps = 100 * 1.0e-3  # steps_per_iteration x 1 fs
     assert cli.main(["remd-data", str(out), str(out), "--temperature", "600", "--discard-ps", "0.25",
                      "--out", str(tmp_path / "d600")]) == 0
-    assert "frames at 600 K from 2 remd run(s)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "frames at 600 K from 2 remd run(s)" in printed.out and "trade-md remd --resume" in printed.err
     dataset = load_dataset(tmp_path / "d600")
     kept = np.arange(3, TARGET + 1)  # iterations after 0.25 ps, the minimised start excluded
     assert len(dataset) == 2 * kept.size and dataset.temperature == 600.0

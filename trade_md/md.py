@@ -223,13 +223,14 @@ def block_standard_error(series: list[np.ndarray], min_blocks: int = 16) -> floa
 
 def convergence_report(phi: np.ndarray, run: np.ndarray, labels: list[str] | None = None, *,
                        margin: float = BASIN_MARGIN, min_entries: int = MIN_MINOR_ENTRIES,
-                       max_relative_error: float = MAX_RELATIVE_ERROR) -> dict[str, Any]:
+                       max_relative_error: float = MAX_RELATIVE_ERROR,
+                       remedy: str = "increase --ns or --replicas") -> dict[str, Any]:
     """Basin entries and φ > 0 populations with errors for each backbone φ.
 
     phi: [n, k] radians; run: [n] replica index (frames of a run contiguous and in time order).
     The standard error judged is the block-averaged one (blocks pooled over runs), or the larger of it and the
     spread of the run means when there are at least 4 runs of equal length. Returns a JSON-able dict with
-    per-dihedral reports, ``converged`` (bool, None without a φ) and ``warnings``.
+    per-dihedral reports, ``converged`` (bool, None without a φ) and ``warnings`` (the last says ``remedy``).
     """
     phi = np.asarray(phi, dtype=np.float64).reshape(len(run), -1)
     labels = labels or [f"phi{j}" for j in range(phi.shape[1])]
@@ -275,7 +276,7 @@ def convergence_report(phi: np.ndarray, run: np.ndarray, labels: list[str] | Non
     if not reports:
         warning_lines.append("no backbone φ dihedral found; basin convergence not assessed")
     if warning_lines and reports:
-        warning_lines.append("the data are too short for a converged boundary: increase --ns or --replicas")
+        warning_lines.append(f"the data are too short for a converged boundary: {remedy}")
     return {"dihedrals": reports, "converged": all(r["converged"] for r in reports) if reports else None,
             "warnings": warning_lines}
 
@@ -612,18 +613,20 @@ def _finish(out: Path, plan: dict[str, Any], wall_s: float) -> Dataset:
 def write_dataset(
     out: Path, system: MolecularSystem, temperature: float, *, positions: np.ndarray, energies: np.ndarray,
     times: np.ndarray, run: np.ndarray, record: dict[str, Any], kinetic_energies: np.ndarray | None = None,
+    remedy: str = "increase --ns or --replicas",
 ) -> Dataset:
     """Write frames at ``temperature`` (K) as a dataset directory that :func:`load_dataset` reads.
 
     positions: [n, atoms, 3] nm; energies, kinetic_energies: [n] kJ/mol; times: [n] ps within each run; run: [n]
     index of the independent run each frame comes from (a run's frames contiguous, in time order). ``record`` adds
-    provenance to run.json, which is written last (a directory without it is incomplete).
+    provenance to run.json, which is written last (a directory without it is incomplete). ``remedy``: the advice
+    of the convergence warning.
     """
     import mdtraj
 
     positions = np.asarray(positions, dtype=np.float32)
     _, labels, phi = backbone_phi(system, positions)
-    report = convergence_report(phi, run, labels)
+    report = convergence_report(phi, run, labels, remedy=remedy)
     for line in report["warnings"]:
         warnings.warn(line, ConvergenceWarning, stacklevel=3)
     out.mkdir(parents=True, exist_ok=True)

@@ -975,7 +975,8 @@ def export_dataset(
     return write_dataset(
         Path(out), system, float(temperature), positions=np.concatenate([p[0] for p in pieces]),
         energies=np.concatenate([p[1] for p in pieces]), times=np.concatenate([p[2] for p in pieces]),
-        run=np.concatenate([np.full(len(p[2]), k, dtype=np.int64) for k, p in enumerate(pieces)]), record=record)
+        run=np.concatenate([np.full(len(p[2]), k, dtype=np.int64) for k, p in enumerate(pieces)]), record=record,
+        remedy="extend the runs (trade-md remd --resume --ns-per-replica N) or pool more of them")
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
