@@ -314,6 +314,8 @@ def test_remd_frames_at_one_temperature_become_a_dataset(resumed_run, tmp_path, 
     assert dataset.system.fingerprint() == data.system.fingerprint()
     assert dataset.metadata["source"] == "trade-md remd" and dataset.metadata["runs"][0]["frames"] == kept.size
 
+    with pytest.raises(InputError, match="already holds a dataset"):
+        export_dataset([out], 600.0, tmp_path / "d600")
     with pytest.raises(InputError, match="not on the ladder .* pick one of those"):
         export_dataset([out], 650.0, tmp_path / "x")
     with pytest.raises(InputError, match="none after --discard-ps"):

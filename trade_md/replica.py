@@ -54,6 +54,7 @@ from trade_md.io import atomic_write_path, package_versions, read_json, write_js
 from trade_md.units import KB, kT
 
 if TYPE_CHECKING:
+    from trade_md.md import Dataset
     from trade_md.mbar import MBAREstimator
     from trade_md.systems import MolecularSystem
 
@@ -938,13 +939,14 @@ def export_frames(
 
 def export_dataset(
     run_dirs: Sequence[str | os.PathLike], temperature: float, out: str | os.PathLike, *, discard_ps: float = 50.0
-) -> Any:
+) -> Dataset:
     """The frames that ``trade-md remd`` runs drew at one ladder temperature (K), written as a boundary dataset
     (the ``trade-md md`` format, :func:`trade_md.md.load_dataset`) at ``out``.
 
     Tempering equilibrates slow modes that plain MD at that temperature never crosses (in alanine dipeptide the
     cis peptide bonds: none in 30 ns of 600 K MD, 6-11 % per bond in 4 ns at 1000 K). One frame per iteration
-    after ``discard_ps`` ps; ``run`` numbers the runs, ``times`` is ps since the run's start. Returns the Dataset.
+    after ``discard_ps`` ps; ``run`` numbers the runs, ``times`` is ps since the run's start. An existing dataset
+    at ``out`` is never overwritten.
     """
     from trade_md.md import write_dataset
 
@@ -952,10 +954,12 @@ def export_dataset(
         raise InputError("give at least one trade-md remd directory")
     if not (math.isfinite(discard_ps) and discard_ps >= 0):
         raise InputError(f"--discard-ps must be >= 0 ps, got {discard_ps}")
+    if (Path(out) / "run.json").exists():
+        raise InputError(f"{out} already holds a dataset; choose another --out (or delete it to rebuild it)")
     pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     system = None
     sources = []
-    for index, run_dir in enumerate(run_dirs):
+    for run_dir in run_dirs:
         data = read_storage(run_dir, system=system)
         system = data.system
         matches = np.flatnonzero(np.isclose(data.temperatures, float(temperature), rtol=0.0, atol=1e-3))
