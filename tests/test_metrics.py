@@ -85,6 +85,21 @@ def test_nll_per_dof() -> None:
 
 
 @pytest.mark.parametrize("ratio", [0.8, 1.25])
+def test_reweighted_frames_match_the_gaussian_closed_form(rng: np.random.Generator, ratio: float) -> None:
+    """Frames x ~ N(0, 1) at T0 with U = k_B T0 x² / 2, reweighted to T = ratio · T0 by t = exp(−(β − β0) U): with
+    c = 1/ratio − 1, E t = (1 + c)^(−1/2) and E t² = (1 + 2c)^(−1/2), so the effective fraction (E t)² / E t² is
+    √(1 + 2c) / (1 + c) (0.980 at 0.8 T0, 0.968 at 1.25 T0). 400,000 frames: within 0.005."""
+    t0, n = 300.0, 400_000
+    energies = kT(t0) * rng.normal(0.0, 1.0, n) ** 2 / 2.0
+    c = 1.0 / ratio - 1.0
+    expected = np.sqrt(1.0 + 2.0 * c) / (1.0 + c)
+    assert metrics.reweighted_frames(energies, t0, ratio * t0) / n == pytest.approx(expected, abs=0.005)
+    assert metrics.reweighted_frames(energies, t0, t0) == pytest.approx(n, rel=1e-9)
+    with pytest.raises(InputError, match="finite"):
+        metrics.reweighted_frames(np.array([1.0, np.nan]), t0, ratio * t0)
+
+
+@pytest.mark.parametrize("ratio", [0.8, 1.25])
 def test_tilted_ess_matches_the_gaussian_closed_form(rng: np.random.Generator, ratio: float) -> None:
     """q0 = N(0, 1.3²) for p0 = N(0, 1) (U = k_B T0 x² / 2): the tilt to T = ratio · T0 is a Gaussian of
     precision 1/1.3² + 1/ratio − 1 against p_T = N(0, ratio); Kish ESS a √(2b² − a²) / b² with a² = ratio and b²

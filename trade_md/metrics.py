@@ -33,6 +33,7 @@ __all__ = [
     "energy_wasserstein",
     "nll_per_dof",
     "tilted_ess",
+    "reweighted_frames",
 ]
 
 RAMACHANDRAN_BINS: int = 36
@@ -201,3 +202,15 @@ def tilted_ess(
     ess = np.exp(2.0 * logsumexp(log_t + log_w) - logsumexp(log_t) - logsumexp(log_t + 2.0 * log_w))
     support = np.exp(2.0 * logsumexp(log_t) - logsumexp(2.0 * log_t)) / log_t.size
     return float(ess), float(support)
+
+
+def reweighted_frames(energies: np.ndarray, reference_temperature: float, temperature: float) -> float:
+    """Effective number of frames, (Σ t)² / Σ t², of a T0 data set reweighted to ``temperature`` with
+    t = exp(−(β − β0) U): what the reweighted NLL of :class:`trade_md.train.TrainConfig` learns from at that T.
+    ``energies`` ``[n]`` kJ/mol of the frames; temperatures in K (or ``openmm.unit`` quantities)."""
+    energies = np.asarray(energies, dtype=np.float64)
+    if energies.ndim != 1 or energies.size == 0 or not np.all(np.isfinite(energies)):
+        raise InputError(f"energies must be a non-empty 1-D array of finite kJ/mol values, got shape "
+                         f"{energies.shape}")
+    log_t = -(1.0 / kT(temperature) - 1.0 / kT(reference_temperature)) * energies
+    return float(np.exp(2.0 * logsumexp(log_t) - logsumexp(2.0 * log_t)))

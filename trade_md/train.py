@@ -56,6 +56,7 @@ from trade_md.trade import (
     sample_log_uniform,
     trade_residual,
 )
+from trade_md.units import KB
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -128,9 +129,15 @@ class TrainConfig:
         TRADE term; default 0), estimated like the tilt term with the target exp(−u_T(x)): mass-covering where the
         reverse KL is mode-seeking, so it raises q where p/q is large (a mode the model under-weights, such as cis
         peptide bonds at high T); its gradient is as noisy as the model's ESS at T is low.
-        kl_range_span, tilt_span, fkl_range_span: ``[low, high]`` K inside the trained range where the range KL,
-        the tilt term and the forward range KL draw their temperatures (default: the whole range); e.g. the tilt
-        below T0 and the range KL above it.
+        reweighted_nll_weight: weight of the NLL at T on the T0 frames resampled with weights
+        ``exp(−(β − β0) U(x))`` (ramped in with the TRADE term; default 0; needs data): the T0 data reweighted to T
+        is a sample of the Boltzmann density at T exactly, the TRADE identity integrated on the data, so this term
+        is mass-covering where the model's own samples miss a mode its data holds (cis peptide bonds). Its
+        effective number of frames falls fast away from T0 (:func:`trade_md.metrics.reweighted_frames`): keep
+        ``reweighted_nll_span`` where it is in the hundreds or more, or the model learns those few frames.
+        kl_range_span, tilt_span, fkl_range_span, reweighted_nll_span: ``[low, high]`` K inside the trained range
+        where the range KL, the tilt term, the forward range KL and the reweighted NLL draw their temperatures
+        (default: the whole range); e.g. the tilt below T0 and the range KL above it.
     TRADE (mode trade):
         trade_weight: final weight of the TRADE loss; trade_start: first step with the TRADE term;
         trade_ramp: steps over which its weight rises linearly from 0 to trade_weight.
@@ -194,9 +201,11 @@ class TrainConfig:
     kl_range_weight: float = 0.0
     tilt_weight: float = 0.0
     fkl_range_weight: float = 0.0
+    reweighted_nll_weight: float = 0.0
     kl_range_span: list[float] | None = None
     tilt_span: list[float] | None = None
     fkl_range_span: list[float] | None = None
+    reweighted_nll_span: list[float] | None = None
     kl_batch_size: int = 256
     trade_weight: float = 1.0
     trade_start: int = 0
@@ -283,7 +292,8 @@ class TrainConfig:
         for name in ("learning_rate", "grad_clip", "huber_delta", "energy_cap"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise bad(name, "a number > 0")
-        for name in ("nll_weight", "kl_weight", "kl_range_weight", "tilt_weight", "fkl_range_weight", "trade_weight",
+        for name in ("nll_weight", "kl_weight", "kl_range_weight", "tilt_weight", "fkl_range_weight",
+                     "reweighted_nll_weight", "trade_weight",
                      "causality_epsilon",
                      "residual_from_model", "residual_from_reference", "residual_from_data"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
@@ -322,7 +332,7 @@ class TrainConfig:
             if self.trainable == "all" and self.nll_weight == 0 and self.kl_weight == 0 and self.kl_range_weight == 0:
                 raise InputError(f"{source}: mode 'trade' needs a boundary at T0: set nll_weight > 0 (data) and/or "
                                  "kl_weight > 0 (reverse KL on the energy)")
-            for name in ("kl_range_span", "tilt_span", "fkl_range_span"):
+            for name in ("kl_range_span", "tilt_span", "fkl_range_span", "reweighted_nll_span"):
                 span = getattr(self, name)
                 if span is not None and not (
                     isinstance(span, (list, tuple)) and len(span) == 2
@@ -465,7 +475,8 @@ def _initial_generator(config: TrainConfig, system: SystemRecord, training: Any)
     if "thermal_scaling" in added:
         generator.initialise_thermal_scaling(training)
     if saved.mode == "nll" or (
-        saved.trade_weight == saved.kl_range_weight == saved.tilt_weight == saved.fkl_range_weight == 0
+        saved.trade_weight == saved.kl_range_weight == saved.tilt_weight == saved.fkl_range_weight
+        == saved.reweighted_nll_weight == 0
     ):
         generator.flow.reset_context_weights()       # never trained (context 0 at T0); older code drew them at random
     if config.reference_temperature is not None and not math.isclose(
@@ -559,7 +570,8 @@ class Trainer:
         self.refreshes = 0
         self.refresh_seconds = 0.0
         self.best_ess = -1.0
-        self._data_energy = self._data_energies() if self._uses_data_residuals else None
+        self._data_energy = (self._data_energies() if self._uses_data_residuals or config.reweighted_nll_weight > 0
+                             else None)
 
     # ------------------------------------------------------------------------------------------- set-up
     @property
@@ -616,6 +628,9 @@ class Trainer:
             if config.nll_weight > 0 and self.train_data is None:
                 raise InputError("nll_weight > 0 needs data at T0; pass --data, or set nll_weight: 0 and "
                                  "kl_weight > 0 to train the boundary on the energy alone")
+            if config.reweighted_nll_weight > 0 and self.train_data is None:
+                raise InputError("reweighted_nll_weight > 0 needs data at T0 (it reweights those frames to other "
+                                 "temperatures); pass --data, or set reweighted_nll_weight: 0")
 
     @property
     def _uses_data_residuals(self) -> bool:
@@ -772,6 +787,25 @@ class Trainer:
         terms["kl_range"] = float(kl.detach())
         return kl
 
+    def _reweighted_nll_loss(self, terms: dict[str, float]) -> Tensor:
+        """NLL at T of batch_size T0 frames drawn with probabilities ∝ exp(−(β − β0) U) over the whole training
+        set, in groups that share a temperature T drawn log-uniformly over ``reweighted_nll_span`` (TrainConfig)."""
+        config = self.config
+        n_groups = max(1, min(config.trade_temperatures, config.batch_size // 2))
+        per_group = config.batch_size // n_groups
+        n = n_groups * per_group
+        levels = sample_log_uniform(n_groups, *self._span(config.reweighted_nll_span), generator=self.rng)
+        delta_beta = 1.0 / (KB * levels.to(torch.float64)) - 1.0 / (KB * self.reference_temperature)
+        log_w = -delta_beta[:, None] * self._data_energy.cpu()[None, :]
+        probabilities = torch.softmax(log_w, dim=1)
+        index = torch.multinomial(probabilities, per_group, replacement=True, generator=self.rng).reshape(n)
+        mine = slice(*self._share(n))
+        temperature = levels.repeat_interleave(per_group)[mine].to(device=self.device, dtype=self.generator.dtype)
+        log_q = self.generator.log_prob(self.train_data[index[mine].to(self.device)], temperature)
+        loss = self._mean(-log_q, n)
+        terms["reweighted_nll"] = float(loss.detach())
+        return loss
+
     def _span(self, span: list[float] | None) -> tuple[float, float]:
         """``(low, high)`` K: ``span``, or the trained range when it is None."""
         if span is None:
@@ -854,7 +888,7 @@ class Trainer:
         factor = self.trade_factor(self.step)
         growing = ramp(self.step, config.trade_start, config.trade_ramp) if config.mode == "trade" else 0.0
         transferring = growing > 0 and max(config.trade_weight, config.kl_range_weight, config.tilt_weight,
-                                           config.fkl_range_weight) > 0
+                                           config.fkl_range_weight, config.reweighted_nll_weight) > 0
         if transferring and self._refresh_due():         # not in boundary-only runs; ESS and best/ for the rest
             self.refresh_grid()
         for group in self.optimizer.param_groups:
@@ -869,6 +903,8 @@ class Trainer:
             loss = loss + growing * config.tilt_weight * self._tilt_loss(terms)
         if growing > 0 and config.fkl_range_weight > 0:
             loss = loss + growing * config.fkl_range_weight * self._forward_range_kl_loss(terms)
+        if growing > 0 and config.reweighted_nll_weight > 0:
+            loss = loss + growing * config.reweighted_nll_weight * self._reweighted_nll_loss(terms)
         terms["loss"] = float(loss.detach())
         finite = self._everywhere(bool(torch.isfinite(loss)))
         if finite:
