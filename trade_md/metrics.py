@@ -200,8 +200,7 @@ def tilted_ess(
     log_w, energies = log_w[keep], energies[keep]
     log_t = -(1.0 / kT(temperature) - 1.0 / kT(reference_temperature)) * energies
     ess = np.exp(2.0 * logsumexp(log_t + log_w) - logsumexp(log_t) - logsumexp(log_t + 2.0 * log_w))
-    support = np.exp(2.0 * logsumexp(log_t) - logsumexp(2.0 * log_t)) / log_t.size
-    return float(ess), float(support)
+    return float(ess), kish_ess(log_t)
 
 
 def reweighted_frames(energies: np.ndarray, reference_temperature: float, temperature: float) -> float:
@@ -213,4 +212,4 @@ def reweighted_frames(energies: np.ndarray, reference_temperature: float, temper
         raise InputError(f"energies must be a non-empty 1-D array of finite kJ/mol values, got shape "
                          f"{energies.shape}")
     log_t = -(1.0 / kT(temperature) - 1.0 / kT(reference_temperature)) * energies
-    return float(np.exp(2.0 * logsumexp(log_t) - logsumexp(2.0 * log_t)))
+    return kish_ess(log_t) * energies.size
