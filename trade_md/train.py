@@ -82,6 +82,10 @@ LEGACY_CONFIG: dict[str, Any] = {"expectation": "grid"}
 _RESUME_MUTABLE = frozenset({"steps", "device", "progress", "checkpoint_every", "validate_every", "out"})
 """TrainConfig fields that may differ from the checkpoint's when resuming."""
 
+TRANSFER_TERMS: tuple[str, ...] = ("kl_range", "tilt", "fkl_range", "reweighted_nll")
+"""The terms of mode trade that act away from T0 besides the TRADE residual; each has TrainConfig fields
+``<name>_weight`` and ``<name>_span``."""
+
 
 @dataclass
 class TrainConfig:
@@ -271,6 +275,11 @@ class TrainConfig:
         values["progress_temperatures"] = list(self.progress_temperatures)
         return values
 
+    @property
+    def acts_away_from_t0(self) -> bool:
+        """Whether any term trains the model away from T0: the TRADE residual or one of :data:`TRANSFER_TERMS`."""
+        return self.trade_weight > 0 or any(getattr(self, f"{term}_weight") > 0 for term in TRANSFER_TERMS)
+
     def validate(self, source: str = "config") -> None:
         """Raise :class:`InputError` naming the first field with an impossible value."""
         def bad(name: str, requirement: str) -> InputError:
@@ -292,8 +301,7 @@ class TrainConfig:
         for name in ("learning_rate", "grad_clip", "huber_delta", "energy_cap"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise bad(name, "a number > 0")
-        for name in ("nll_weight", "kl_weight", "kl_range_weight", "tilt_weight", "fkl_range_weight",
-                     "reweighted_nll_weight", "trade_weight",
+        for name in ("nll_weight", "kl_weight", *(f"{term}_weight" for term in TRANSFER_TERMS), "trade_weight",
                      "causality_epsilon",
                      "residual_from_model", "residual_from_reference", "residual_from_data"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
@@ -332,7 +340,7 @@ class TrainConfig:
             if self.trainable == "all" and self.nll_weight == 0 and self.kl_weight == 0 and self.kl_range_weight == 0:
                 raise InputError(f"{source}: mode 'trade' needs a boundary at T0: set nll_weight > 0 (data) and/or "
                                  "kl_weight > 0 (reverse KL on the energy)")
-            for name in ("kl_range_span", "tilt_span", "fkl_range_span", "reweighted_nll_span"):
+            for name in (f"{term}_span" for term in TRANSFER_TERMS):
                 span = getattr(self, name)
                 if span is not None and not (
                     isinstance(span, (list, tuple)) and len(span) == 2
@@ -474,10 +482,7 @@ def _initial_generator(config: TrainConfig, system: SystemRecord, training: Any)
         raise InputError(f"{where}: {error}") from None
     if "thermal_scaling" in added:
         generator.initialise_thermal_scaling(training)
-    if saved.mode == "nll" or (
-        saved.trade_weight == saved.kl_range_weight == saved.tilt_weight == saved.fkl_range_weight
-        == saved.reweighted_nll_weight == 0
-    ):
+    if saved.mode == "nll" or not saved.acts_away_from_t0:
         generator.flow.reset_context_weights()       # never trained (context 0 at T0); older code drew them at random
     if config.reference_temperature is not None and not math.isclose(
         generator.reference_temperature, config.reference_temperature, rel_tol=1e-9
@@ -887,8 +892,7 @@ class Trainer:
         terms: dict[str, float] = {}
         factor = self.trade_factor(self.step)
         growing = ramp(self.step, config.trade_start, config.trade_ramp) if config.mode == "trade" else 0.0
-        transferring = growing > 0 and max(config.trade_weight, config.kl_range_weight, config.tilt_weight,
-                                           config.fkl_range_weight, config.reweighted_nll_weight) > 0
+        transferring = growing > 0 and config.acts_away_from_t0
         if transferring and self._refresh_due():         # not in boundary-only runs; ESS and best/ for the rest
             self.refresh_grid()
         for group in self.optimizer.param_groups:
