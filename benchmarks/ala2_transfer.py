@@ -14,7 +14,11 @@ Steps (subcommands):
   in k_BT with a bootstrap error, its difference to the MBAR reference (k_BT and in combined standard errors),
   JS and KL divergences of the reweighted 36×36 Ramachandran histogram to the reference's, the fraction of
   wrong-chirality samples, the cis peptide-bond fractions (raw and reweighted) with their share of the squared
-  weights; plus energy evaluations and wall time of training. Prints a table, writes JSON.
+  weights; the ESS split by basin (φ sign × cis/trans of each peptide bond, :func:`trade_md.metrics.ess_by_stratum`:
+  each basin's mass in q and p, its in-basin ESS and share of Σw²) and the ESS the same model would reach with
+  every basin's mass exact (:func:`trade_md.metrics.ess_with_exact_masses`), which says whether a miss is the
+  basins' weights or the shapes within them; plus energy evaluations and wall time of training. Prints a table,
+  writes JSON.
 - ``tilt``: what TRADE can reach from a boundary before any TRADE training: samples the model at T0 and reports,
   per temperature, the Kish ESS of the exact Boltzmann tilt q0 · exp(−(β − β0) U), TRADE's fixed point
   (:func:`trade_md.metrics.tilted_ess`), with the fraction of T0 samples the estimate rests on.
@@ -269,6 +273,14 @@ def cis_peptide_bonds(topology: Any, positions: np.ndarray) -> np.ndarray:
     return np.abs(mdtraj.compute_dihedrals(trajectory, quadruplets)) < 0.5 * math.pi
 
 
+def basin_labels(phi: np.ndarray, cis: np.ndarray) -> np.ndarray:
+    """``[n]`` basin names ``"phi<0 trans/trans"`` ... ``"phi>0 cis/cis"`` from φ ``[n]`` rad and the two peptide
+    bonds' cis flags ``[n, 2]`` (ACE-ALA, ALA-NME)."""
+    sign = np.where(phi > 0, "phi>0", "phi<0")
+    bonds = [np.where(cis[:, k], "cis", "trans") for k in range(2)]
+    return np.char.add(np.char.add(np.char.add(sign, " "), np.char.add(bonds[0], "/")), bonds[1])
+
+
 def reference_at(reference: dict[str, Any], temperature: float) -> dict[str, Any]:
     """The MBAR reference entries at one temperature (must be one of the reference's temperatures)."""
     temperatures = np.asarray(reference["temperatures"], dtype=np.float64)
@@ -288,6 +300,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from trade_md.energy import EnergyBridge
     from trade_md.metrics import (
         bootstrap_delta_f,
+        ess_by_stratum,
+        ess_with_exact_masses,
         js_divergence,
         kl_divergence,
         ramachandran_histogram,
@@ -327,6 +341,7 @@ def evaluate(args: argparse.Namespace) -> int:
             raw_histogram = ramachandran_histogram(phi, psi)
             finite = np.isfinite(samples.log_weights)
             cis = cis_peptide_bonds(system.topology, samples.positions)
+            strata = ess_by_stratum(samples.log_weights, basin_labels(phi, cis))
             entry = {
                 "temperature_K": temperature,
                 "n_samples": len(samples),
@@ -349,6 +364,8 @@ def evaluate(args: argparse.Namespace) -> int:
                 "cis_fraction_unweighted": cis.mean(axis=0).tolist(),
                 "cis_fraction": (weights @ cis).tolist(),
                 "cis_share_of_sum_w2": float(np.sum(weights**2 * cis.any(axis=1)) / np.sum(weights**2)),
+                "ess_exact_masses_percent": 100.0 * ess_with_exact_masses(strata),
+                "basins": [dataclasses.asdict(stratum) for stratum in strata],
                 "wrong_chirality_fraction": float(np.mean(samples.wrong_chirality)),
                 "dropped_fraction": float(np.mean(~finite)),
                 "mean_energy_kj_per_mol": float(np.sum(weights * np.where(finite, samples.energies, 0.0))),
@@ -415,16 +432,18 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"training: {training['steps']} steps, {training['energy_evaluations']:,} energy evaluations, "
           f"wall {'?' if wall is None else f'{wall:.0f} s'}")
     header = (f"{'T/K':>6} {'ESS%':>7} {'dF/kT':>7} {'+-':>5} {'ref':>6} {'+-':>5} {'diff':>6} {'sigma':>6} "
-              f"{'JS':>7} {'KL(r|m)':>8} {'wrongchi':>8} {'cis% q':>11} {'cis% p':>11} {'cis w2':>6}")
+              f"{'JS':>7} {'KL(r|m)':>8} {'wrongchi':>8} {'cis% q':>11} {'cis% p':>11} {'cis w2':>6} {'ESS%m':>6}")
     print(header)
     for r in report["results"]:
         print(f"{r['temperature_K']:6.0f} {r['ess_percent']:7.2f} {r['delta_f_kT']:7.3f} {r['delta_f_err_kT']:5.2f} "
               f"{r['delta_f_ref_kT']:6.3f} {r['delta_f_ref_sem_kT']:5.2f} {r['delta_f_diff_kT']:6.2f} "
               f"{r['delta_f_diff_sigma']:6.2f} {r['js_nats']:7.4f} {r['kl_ref_to_model_nats']:8.4f} "
               f"{r['wrong_chirality_fraction']:8.4f} {_percent_pair(r.get('cis_fraction_unweighted'))} "
-              f"{_percent_pair(r.get('cis_fraction'))} {r.get('cis_share_of_sum_w2', math.nan):6.3f}")
+              f"{_percent_pair(r.get('cis_fraction'))} {r.get('cis_share_of_sum_w2', math.nan):6.3f} "
+              f"{r.get('ess_exact_masses_percent', math.nan):6.2f}")
     print("cis% q / p: cis ACE-ALA / ALA-NME peptide bonds among the samples / reweighted to Boltzmann; cis w2: "
-          "their share of the sum of squared weights")
+          "their share of the sum of squared weights; ESS%m: the ESS with every basin's (phi sign x cis/trans) "
+          "mass exact")
     labels = {True: "MET", False: "MISSED", None: "not evaluated"}
     print("goals:", ", ".join(f"{k} {labels[v]}" for k, v in report["goals"].items()))
 

@@ -33,7 +33,7 @@ SHIPPED = default_reference("alanine-dipeptide")
 PER_TEMPERATURE_KEYS = {
     "temperature", "n_samples", "ess", "effective_samples", "wrong_chirality_fraction", "dropped_fraction",
     "basin_populations", "delta_f", "delta_f_kT", "mean_energy", "kl_divergence", "js_divergence",
-    "in_trained_range",
+    "in_trained_range", "ess_by_basin", "ess_exact_basin_masses",
 }
 FRAME_KEYS = {"nll", "nll_per_dof", "reference_frames", "energy_wasserstein", "energy_wasserstein_raw"}
 
@@ -82,6 +82,16 @@ def test_metrics_json_has_the_expected_keys(with_frames: dict) -> None:
         assert entry["reference_frames"]["n"] == 100
         assert entry["reference_frames"]["ess"] == pytest.approx(1.0)   # equal weights in the fake reference
         assert 0.0 <= entry["wrong_chirality_fraction"] <= 1.0
+        basins = entry["ess_by_basin"]
+        assert {b["label"] for b in basins} <= {"phi<0", "phi>0"}
+        assert sum(b["n"] for b in basins) == entry["n_samples"]
+        assert sum(b["p_fraction"] for b in basins) == pytest.approx(1.0)
+        assert sum(b["share_of_sum_w2"] for b in basins) == pytest.approx(1.0)
+        p_positive = sum(b["p_fraction"] for b in basins if b["label"] == "phi>0")
+        assert p_positive == pytest.approx(entry["basin_populations"]["generator"][1], abs=1e-12)
+        assert 1.0 / sum(b["p_fraction"] ** 2 / (b["q_fraction"] * b["ess"]) for b in basins if b["p_fraction"] > 0) \
+            == pytest.approx(entry["ess"], rel=1e-9)                      # the basins recombine to the ESS
+        assert 0.0 < entry["ess_exact_basin_masses"] <= 1.0
 
 
 def test_reference_values_come_from_the_summary(with_frames: dict) -> None:
@@ -125,6 +135,7 @@ def test_metrics_of_a_perfect_generator_are_exact(tiny: dict[str, Path]) -> None
     metrics, arrays = _evaluate_temperature(temperature, samples, system.topology, generator,
                                             Reference(summary, Path("fake.json"), frames), seed=0)
     assert metrics["ess"] == pytest.approx(1.0)
+    assert metrics["ess_exact_basin_masses"] == pytest.approx(1.0)
     assert metrics["js_divergence"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["kl_divergence"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["energy_wasserstein"] == pytest.approx(0.0, abs=1e-9)
@@ -195,6 +206,7 @@ def test_cli_writes_the_report(tiny: dict[str, Path], tmp_path: Path, capsys: py
     captured = capsys.readouterr()
     assert "WARNING: 1200 K lies outside the trained range" in captured.err
     assert f"wrote {out / 'metrics.json'}" in captured.out
+    assert "with exact basin masses" in captured.out
     assert [m["temperature"] for m in _strict_json(out / "metrics.json")["per_temperature"]] == [300.0, 1200.0]
     mixed = tmp_path / "mixed"
     args = parser.parse_args(["evaluate", "--model", str(tiny["model"]), "--reference", str(tiny["reference"]),

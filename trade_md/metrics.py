@@ -5,7 +5,7 @@ angles in radians on [−π, π); energies in kJ/mol; temperatures in K; free en
 says ``_kT``. Ramachandran histograms use fixed edges: ``RAMACHANDRAN_BINS`` × ``RAMACHANDRAN_BINS`` equal bins
 on [−π, π)², never data-dependent edges, and are normalised to probabilities.
 
->>> float(kish_ess(np.zeros(10)))
+>>> round(kish_ess(np.zeros(10)), 12)
 1.0
 >>> p = ramachandran_histogram(np.array([0.1]), np.array([0.2]))
 >>> float(js_divergence(p, p))
@@ -13,6 +13,9 @@ on [−π, π)², never data-dependent edges, and are normalised to probabilitie
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import logsumexp
@@ -34,6 +37,9 @@ __all__ = [
     "nll_per_dof",
     "tilted_ess",
     "reweighted_frames",
+    "StratumESS",
+    "ess_by_stratum",
+    "ess_with_exact_masses",
 ]
 
 RAMACHANDRAN_BINS: int = 36
@@ -213,3 +219,61 @@ def reweighted_frames(energies: np.ndarray, reference_temperature: float, temper
                          f"{energies.shape}")
     log_t = -(1.0 / kT(temperature) - 1.0 / kT(reference_temperature)) * energies
     return kish_ess(log_t) * energies.size
+
+
+@dataclass(frozen=True)
+class StratumESS:
+    """One stratum (e.g. a conformational basin) of an importance sample, see :func:`ess_by_stratum`.
+
+    label: the stratum; n: samples in it; q_fraction: n / n_total (the proposal's mass there); p_fraction: its
+    share of the normalised weights (the target's mass estimate); ess: Kish ESS fraction of the weights within
+    the stratum (how well the proposal's shape there fits, whatever its mass; 0 if all its weights are 0);
+    share_of_sum_w2: its share of Σw², i.e. of the overall ESS loss.
+    """
+
+    label: Hashable
+    n: int
+    q_fraction: float
+    p_fraction: float
+    ess: float
+    share_of_sum_w2: float
+
+
+def ess_by_stratum(log_w: np.ndarray, labels: np.ndarray) -> list[StratumESS]:
+    """Split an importance sample's Kish ESS by stratum: log_w ``[n]`` (−inf for dropped samples), labels ``[n]``
+    (any hashable values; one stratum per distinct value, sorted).
+
+    The strata recombine exactly: kish_ess(log_w) = 1 / Σ_m p_m² / (q_m ess_m) over the strata with weight. A
+    stratum the proposal under-weights (p_m ≫ q_m) costs ESS through its mass even where its shape is exact
+    (ess_m = 1); :func:`ess_with_exact_masses` gives the ESS with every q_m set to p_m.
+    """
+    log_w, labels = np.asarray(log_w, dtype=np.float64), np.asarray(labels)
+    if labels.shape != log_w.shape or log_w.ndim != 1:
+        raise InputError(f"labels {labels.shape} and log-weights {log_w.shape} must be 1-D of the same length")
+    w = normalized_weights(log_w)
+    sum_w2 = float(np.sum(w**2))
+    strata = []
+    for label in np.unique(labels):
+        inside = labels == label
+        w_in = w[inside]
+        total = float(w_in.sum())
+        strata.append(StratumESS(
+            label=label.item() if hasattr(label, "item") else label,
+            n=int(inside.sum()),
+            q_fraction=float(inside.mean()),
+            p_fraction=total,
+            ess=float(total**2 / (w_in.size * np.sum(w_in**2))) if total > 0 else 0.0,
+            share_of_sum_w2=float(np.sum(w_in**2) / sum_w2),
+        ))
+    return strata
+
+
+def ess_with_exact_masses(strata: Sequence[StratumESS]) -> float:
+    """Kish ESS fraction of a proposal with the same in-stratum shapes but the target's stratum masses
+    (q_m = p_m): 1 / Σ_m p_m / ess_m, what a generator that weighted its basins right would reach. (It is not the
+    best allocation, q_m ∝ p_m / √ess_m, which gives 1 / (Σ_m p_m / √ess_m)²; a proposal that over-weights a
+    badly shaped stratum can beat it.) Strata the sample never visited are not in it: their mass is unknown."""
+    weighted = [s for s in strata if s.p_fraction > 0]
+    if not weighted:
+        raise InputError("no stratum carries weight")
+    return float(1.0 / sum(s.p_fraction / s.ess for s in weighted))
