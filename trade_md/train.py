@@ -577,6 +577,7 @@ class Trainer:
         self.best_ess = -1.0
         self._data_energy = (self._data_energies() if self._uses_data_residuals or config.reweighted_nll_weight > 0
                              else None)
+        self._data_energy_cpu = None if self._data_energy is None else self._data_energy.cpu()  # multinomial draws
 
     # ------------------------------------------------------------------------------------------- set-up
     @property
@@ -801,7 +802,7 @@ class Trainer:
         n = n_groups * per_group
         levels = sample_log_uniform(n_groups, *self._span(config.reweighted_nll_span), generator=self.rng)
         delta_beta = 1.0 / (KB * levels.to(torch.float64)) - 1.0 / (KB * self.reference_temperature)
-        log_w = -delta_beta[:, None] * self._data_energy.cpu()[None, :]
+        log_w = -delta_beta[:, None] * self._data_energy_cpu[None, :]
         probabilities = torch.softmax(log_w, dim=1)
         index = torch.multinomial(probabilities, per_group, replacement=True, generator=self.rng).reshape(n)
         mine = slice(*self._share(n))
