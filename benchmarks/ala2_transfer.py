@@ -18,7 +18,8 @@ Steps (subcommands):
   each basin's mass in q and p, its in-basin ESS and share of Σw²) and the ESS the same model would reach with
   every basin's mass exact (:func:`trade_md.metrics.ess_with_exact_masses`), which says whether a miss is the
   basins' weights or the shapes within them; plus energy evaluations and wall time of training. Prints a table,
-  writes JSON.
+  writes JSON. ``--calibration FILE`` draws from the basin-calibrated proposal (:mod:`trade_md.basins`, made by
+  ``trade-md calibrate``) instead of ``q(x | T)``; its energy evaluations are reported with it.
 - ``tilt``: what TRADE can reach from a boundary before any TRADE training: samples the model at T0 and reports,
   per temperature, the Kish ESS of the exact Boltzmann tilt q0 · exp(−(β − β0) U), TRADE's fixed point
   (:func:`trade_md.metrics.tilted_ess`), with the fraction of T0 samples the estimate rests on.
@@ -297,6 +298,7 @@ def reference_at(reference: dict[str, Any], temperature: float) -> dict[str, Any
 
 def evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained run against the MBAR reference; see the module docs."""
+    from trade_md.basins import BasinCalibration
     from trade_md.energy import EnergyBridge
     from trade_md.metrics import (
         bootstrap_delta_f,
@@ -314,6 +316,7 @@ def evaluate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     mixture_ratios = parse_mixture(args.mixture_ratio, option="--mixture-ratio")
     generator, system, config = load_generator(args.run, device=args.device)
+    calibration = None if args.calibration is None else BasinCalibration.load(args.calibration)
     checkpoint = read_checkpoint(args.run)
     reference = json.loads(Path(args.reference).read_text())
     train_info_path = Path(args.run) / "benchmark_train.json"
@@ -322,7 +325,7 @@ def evaluate(args: argparse.Namespace) -> int:
     with EnergyBridge(system, n_workers=args.energy_workers, platform=args.platform) as bridge:
         sampler = Sampler(generator, bridge.energies,
                           temperature_range=(config.temperature_min, config.temperature_max),
-                          topology=system.topology)
+                          topology=system.topology, calibration=calibration)
         for temperature in args.temperatures:
             t0 = time.perf_counter()
             torch.manual_seed(args.seed + int(temperature))
@@ -346,6 +349,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 "temperature_K": temperature,
                 "n_samples": len(samples),
                 "mixture": [list(component) for component in samples.mixture],
+                "basin_calibrated": samples.calibrated,
                 "ess_percent": 100.0 * samples.ess,
                 "ess_samples": samples.ess * len(samples),
                 "delta_f_kT": delta_f_kt,
@@ -394,6 +398,11 @@ def evaluate(args: argparse.Namespace) -> int:
         "reference_run": reference.get("run", {}).get("command"),
         "evaluation": {"samples_per_temperature": args.samples, "bootstrap": args.bootstrap, "seed": args.seed,
                        "mixture_ratios": [list(c) for c in mixture_ratios],
+                       "calibration": None if calibration is None else {
+                           "file": str(args.calibration), "temperatures_K": calibration.temperatures,
+                           "samples_per_temperature": calibration.samples_per_temperature,
+                           "energy_evaluations": calibration.energy_evaluations,
+                           "features": [feature.name for feature in calibration.features]},
                        "energy_platform": platform_name, "seconds": time.perf_counter() - start,
                        "ramachandran_bins": "36x36 equal bins on [-pi, pi)^2, rows phi, columns psi",
                        "delta_f": "F(phi>0) - F(phi<0) = -ln(P(phi>0)/P(phi<0)) in k_BT, reweighted samples; "
@@ -550,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mixture-ratio", action="append", default=[], metavar="R:F",
                    help="defensive mixture component at R times each target temperature with fraction F "
                         "(repeatable; trade_md.sampler); default: q(x | T) alone")
+    p.add_argument("--calibration", help="basin calibration JSON of this run (`trade-md calibrate`): draw from the "
+                                         "basin-calibrated proposal")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=evaluate)

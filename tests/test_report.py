@@ -219,6 +219,25 @@ def test_cli_writes_the_report(tiny: dict[str, Path], tmp_path: Path, capsys: py
         args.func(args)
 
 
+def test_calibrated_evaluation_needs_and_records_the_calibration(tiny: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from trade_md.basins import calibrate, features_for
+    from trade_md.sampler import Sampler
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny["model"], model)
+    with pytest.raises(InputError, match="trade-md calibrate"):
+        evaluate(model, tmp_path / "out", reference=tiny["reference"], n_samples=10, progress=False, calibrated=True)
+    with Sampler.from_checkpoint(model, platform="Reference") as sampler:
+        calibrate(sampler, features_for(sampler.system), [600.0], 200, progress=False).save(
+            model / "basin_calibration.json")
+    metrics = evaluate(model, tmp_path / "out", reference=tiny["reference"], temperatures=[600.0], n_samples=50,
+                       energy_platform="Reference", progress=False, calibrated=True)
+    assert metrics["basin_calibrated"] is True and metrics["calibration_energy_evaluations"] == 200
+    assert "basin-calibrated proposal" in (tmp_path / "out" / "summary.md").read_text()
+
+
 def test_energy_axis_follows_the_boltzmann_weighted_series() -> None:
     from trade_md.plots import energy_histograms
     from trade_md.report import _energy_limits, _weighted_quantiles

@@ -1,7 +1,10 @@
-"""The weighted sampler: exact reweighting on a solvable toy, streaming output, range checks, MCMC in openmmtools."""
+"""The weighted sampler: exact reweighting on a solvable toy, the basin-calibrated proposal, streaming output, range
+checks, MCMC in openmmtools."""
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import mdtraj
@@ -12,9 +15,10 @@ import pytest
 import torch
 from openmmtools import cache, mcmc, states
 
+from trade_md.basins import CALIBRATION_FILE, BasinCalibration, calibrate, features_for
 from trade_md.cli import main
 from trade_md.energy import EnergyBridge
-from trade_md.errors import InputError
+from trade_md.errors import InputError, SystemMismatchError
 from trade_md.flows import molecule_generator
 from trade_md.mcmc import GeneratorMove
 from trade_md.sampler import OutOfRangeWarning, Sampler, SampleSet, reduced_potentials, write_samples
@@ -100,6 +104,92 @@ def test_mixture_rejects_bad_components(toy_run: Path, tmp_path: Path) -> None:
             sampler.sample(10, 300.0, progress=False, mixture=[(-4.0, 0.2)])
     assert main(["sample", "--model", str(toy_run), "--temperature", "300", "--n", "10", "--mixture", "400",
                  "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+
+
+@pytest.fixture(scope="module")
+def toy_calibration(toy_run: Path) -> BasinCalibration:
+    with Sampler.from_checkpoint(toy_run) as sampler:
+        return calibrate(sampler, features_for(sampler.system), [150.0, 300.0, 600.0], 20000, progress=False)
+
+
+def exact_share_positive(toy: DoubleWell1D, temperature: float, log_density: np.ndarray, x: np.ndarray) -> float:
+    """∫_{x > 0} of a density given on the grid ``x`` (trapezoid rule)."""
+    return float(np.trapezoid(np.exp(log_density) * (x > 0), x))
+
+
+@pytest.mark.parametrize("temperature, normalisation_tolerance", [(150.0, 0.01), (200.0, 0.05)])
+def test_calibrated_proposal_corrects_the_basin_mass(
+    toy_run: Path, toy_calibration: BasinCalibration, temperature: float, normalisation_tolerance: float
+) -> None:
+    # The 30-step model puts 39 % of q(x | T) in the x > 0 well at every T; the Boltzmann share is 9 % at 150 K and
+    # 15 % at 200 K. The calibrated density q' = q e^t / Z (quadrature on the box) must put the exact share there
+    # within 0.01, integrate to 1 within the Monte-Carlo error of log Z at a grid node (1 %) and within the
+    # interpolation error between nodes (200 K: 5 %), and its samples must land in x > 0 at q''s rate (4 binomial
+    # standard errors); the weights stay exact (reweighted <U> = quadrature) and the ESS rises.
+    toy = DoubleWell1D()
+    x = np.linspace(-1.7, 1.7, 20001)
+    with Sampler.from_checkpoint(toy_run, calibration=toy_calibration) as sampler:
+        with torch.no_grad():
+            log_q = sampler.generator.log_prob(torch.as_tensor(x[:, None]), temperature).double().numpy()
+        log_q_tilted = log_q + toy_calibration.log_tilt(x[:, None], temperature)
+        log_p = -toy.potential(torch.as_tensor(x[:, None])).numpy() / (KB * temperature)
+        exact = exact_share_positive(toy, temperature, log_p - np.log(np.trapezoid(np.exp(log_p), x)), x)
+        assert abs(exact_share_positive(toy, temperature, log_q, x) - exact) > 0.2  # q alone is far off
+        share = exact_share_positive(toy, temperature, log_q_tilted, x) / np.trapezoid(np.exp(log_q_tilted), x)
+        assert abs(share - exact) < 0.01, (share, exact)
+        assert abs(np.trapezoid(np.exp(log_q_tilted), x) - 1.0) < normalisation_tolerance
+        torch.manual_seed(4)
+        plain = sampler.sample(20000, temperature, progress=False, calibrated=False)
+        tilted = sampler.sample(20000, temperature, progress=False)
+    assert tilted.calibrated and not plain.calibrated
+    drawn = float(np.mean(tilted.positions[:, 0] > 0))
+    assert abs(drawn - share) < 4.0 * np.sqrt(share * (1 - share) / len(tilted)), (drawn, share)
+    assert tilted.ess > plain.ess + 0.05, (tilted.ess, plain.ess)
+    assert_mean_energy_matches(tilted, float(toy.mean_energy(temperature)))
+
+
+def test_calibration_refuses_bad_combinations(toy_run: Path, toy_calibration: BasinCalibration,
+                                              tmp_path: Path) -> None:
+    with Sampler.from_checkpoint(toy_run, calibration=toy_calibration) as sampler:
+        with pytest.raises(InputError, match="do not combine"):
+            sampler.sample(10, 300.0, progress=False, mixture=[(400.0, 0.2)])
+        with pytest.raises(InputError, match="at least 100 samples"):
+            calibrate(sampler, toy_calibration.features, [300.0], 50, progress=False)
+    foreign = dataclasses.replace(toy_calibration, model_fingerprint="0" * 64)
+    with pytest.raises(SystemMismatchError, match="another model"):
+        Sampler.from_checkpoint(toy_run, calibration=foreign)
+    with pytest.raises(InputError, match="trade-md calibrate"):
+        Sampler.from_checkpoint(toy_run, calibrated=True)
+    model = tmp_path / "model"
+    shutil.copytree(toy_run, model)
+    assert main(["sample", "--model", str(model), "--temperature", "300", "--n", "10", "--calibrated",
+                 "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+
+
+def test_calibration_leaves_degenerate_nodes_alone(toy_run: Path) -> None:
+    # energies of pure noise (0-500 kJ/mol) put the whole weight on a few samples: no share can be estimated, so the
+    # node keeps a = 0 (q itself) instead of a tilt fitted to one sample
+    rng = np.random.default_rng(0)
+    with Sampler.from_checkpoint(toy_run) as good:
+        noisy = Sampler(good.generator, lambda x: 500.0 * rng.random(len(x)))
+        calibration = calibrate(noisy, features_for(DoubleWell1D()), [300.0], 2000, progress=False)
+    assert calibration.nodes[0]["ess_q"] * 2000 < 50
+    assert calibration.log_odds == [[0.0]] and calibration.nodes[0]["calibrated"] == [False]
+
+
+def test_cli_calibrate_then_sample_calibrated(toy_run: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(toy_run, model)
+    assert main(["calibrate", "--model", str(model), "--n", "2000", "--temperatures", "150", "600",
+                 "--no-progress"]) == 0
+    calibration = BasinCalibration.load(model / CALIBRATION_FILE)
+    assert calibration.temperatures == [150.0, 600.0] and calibration.energy_evaluations == 4000
+    assert calibration.log_odds[0][0] < -1.0  # the model's x > 0 well is far too heavy at 150 K
+    out = tmp_path / "samples"
+    assert main(["sample", "--model", str(model), "--temperature", "200", "--n", "500", "--calibrated",
+                 "--out", str(out), "--no-progress"]) == 0
+    data = np.load(out / "samples.npz")
+    assert bool(data["basin_calibrated"]) and data["log_weights"].shape == (500,)
 
 
 def test_out_of_range_warns_or_refuses(toy_run: Path) -> None:

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trade_md.train",
     "trade_md.replica",
     "trade_md.sampler",
+    "trade_md.basins",
     "trade_md.report",
     "trade_md.pipeline",
 )

@@ -298,6 +298,7 @@ def evaluate(
     progress: bool = True,
     on_warning: Callable[[str], None] | None = None,
     mixture_ratios: Sequence[tuple[float, float]] = (),
+    calibrated: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the generator of run directory ``model`` at ``temperatures`` K against ``reference`` and write
     ``metrics.json``, the figures and ``summary.md`` to ``out``; returns the metrics dict.
@@ -307,10 +308,13 @@ def evaluate(
     :class:`~trade_md.sampler.OutOfRangeWarning`), also recorded in ``metrics.json``.
     mixture_ratios: defensive mixture components ``(R, f)``: a fraction ``f`` of the samples at ``R × T`` for each
     evaluated ``T`` (:meth:`~trade_md.sampler.Sampler.sample`); empty: ``q(x | T)`` alone.
+    calibrated: draw from the run's basin-calibrated proposal (``trade-md calibrate``, :mod:`trade_md.basins`);
+    the NLL of reference frames stays that of ``q(x | T)``.
     """
     import torch
     from tqdm.auto import tqdm
 
+    from trade_md.basins import CALIBRATION_FILE, BasinCalibration
     from trade_md.energy import EnergyBridge
     from trade_md.sampler import OutOfRangeWarning, Sampler
     from trade_md.train import load_generator
@@ -322,6 +326,12 @@ def evaluate(
     started = time.perf_counter()
     out = Path(out)
     generator, system, config = load_generator(model)
+    calibration = None
+    if calibrated:
+        if not (Path(model) / CALIBRATION_FILE).is_file():
+            raise InputError(f"{model} has no basin calibration ({CALIBRATION_FILE}); run `trade-md calibrate "
+                             f"--model {model}` first, or evaluate without --calibrated")
+        calibration = BasinCalibration.load(Path(model) / CALIBRATION_FILE)
     if not hasattr(system, "topology"):
         raise InputError(f"{model} holds a model of the toy system {system.name!r}; `trade-md evaluate` compares "
                          "molecules with a `trade-md reference`")
@@ -355,7 +365,8 @@ def evaluate(
     per_temperature, arrays = [], {}
     with EnergyBridge(system, platform=energy_platform) as bridge, warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfRangeWarning)  # already reported above, once per temperature
-        sampler = Sampler(generator, bridge.energies, temperature_range=(low, high), topology=system.topology)
+        sampler = Sampler(generator, bridge.energies, temperature_range=(low, high), topology=system.topology,
+                          calibration=calibration)
         bar = tqdm(temperatures, desc="evaluate", unit="T", disable=None if progress else True, dynamic_ncols=True)
         for k, temperature in enumerate(bar):
             bar.set_postfix_str(f"{temperature:g} K")
@@ -375,6 +386,8 @@ def evaluate(
         "n_dof": generator.n_dof,
         "n_samples": n_samples,
         "mixture_ratios": [list(component) for component in mixture_ratios],
+        "basin_calibrated": calibrated,
+        "calibration_energy_evaluations": None if calibration is None else calibration.energy_evaluations,
         "seed": seed,
         "reference_temperature": t0,
         "trained_range": [low, high],
@@ -466,6 +479,17 @@ def _pm(value: Any, sem: Any) -> str:
     return f"{value:.2f}" + ("" if sem is None else f" ± {sem:.2f}")
 
 
+def _proposal_note(result: dict[str, Any]) -> str:
+    """How the samples were drawn, for the summary's first paragraph (empty for ``q(x | T)`` alone)."""
+    if result.get("basin_calibrated"):
+        return (f", drawn from the basin-calibrated proposal (calibration: "
+                f"{result['calibration_energy_evaluations']:,} energy evaluations; NLL is that of q(x | T))")
+    if result.get("mixture_ratios"):
+        parts = ", ".join(f"{f:g} at {r:g} T" for r, f in result["mixture_ratios"])
+        return f", drawn from the defensive mixture {parts}"
+    return ""
+
+
 def _markdown(result: dict[str, Any]) -> str:
     low, high = result["trained_range"]
     lines = [
@@ -475,7 +499,8 @@ def _markdown(result: dict[str, Any]) -> str:
         f"{result['training_mode']} ({result['training_steps']} steps) with data at T0 = "
         f"{result['reference_temperature']:g} K over {low:g}–{high:g} K. Reference: `{result['reference']}`"
         f"{'' if result['reference_frames'] else ' (no frames: no NLL or energy distances)'}. "
-        f"{result['n_samples']} generator samples per temperature, importance-weighted to the Boltzmann distribution."),
+        f"{result['n_samples']} generator samples per temperature, importance-weighted to the Boltzmann distribution"
+        f"{_proposal_note(result)}."),
         "",
     ]
     if result["warnings"]:
@@ -541,6 +566,9 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--mixture-ratio", action="append", default=[], metavar="R:FRACTION",
                         help="defensive mixture: this fraction of the samples at R times each temperature "
                              "(repeatable, e.g. --mixture-ratio 1.2:0.2); exact weights either way")
+    parser.add_argument("--calibrated", action="store_true",
+                        help="draw from the basin-calibrated proposal (MODEL/basin_calibration.json, made by "
+                             "`trade-md calibrate`)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_main, command="evaluate")
 
@@ -552,6 +580,7 @@ def _main(args: argparse.Namespace) -> int:
                       temperatures=parse_temperatures(args.temperatures), n_samples=args.n_samples, seed=args.seed,
                       energy_platform=args.platform, progress=not args.no_progress,
                       mixture_ratios=parse_mixture(args.mixture_ratio, option="--mixture-ratio"),
+                      calibrated=args.calibrated,
                       on_warning=lambda note: print(f"WARNING: {note}", file=sys.stderr, flush=True))
     for m in result["per_temperature"]:
         print(f"{m['temperature']:7g} K: ESS {100 * m['ess']:.2f}% ({100 * m['ess_exact_basin_masses']:.2f}% with "

@@ -11,6 +11,10 @@ same generator at other temperatures ``T_j`` and weights every sample by the mix
 component bounds the largest weights where ``q(x | T)`` under-covers the Boltzmann density (the rare huge weights
 that set the Kish ESS of a flow), at the price of one extra density evaluation per component and sample.
 
+A *basin calibration* (:mod:`trade_md.basins`, ``calibration=``) instead tilts ``q(x | T)`` towards the Boltzmann
+share of each conformational basin (cis peptide bonds, φ > 0) and draws from the tilted density by rejection;
+``log_q`` is then the tilted density's. Weights stay exact; the two proposals do not combine.
+
 >>> import numpy as np
 >>> u_kn = reduced_potentials(np.array([1.0, 2.0]), [300.0, 600.0])
 >>> u_kn.shape
@@ -20,6 +24,7 @@ that set the Kish ESS of a flow), at the price of one extra density evaluation p
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +37,7 @@ import torch
 from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
+from trade_md.basins import CALIBRATION_FILE, BasinCalibration, feature_matrix, tilt
 from trade_md.errors import InputError
 from trade_md.io import atomic_write_path
 from trade_md.metrics import kish_ess, normalized_weights
@@ -63,7 +69,8 @@ class SampleSet:
     positions: ``[n, atoms, 3]`` nm (``[n, d]`` for toys); energies: ``[n]`` kJ/mol; log_q: ``[n]`` nats;
     log_weights: ``[n]`` normalised (``logsumexp = 0``, ``−inf`` for dropped samples); wrong_chirality: ``[n]``;
     mixture: the proposal's other components ``(T_j K, fraction f_j)`` (empty: ``q(x | T)`` alone), in which case
-    ``log_q`` is the mixture's log density.
+    ``log_q`` is the mixture's log density; calibrated: drawn from the basin-calibrated proposal (``log_q`` is its
+    log density, see :mod:`trade_md.basins`).
     """
 
     positions: np.ndarray
@@ -73,6 +80,7 @@ class SampleSet:
     wrong_chirality: np.ndarray
     temperature: float
     mixture: tuple[tuple[float, float], ...] = ()
+    calibrated: bool = False
 
     def __len__(self) -> int:
         return int(self.energies.shape[0])
@@ -124,6 +132,7 @@ class SampleSet:
                     temperature_k=np.float64(self.temperature),
                     mixture_temperatures_k=np.array([t for t, _ in self.mixture], dtype=np.float64),
                     mixture_fractions=np.array([f for _, f in self.mixture], dtype=np.float64),
+                    basin_calibrated=np.bool_(self.calibrated),
                     **({} if topology is not None else {"positions_nm": self.positions}),
                 )
         return out
@@ -135,7 +144,9 @@ class Sampler:
     generator: a :class:`trade_md.flows.Generator`; energy: positions → U (kJ/mol), e.g.
     ``EnergyBridge.energies``; temperature_range: trained ``(T_min, T_max)`` in K or None (no check);
     outside the range the sampler warns (:class:`OutOfRangeWarning`) or, with ``out_of_range="error"``, refuses.
-    bridge: an energy bridge the sampler owns and closes in :meth:`close`.
+    bridge: an energy bridge the sampler owns and closes in :meth:`close`. calibration: a
+    :class:`trade_md.basins.BasinCalibration` of this generator, used by default when set (``calibrated=False`` in
+    :meth:`sample` bypasses it). system: the system the generator was trained for (set by :meth:`from_checkpoint`).
     """
 
     def __init__(
@@ -148,6 +159,8 @@ class Sampler:
         drop_wrong_chirality: bool = True,
         out_of_range: str = "warn",
         bridge: Any | None = None,
+        calibration: BasinCalibration | None = None,
+        system: Any | None = None,
     ) -> None:
         if out_of_range not in ("warn", "error"):
             raise InputError(f"out_of_range must be 'warn' or 'error', got {out_of_range!r}")
@@ -158,6 +171,10 @@ class Sampler:
         self.drop_wrong_chirality = drop_wrong_chirality
         self.out_of_range = out_of_range
         self._bridge = bridge
+        self.system = system
+        self.calibration = calibration
+        if calibration is not None:
+            calibration.check_model(generator)
 
     def check_temperature(self, temperature: Any) -> float:
         """Temperature in K, validated against the trained range (warning or error outside it)."""
@@ -176,13 +193,21 @@ class Sampler:
     @classmethod
     def from_checkpoint(
         cls, model: str | os.PathLike, *, n_workers: int = 1, platform: str = "auto", device: str = "cpu",
-        **kwargs: Any,
+        calibrated: bool = False, **kwargs: Any,
     ) -> Sampler:
         """A sampler for a trained run directory: its generator, its system's energy (an :class:`EnergyBridge`
-        for molecules, the analytic potential for toys) and its trained temperature range."""
+        for molecules, the analytic potential for toys) and its trained temperature range. calibrated: use the
+        run's basin calibration (``MODEL/basin_calibration.json``, made by ``trade-md calibrate``)."""
         from trade_md.train import load_generator
 
         generator, system, config = load_generator(model, device=device)
+        if calibrated:
+            path = Path(model) / CALIBRATION_FILE
+            if not path.is_file():
+                raise InputError(f"{model} has no basin calibration ({CALIBRATION_FILE}); run `trade-md calibrate "
+                                 f"--model {model}` first, or sample without --calibrated")
+            kwargs["calibration"] = BasinCalibration.load(path)
+        kwargs.setdefault("system", system)
         if config.mode == "trade":
             temperature_range = (config.temperature_min, config.temperature_max)
         else:  # a maximum-likelihood model is trained at T0 only
@@ -223,11 +248,40 @@ class Sampler:
                              "the samples come from the target temperature")
         return components
 
+    def _use_calibration(self, calibrated: bool, mixture: tuple[tuple[float, float], ...]) -> bool:
+        if not calibrated or self.calibration is None:
+            return False
+        if mixture:
+            raise InputError("a defensive mixture and a basin calibration do not combine; use one of them (for a "
+                             "mixture, pass calibrated=False or leave out --calibrated)")
+        return True
+
+    def _calibrated_draw(self, n: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` exact draws of the basin-calibrated proposal by rejection from ``q(x | T)``: ``(x, log q')``."""
+        assert self.calibration is not None
+        a, log_z = self.calibration.at(temperature)
+        ceiling = max(0.0, float(np.max(a, initial=0.0)))
+        acceptance = min(1.0, math.exp(log_z - ceiling))
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        count = 0
+        while count < n:
+            size = min(int(math.ceil(1.2 * (n - count) / acceptance)) + 16, 20 * n + 16)
+            x, log_q = self.generator.sample(size, temperature)
+            log_tilt = tilt(feature_matrix(self.calibration.features, x.detach().cpu().double().numpy()), a)
+            accept = np.flatnonzero(rng.random(size) < np.exp(log_tilt - ceiling))[: n - count]
+            index = torch.as_tensor(accept, device=x.device)
+            kept.append((x[index], log_q[index].double() + torch.as_tensor(log_tilt[accept] - log_z, device=x.device)))
+            count += accept.size
+        return torch.cat([x for x, _ in kept]), torch.cat([log_q for _, log_q in kept])
+
     @torch.no_grad()
     def _batch(
-        self, n: int, temperature: float, mixture: tuple[tuple[float, float], ...] = ()
+        self, n: int, temperature: float, mixture: tuple[tuple[float, float], ...] = (), calibrated: bool = False
     ) -> tuple[np.ndarray, ...]:
-        if not mixture:
+        if calibrated:
+            x, log_q = self._calibrated_draw(n, temperature)
+        elif not mixture:
             x, log_q = self.generator.sample(n, temperature)
         else:
             temperatures = torch.tensor([temperature] + [t for t, _ in mixture], dtype=torch.float64)
@@ -246,20 +300,21 @@ class Sampler:
 
     def iter_batches(
         self, n: int, temperature: Any, *, batch_size: int = 4096, progress: bool = True,
-        mixture: Sequence[tuple[Any, float]] = (),
+        mixture: Sequence[tuple[Any, float]] = (), calibrated: bool = True,
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(positions, energies kJ/mol, log q, wrong_chirality)`` per batch; memory bounded by the batch.
-        With a ``mixture`` (see :meth:`sample`), ``log q`` is the mixture's log density."""
+        With a ``mixture`` or the calibration (see :meth:`sample`), ``log q`` is that proposal's log density."""
         if n < 1:
             raise InputError(f"number of samples must be >= 1, got {n}")
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         value = self.check_temperature(temperature)
         components = self.check_mixture(mixture)
+        tilted = self._use_calibration(calibrated, components)
         with tqdm(total=n, desc=f"sampling {value:g} K", unit="samples", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 size = min(batch_size, n - start)
-                yield self._batch(size, value, components)
+                yield self._batch(size, value, components, tilted)
                 bar.update(size)
 
     def log_weights(
@@ -278,25 +333,29 @@ class Sampler:
 
     def sample(
         self, n: int, temperature: Any, *, batch_size: int = 4096, progress: bool = True,
-        mixture: Sequence[tuple[Any, float]] = (),
+        mixture: Sequence[tuple[Any, float]] = (), calibrated: bool = True,
     ) -> SampleSet:
         """``n`` weighted samples at ``temperature`` (float K or ``openmm.unit`` quantity), drawn in batches.
 
         mixture: defensive components ``[(T_j, f_j), ...]`` (K or quantities; fractions ``> 0``, ``Σ f_j <= 1``):
         each sample comes from ``q(x | T_j)`` with probability ``f_j`` and from ``q(x | T)`` otherwise, and is
         weighted against the mixture density (see the module docs). Empty: ``q(x | T)`` alone.
+        calibrated: draw from the basin-calibrated proposal when the sampler has a calibration (default);
+        False: from ``q(x | T)`` itself.
         """
         value = self.check_temperature(temperature)
         components = self.check_mixture(mixture)
-        parts = list(self.iter_batches(n, value, batch_size=batch_size, progress=progress, mixture=components))
+        tilted = self._use_calibration(calibrated, components)
+        parts = list(self.iter_batches(n, value, batch_size=batch_size, progress=progress, mixture=components,
+                                       calibrated=tilted))
         positions, energies, log_q, wrong = (np.concatenate(column) for column in zip(*parts))
         return SampleSet(positions, energies, log_q, self.log_weights(energies, log_q, wrong, value), wrong, value,
-                         components)
+                         components, tilted)
 
 
 def write_samples(
     sampler: Sampler, n: int, temperature: Any, out: str | os.PathLike, *, batch_size: int = 4096,
-    progress: bool = True, mixture: Sequence[tuple[Any, float]] = (),
+    progress: bool = True, mixture: Sequence[tuple[Any, float]] = (), calibrated: bool = True,
 ) -> dict[str, Any]:
     """Stream ``n`` samples to ``out/samples.dcd`` (+ ``topology.pdb``) and ``out/samples.npz`` in batches.
 
@@ -309,6 +368,7 @@ def write_samples(
         raise InputError("streaming to a trajectory needs the molecule's topology; this sampler has none")
     value = sampler.check_temperature(temperature)
     components = sampler.check_mixture(mixture)
+    tilted = sampler._use_calibration(calibrated, components)
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
     topology = mdtraj.Topology.from_openmm(sampler.topology)
@@ -316,7 +376,8 @@ def write_samples(
     with atomic_write_path(directory / "samples.dcd") as temp:
         with mdtraj.formats.DCDTrajectoryFile(str(temp), "w", force_overwrite=True) as dcd:
             for positions, energies, log_q, wrong in sampler.iter_batches(n, value, batch_size=batch_size,
-                                                                         progress=progress, mixture=components):
+                                                                         progress=progress, mixture=components,
+                                                                         calibrated=tilted):
                 dcd.write(10.0 * positions.astype(np.float32))  # DCD stores Å
                 for column, part in zip(columns, (energies, log_q, wrong)):
                     column.append(part)
@@ -325,7 +386,7 @@ def write_samples(
     log_w = sampler.log_weights(energies, log_q, wrong, value)
     with atomic_write_path(directory / "topology.pdb") as temp:
         mdtraj.Trajectory(first[None].astype(np.float32), topology).save_pdb(str(temp))
-    samples = SampleSet(np.empty((len(energies), 0)), energies, log_q, log_w, wrong, value, components)
+    samples = SampleSet(np.empty((len(energies), 0)), energies, log_q, log_w, wrong, value, components, tilted)
     samples.save(directory)
     return {"n": int(n), "temperature_k": value, "ess": samples.ess,
             "wrong_chirality_fraction": float(np.mean(wrong)), "out": str(directory)}
@@ -348,6 +409,9 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--mixture", action="append", default=[], metavar="T:FRACTION",
                         help="defensive mixture component: this fraction of the samples from the generator at T K "
                              "(repeatable; e.g. --mixture 700:0.2 for a 600 K target); exact weights either way")
+    parser.add_argument("--calibrated", action="store_true",
+                        help="draw from the basin-calibrated proposal (MODEL/basin_calibration.json, made by "
+                             "`trade-md calibrate`): rare basins at their estimated Boltzmann share")
     parser.add_argument("--strict-range", action="store_true",
                         help="refuse temperatures outside the trained range instead of warning")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -370,6 +434,7 @@ def parse_mixture(items: Sequence[str], option: str = "--mixture") -> list[tuple
 def _main(args: argparse.Namespace) -> int:
     mixture = parse_mixture(args.mixture)
     with Sampler.from_checkpoint(args.model, n_workers=args.workers, platform=args.platform,
+                                 calibrated=args.calibrated,
                                  out_of_range="error" if args.strict_range else "warn") as sampler:
         if sampler.topology is None:
             samples = sampler.sample(args.n, args.temperature, batch_size=args.batch_size,
@@ -379,6 +444,7 @@ def _main(args: argparse.Namespace) -> int:
         else:
             summary = write_samples(sampler, args.n, args.temperature, args.out, batch_size=args.batch_size,
                                     progress=not args.no_progress, mixture=mixture)
-    print(f"{summary['n']} samples at {summary['temperature_k']:g} K, Kish ESS {100 * summary['ess']:.1f} % "
+    proposal = " from the basin-calibrated proposal" if args.calibrated else ""
+    print(f"{summary['n']} samples at {summary['temperature_k']:g} K{proposal}, Kish ESS {100 * summary['ess']:.1f} % "
           f"-> {summary['out']}")
     return 0
