@@ -175,6 +175,7 @@ def test_calibration_leaves_degenerate_nodes_alone(toy_run: Path) -> None:
         calibration = calibrate(noisy, features_for(DoubleWell1D()), [300.0], 2000, progress=False)
     assert calibration.nodes[0]["ess_q"] * 2000 < 50
     assert calibration.log_odds == [[0.0]] and calibration.nodes[0]["calibrated"] == [False]
+    assert "not calibrated, the draw's Kish ESS is" in calibration.describe()[0]
 
 
 def test_cli_calibrate_then_sample_calibrated(toy_run: Path, tmp_path: Path) -> None:

@@ -189,8 +189,15 @@ class BasinCalibration:
         """One line per grid temperature: each feature's share in q and its reweighted (Boltzmann) share, and a."""
         lines = []
         for node, a in zip(self.nodes, self.log_odds):
-            shares = ", ".join(f"{feature.name} {100 * q:.2f} -> {100 * p:.2f} %"
-                               for feature, q, p in zip(self.features, node["q_share"], node["p_share"]))
+            effective = node["ess_q"] * self.samples_per_temperature
+            if effective < MIN_EFFECTIVE_SAMPLES:
+                lines.append(f"{node['temperature_k']:7.1f} K: not calibrated, the draw's Kish ESS is {effective:.1f} "
+                             f"samples (< {MIN_EFFECTIVE_SAMPLES:g}): train the model further or draw more samples")
+                continue
+            shares = ", ".join(f"{feature.name} {100 * q:.2f} -> {100 * p:.2f} %" if used else
+                               f"{feature.name} {100 * q:.2f} % (too few samples, not calibrated)"
+                               for feature, q, p, used in zip(self.features, node["q_share"], node["p_share"],
+                                                              node["calibrated"]))
             lines.append(f"{node['temperature_k']:7.1f} K: {shares}; log-odds {np.round(a, 2).tolist()}")
         return lines
 
