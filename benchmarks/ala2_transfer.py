@@ -17,7 +17,8 @@ Steps (subcommands):
   weights; the ESS split by basin (φ sign × cis/trans of each peptide bond, :func:`trade_md.metrics.ess_by_stratum`:
   each basin's mass in q and p, its in-basin ESS and share of Σw²) and the ESS the same model would reach with
   every basin's mass exact (:func:`trade_md.metrics.ess_with_exact_masses`), which says whether a miss is the
-  basins' weights or the shapes within them; plus energy evaluations and wall time of training. Prints a table,
+  basins' weights or the shapes within them; the weights' tail shape (:func:`trade_md.metrics.pareto_k`: above
+  0.7 one draw's ESS is unreliable); plus energy evaluations and wall time of training. Prints a table,
   writes JSON. ``--calibration FILE`` draws from the basin-calibrated proposal (:mod:`trade_md.basins`, made by
   ``trade-md calibrate``) instead of ``q(x | T)``; its energy evaluations are reported with it.
 - ``tilt``: what TRADE can reach from a boundary before any TRADE training: samples the model at T0 and reports,
@@ -352,6 +353,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 "basin_calibrated": samples.calibrated,
                 "ess_percent": 100.0 * samples.ess,
                 "ess_samples": samples.ess * len(samples),
+                "pareto_k": samples.pareto_k,
                 "delta_f_kT": delta_f_kt,
                 "delta_f_err_kT": err_kt,
                 "delta_f_ref_kT": ref["delta_f_kT"],
@@ -441,7 +443,8 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"training: {training['steps']} steps, {training['energy_evaluations']:,} energy evaluations, "
           f"wall {'?' if wall is None else f'{wall:.0f} s'}")
     header = (f"{'T/K':>6} {'ESS%':>7} {'dF/kT':>7} {'+-':>5} {'ref':>6} {'+-':>5} {'diff':>6} {'sigma':>6} "
-              f"{'JS':>7} {'KL(r|m)':>8} {'wrongchi':>8} {'cis% q':>11} {'cis% p':>11} {'cis w2':>6} {'ESS%m':>6}")
+              f"{'JS':>7} {'KL(r|m)':>8} {'wrongchi':>8} {'cis% q':>11} {'cis% p':>11} {'cis w2':>6} {'ESS%m':>6} "
+              f"{'k':>5}")
     print(header)
     for r in report["results"]:
         print(f"{r['temperature_K']:6.0f} {r['ess_percent']:7.2f} {r['delta_f_kT']:7.3f} {r['delta_f_err_kT']:5.2f} "
@@ -449,10 +452,11 @@ def print_table(report: dict[str, Any]) -> None:
               f"{r['delta_f_diff_sigma']:6.2f} {r['js_nats']:7.4f} {r['kl_ref_to_model_nats']:8.4f} "
               f"{r['wrong_chirality_fraction']:8.4f} {_percent_pair(r.get('cis_fraction_unweighted'))} "
               f"{_percent_pair(r.get('cis_fraction'))} {r.get('cis_share_of_sum_w2', math.nan):6.3f} "
-              f"{r.get('ess_exact_masses_percent', math.nan):6.2f}")
+              f"{r.get('ess_exact_masses_percent', math.nan):6.2f} {r.get('pareto_k', math.nan):5.2f}")
     print("cis% q / p: cis ACE-ALA / ALA-NME peptide bonds among the samples / reweighted to Boltzmann; cis w2: "
           "their share of the sum of squared weights; ESS%m: the ESS with every basin's (phi sign x cis/trans) "
-          "mass exact")
+          "mass exact; k: tail shape of the weights (trade_md.metrics.pareto_k; above 0.7 one draw's ESS is "
+          "unreliable)")
     labels = {True: "MET", False: "MISSED", None: "not evaluated"}
     print("goals:", ", ".join(f"{k} {labels[v]}" for k, v in report["goals"].items()))
 

@@ -14,6 +14,7 @@ on [−π, π)², never data-dependent edges, and are normalised to probabilitie
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ __all__ = [
     "RAMACHANDRAN_BINS",
     "normalized_weights",
     "kish_ess",
+    "pareto_k",
+    "PARETO_K_UNRELIABLE",
     "ramachandran_histogram",
     "kl_divergence",
     "js_divergence",
@@ -61,6 +64,33 @@ def kish_ess(log_w: np.ndarray) -> float:
     """Kish effective sample size as a fraction of n: (Σw)² / (n Σw²), in (0, 1]."""
     w = normalized_weights(log_w)
     return float(1.0 / (w.size * np.sum(w**2)))
+
+
+PARETO_K_UNRELIABLE = 0.7
+"""Tail shape above which a few weights can dominate any importance-sampling estimate (Vehtari et al., PSIS)."""
+
+
+def pareto_k(log_w: np.ndarray) -> float:
+    """Tail shape k̂ of the importance weights: a generalised Pareto distribution fitted by maximum likelihood to
+    the largest M = min(n/5, 3√n) of the n positive weights, as exceedances over the next largest (the tail
+    diagnostic of Pareto-smoothed importance sampling, Vehtari et al.). k̂ < 0.5: the weights have finite variance and
+    the Kish ESS means what it says; 0.5–0.7: usable, slow to converge; above :data:`PARETO_K_UNRELIABLE` a few
+    samples can dominate any estimate and one draw's ESS says little: draw more samples or improve the proposal.
+    NaN for fewer than 100 positive weights. log_w: ``[n]``, −inf for dropped samples.
+    """
+    from scipy.stats import genpareto
+
+    log_w = np.asarray(log_w, dtype=np.float64)
+    log_w = log_w[np.isfinite(log_w)]
+    if log_w.size < 100:
+        return math.nan
+    w = np.sort(np.exp(log_w - log_w.max()))
+    m = int(min(w.size / 5, 3.0 * math.sqrt(w.size)))
+    exceedances = w[-m:] - w[-m - 1]
+    if not np.any(exceedances > 0):
+        return -math.inf  # the largest weights are all equal: no tail at all
+    shape, _, _ = genpareto.fit(exceedances / exceedances.max(), floc=0.0)
+    return float(shape)
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:

@@ -241,6 +241,7 @@ def _evaluate_temperature(
         "n_samples": len(samples),
         "ess": samples.ess,
         "effective_samples": samples.ess * len(samples),
+        "pareto_k": samples.pareto_k,
         "wrong_chirality_fraction": float(np.mean(samples.wrong_chirality)),
         "dropped_fraction": float(np.mean(~np.isfinite(samples.log_weights))),
         "basin_populations": {"generator": list(basin_populations(phi, weights))},
@@ -506,14 +507,14 @@ def _markdown(result: dict[str, Any]) -> str:
     if result["warnings"]:
         lines += ["**Warnings**", ""] + [f"- {note}" for note in result["warnings"]] + [""]
     lines += [
-        ("| T (K) | ESS (%) | ESS, exact basin masses (%) | wrong chirality (%) | NLL/dof (nats) | JS (nats) | "
-        "KL ref‖gen (nats) | ΔF gen (k_BT) | ΔF ref (k_BT) | W1 energy (kJ/mol) |"),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ("| T (K) | ESS (%) | tail k | ESS, exact basin masses (%) | wrong chirality (%) | NLL/dof (nats) | "
+        "JS (nats) | KL ref‖gen (nats) | ΔF gen (k_BT) | ΔF ref (k_BT) | W1 energy (kJ/mol) |"),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in result["per_temperature"]:
         flag = "" if m["in_trained_range"] else " *"
         lines.append(
-            f"| {m['temperature']:g}{flag} | {_percent(m['ess'])} | "
+            f"| {m['temperature']:g}{flag} | {_percent(m['ess'])} | {_fmt(m.get('pareto_k'), 2)} | "
             f"{_percent(m.get('ess_exact_basin_masses'))} | {100 * m['wrong_chirality_fraction']:.2f} | "
             f"{_fmt(m.get('nll_per_dof'))} | "
             f"{_fmt(m.get('js_divergence'))} | {_fmt(m.get('kl_divergence'))} | "
@@ -524,7 +525,9 @@ def _markdown(result: dict[str, Any]) -> str:
         lines += ["", "\\* outside the trained range (extrapolation)."]
     lines += [
         "",
-        ("ESS, exact basin masses: what the same in-basin shapes would give if the generator put the Boltzmann "
+        ("tail k: shape of the importance weights' tail (the Pareto-smoothed importance sampling diagnostic); above "
+        "0.7 a few samples dominate and one draw's ESS and ΔF are unreliable: draw more samples. "
+        "ESS, exact basin masses: what the same in-basin shapes would give if the generator put the Boltzmann "
         "mass in each φ basin; far above the ESS, the miss is the basins' weights, close to it, their shapes. "
         "ΔF = F(φ > 0) − F(φ < 0); generator errors are bootstrap standard errors of the reweighted estimate, "
         "reference errors the reference's block-bootstrap MBAR errors. All numbers are in `metrics.json`."),

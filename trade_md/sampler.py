@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 from trade_md.basins import CALIBRATION_FILE, BasinCalibration, feature_matrix, tilt
 from trade_md.errors import InputError
 from trade_md.io import atomic_write_path
-from trade_md.metrics import kish_ess, normalized_weights
+from trade_md.metrics import PARETO_K_UNRELIABLE, kish_ess, normalized_weights, pareto_k
 from trade_md.units import KB, temperature_array, to_kelvin
 
 __all__ = ["SampleSet", "Sampler", "reduced_potentials", "write_samples", "parse_mixture", "OutOfRangeWarning"]
@@ -94,6 +95,11 @@ class SampleSet:
     def ess(self) -> float:
         """Kish effective sample size as a fraction of ``n``."""
         return kish_ess(self.log_weights)
+
+    @property
+    def pareto_k(self) -> float:
+        """Tail shape of the weights (:func:`trade_md.metrics.pareto_k`); above 0.7 this draw's ESS is unreliable."""
+        return pareto_k(self.log_weights)
 
     def resample(self, n: int, seed: int | None = None) -> np.ndarray:
         """``n`` positions drawn with replacement in proportion to the weights (approximately Boltzmann-distributed)."""
@@ -388,7 +394,7 @@ def write_samples(
         mdtraj.Trajectory(first[None].astype(np.float32), topology).save_pdb(str(temp))
     samples = SampleSet(np.empty((len(energies), 0)), energies, log_q, log_w, wrong, value, components, tilted)
     samples.save(directory)
-    return {"n": int(n), "temperature_k": value, "ess": samples.ess,
+    return {"n": int(n), "temperature_k": value, "ess": samples.ess, "pareto_k": samples.pareto_k,
             "wrong_chirality_fraction": float(np.mean(wrong)), "out": str(directory)}
 
 
@@ -440,11 +446,16 @@ def _main(args: argparse.Namespace) -> int:
             samples = sampler.sample(args.n, args.temperature, batch_size=args.batch_size,
                                      progress=not args.no_progress, mixture=mixture)
             samples.save(args.out)
-            summary = {"n": args.n, "temperature_k": samples.temperature, "ess": samples.ess, "out": args.out}
+            summary = {"n": args.n, "temperature_k": samples.temperature, "ess": samples.ess,
+                       "pareto_k": samples.pareto_k, "out": args.out}
         else:
             summary = write_samples(sampler, args.n, args.temperature, args.out, batch_size=args.batch_size,
                                     progress=not args.no_progress, mixture=mixture)
     proposal = " from the basin-calibrated proposal" if args.calibrated else ""
-    print(f"{summary['n']} samples at {summary['temperature_k']:g} K{proposal}, Kish ESS {100 * summary['ess']:.1f} % "
-          f"-> {summary['out']}")
+    print(f"{summary['n']} samples at {summary['temperature_k']:g} K{proposal}, Kish ESS {100 * summary['ess']:.1f} %, "
+          f"tail k {summary['pareto_k']:.2f} -> {summary['out']}")
+    if summary["pareto_k"] > PARETO_K_UNRELIABLE:
+        print(f"warning: the weights' tail shape k = {summary['pareto_k']:.2f} exceeds {PARETO_K_UNRELIABLE}: a few "
+              "samples can dominate any estimate and this ESS is unreliable; draw more samples or improve the model",
+              file=sys.stderr)
     return 0
