@@ -155,8 +155,8 @@ def model_fingerprint(generator: torch.nn.Module) -> str:
 class BasinCalibration:
     """Per-feature log-odds ``a [k, F]`` and ``log Z [k]`` on a temperature grid ``[k]`` K, see the module docs.
 
-    nodes: per grid temperature, the calibration draw's diagnostics (feature shares in q and reweighted, Kish ESS
-    of q, samples with each feature). energy_evaluations: what the calibration cost.
+    nodes: per grid temperature, the calibration draw's diagnostics (each feature's share in q and reweighted, the
+    draw's Kish ESS, which features were calibrated). energy_evaluations: what the calibration cost.
     """
 
     features: list[BasinFeature]
@@ -211,6 +211,16 @@ class BasinCalibration:
         """Write as JSON (atomically); returns the path."""
         write_json_atomic(path, {"format": "trade-md basin calibration 1", **asdict(self)})
         return Path(path)
+
+    @classmethod
+    def of_run(cls, model: str | os.PathLike, option: str = "--calibrated") -> BasinCalibration:
+        """The calibration ``trade-md calibrate`` wrote into run directory ``model``; a clear error if there is none
+        (``option`` names the switch the user can drop instead)."""
+        path = Path(model) / CALIBRATION_FILE
+        if not path.is_file():
+            raise InputError(f"{model} has no basin calibration ({CALIBRATION_FILE}); run `trade-md calibrate --model "
+                             f"{model}` first, or leave out {option}")
+        return cls.load(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BasinCalibration:

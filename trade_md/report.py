@@ -315,7 +315,7 @@ def evaluate(
     import torch
     from tqdm.auto import tqdm
 
-    from trade_md.basins import CALIBRATION_FILE, BasinCalibration
+    from trade_md.basins import BasinCalibration
     from trade_md.energy import EnergyBridge
     from trade_md.sampler import OutOfRangeWarning, Sampler
     from trade_md.train import load_generator
@@ -327,12 +327,7 @@ def evaluate(
     started = time.perf_counter()
     out = Path(out)
     generator, system, config = load_generator(model)
-    calibration = None
-    if calibrated:
-        if not (Path(model) / CALIBRATION_FILE).is_file():
-            raise InputError(f"{model} has no basin calibration ({CALIBRATION_FILE}); run `trade-md calibrate "
-                             f"--model {model}` first, or evaluate without --calibrated")
-        calibration = BasinCalibration.load(Path(model) / CALIBRATION_FILE)
+    calibration = BasinCalibration.of_run(model) if calibrated else None
     if not hasattr(system, "topology"):
         raise InputError(f"{model} holds a model of the toy system {system.name!r}; `trade-md evaluate` compares "
                          "molecules with a `trade-md reference`")

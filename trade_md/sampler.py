@@ -38,7 +38,7 @@ import torch
 from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
-from trade_md.basins import CALIBRATION_FILE, BasinCalibration, feature_matrix, tilt
+from trade_md.basins import BasinCalibration, feature_matrix, tilt
 from trade_md.errors import InputError
 from trade_md.io import atomic_write_path
 from trade_md.metrics import PARETO_K_UNRELIABLE, kish_ess, normalized_weights, pareto_k
@@ -208,11 +208,7 @@ class Sampler:
 
         generator, system, config = load_generator(model, device=device)
         if calibrated:
-            path = Path(model) / CALIBRATION_FILE
-            if not path.is_file():
-                raise InputError(f"{model} has no basin calibration ({CALIBRATION_FILE}); run `trade-md calibrate "
-                                 f"--model {model}` first, or sample without --calibrated")
-            kwargs["calibration"] = BasinCalibration.load(path)
+            kwargs["calibration"] = BasinCalibration.of_run(model)
         kwargs.setdefault("system", system)
         if config.mode == "trade":
             temperature_range = (config.temperature_min, config.temperature_max)
