@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from trade_md.replica import (
     STORAGE_NAME,
     RemdSettings,
     analyse_reference,
+    combine_summaries,
     count_round_trips,
     export_dataset,
     export_frames,
@@ -370,3 +372,49 @@ def test_backbone_dihedrals_of_the_starting_structure(ala2):
     phi, psi = _dihedral_angles(ala2.positions[None], _backbone_dihedrals(ala2))
     # systems/alanine_dipeptide/README.md: the minimised C5 structure has φ = −144.6°, ψ = 159.2°
     assert np.degrees(phi[0]) == pytest.approx(-144.6, abs=0.2) and np.degrees(psi[0]) == pytest.approx(159.2, abs=0.2)
+
+
+def test_combine_summaries_averages_runs_with_scatter_errors(tmp_path: Path) -> None:
+    # Two copies of the shipped reference whose dF/kT are shifted by +0.1 and -0.3: the combination must be the
+    # mean (shift -0.1) with the scatter error std([+0.1, -0.3], ddof=1) / sqrt(2) = 0.2, keep the histograms (equal
+    # in both) and load as a reference.
+    from trade_md.report import default_reference, load_reference
+
+    base = json.loads(default_reference("alanine-dipeptide").read_text())
+    runs = []
+    for shift in (0.1, -0.3):
+        run = json.loads(json.dumps(base))
+        run["delta_f_kT"] = [value + shift for value in base["delta_f_kT"]]
+        runs.append(run)
+    combined = combine_summaries(runs, ["a", "b"])
+    np.testing.assert_allclose(combined["delta_f_kT"], np.array(base["delta_f_kT"]) - 0.1, atol=1e-12)
+    np.testing.assert_allclose(combined["delta_f_sem_kT"], 0.2, atol=1e-12)
+    np.testing.assert_allclose(combined["delta_f"], base["delta_f"], atol=1e-12)
+    np.testing.assert_allclose(combined["delta_f_sem"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(combined["ramachandran"], base["ramachandran"], atol=1e-12)
+    np.testing.assert_allclose(combined["effective_samples"], 2 * np.array(base["effective_samples"]))
+    paths = []
+    for name, run in zip("ab", runs):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(run))
+    assert cli.main(["reference-combine", *map(str, paths), "--out", str(tmp_path / "combined.json")]) == 0
+    reference = load_reference(tmp_path / "combined.json")
+    assert reference.value("delta_f_sem_kT", 1000.0) == pytest.approx(0.2)
+
+
+def test_combine_summaries_refuses_mismatched_runs() -> None:
+    from trade_md.report import default_reference
+
+    base = json.loads(default_reference("alanine-dipeptide").read_text())
+    with pytest.raises(InputError, match="at least two"):
+        combine_summaries([base], ["a"])
+    other = json.loads(json.dumps(base))
+    other["system"]["fingerprint"]["n_atoms"] = 23
+    with pytest.raises(InputError, match="another system"):
+        combine_summaries([base, other], ["a", "b"])
+    other = json.loads(json.dumps(base))
+    other["temperatures"] = other["temperatures"][:-1]
+    with pytest.raises(InputError, match="other temperatures"):
+        combine_summaries([base, other], ["a", "b"])
+    with pytest.raises(InputError, match="not a `trade-md reference` summary"):
+        combine_summaries([base, {"format": "x"}], ["a", "b"])

@@ -75,6 +75,7 @@ __all__ = [
     "read_storage",
     "count_round_trips",
     "analyse_reference",
+    "combine_summaries",
     "export_frames",
     "export_dataset",
     "register_cli",
@@ -852,6 +853,60 @@ def analyse_reference(
 
 
 
+_COMBINED_ESTIMATES = (("mean_energy", "mean_energy_sem"), ("log_z_relative", "log_z_relative_sem"),
+                       ("p_phi_positive", "p_phi_positive_sem"), ("delta_f_kT", "delta_f_sem_kT"),
+                       ("delta_f", "delta_f_sem"))
+"""Per-temperature estimates and the names of their standard errors that :func:`combine_summaries` averages."""
+
+
+def combine_summaries(summaries: Sequence[dict[str, Any]], sources: Sequence[str]) -> dict[str, Any]:
+    """One reference from the ``trade-md reference`` summaries of independent runs of one system at the same
+    temperatures: per temperature, the mean of each run's estimate, with the standard error from the scatter
+    between runs (sample standard deviation / √runs), which holds whatever each run's own error bars missed.
+    Ramachandran histograms are averaged when every run has them; effective samples add up. An estimate that is
+    null in any run (an empty basin) is null. No frames: the combined reference gives ΔF, ⟨U⟩, ln Z and histograms,
+    not the NLL of reference frames. sources: a label per summary (e.g. its path), kept in ``runs``.
+    """
+    if len(summaries) < 2:
+        raise InputError(f"combining needs at least two run summaries, got {len(summaries)}")
+    first, first_source = summaries[0], sources[0]
+    for summary, source in zip(summaries, sources):
+        if not str(summary.get("format", "")).startswith("trade-md reference summary"):
+            raise InputError(f"{source} is not a `trade-md reference` summary")
+        if summary.get("system") != first.get("system"):
+            raise InputError(f"{source} is a reference of another system than {first_source}; combine runs of one "
+                             "system and force field")
+        if len(summary["temperatures"]) != len(first["temperatures"]) or not np.allclose(
+                summary["temperatures"], first["temperatures"], rtol=0, atol=1e-6):
+            raise InputError(f"{source} has other temperatures than {first_source}; rerun `trade-md reference` on "
+                             "every run with the same --temperatures")
+    n = len(summaries)
+    combined: dict[str, Any] = {
+        "format": first["format"],
+        "conventions": {**first.get("conventions", {}),
+                        "combined": f"mean over {n} independent runs; sem = sample standard deviation over the runs "
+                                    "/ sqrt(runs)"},
+        "system": first["system"],
+        "temperatures": first["temperatures"],
+        "on_ladder": first.get("on_ladder"),
+        "runs": [{"source": source, "run": summary.get("run")} for summary, source in zip(summaries, sources)],
+        "effective_samples": np.sum([s["effective_samples"] for s in summaries], axis=0).tolist(),
+        "warnings": [f"{source}: {message}" for summary, source in zip(summaries, sources)
+                     for message in summary.get("warnings", [])],
+    }
+    for name, sem in _COMBINED_ESTIMATES:
+        if not all(name in summary for summary in summaries):
+            continue
+        rows = [[math.nan if value is None else value for value in summary[name]] for summary in summaries]
+        values = np.asarray(rows, dtype=np.float64)
+        combined[name] = _finite_or_none(values.mean(axis=0))
+        combined[sem] = _finite_or_none(values.std(axis=0, ddof=1) / math.sqrt(n))
+    if all("ramachandran" in summary for summary in summaries):
+        combined["ramachandran"] = [_round_sig(np.mean(histograms, axis=0)) for histograms in
+                                    zip(*(np.asarray(s["ramachandran"], dtype=np.float64) for s in summaries))]
+    return combined
+
+
 def _run_summary(data: ReplicaData) -> dict[str, Any]:
     settings = data.record["settings"]
     segments = data.record["segments"]
@@ -1036,6 +1091,16 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                            help="block-bootstrap MBAR re-solves behind the standard errors (default %(default)s)")
     reference.set_defaults(func=_reference_command, command="reference")
 
+    combine = subparsers.add_parser(
+        "reference-combine", help="one reference from the `trade-md reference` summaries of independent runs",
+        description="Average the per-temperature estimates of independent remd runs' summaries (same system, same "
+                    "--temperatures), with standard errors from the scatter between the runs. The output is a "
+                    "reference summary for `trade-md evaluate --reference` (no frames: no NLL).",
+    )
+    combine.add_argument("summaries", nargs="+", metavar="SUMMARY", help="summary JSONs written by trade-md reference")
+    combine.add_argument("--out", required=True, help="combined summary JSON to write")
+    combine.set_defaults(func=_combine_command, command="reference-combine")
+
     data = subparsers.add_parser(
         "remd-data", help="the frames of remd runs at one ladder temperature as a boundary dataset",
         description="Pool the frames that `trade-md remd` runs drew at one ladder temperature into a dataset in the "
@@ -1098,6 +1163,21 @@ def _reference_command(args: argparse.Namespace) -> int:
     for message in summary["warnings"]:
         print(f"trade-md reference: WARNING: {message}", file=sys.stderr)
     _print_table(summary)
+    return 0
+
+
+def _combine_command(args: argparse.Namespace) -> int:
+    combined = combine_summaries([read_json(path) for path in args.summaries], list(args.summaries))
+    write_json_atomic(Path(args.out), combined)
+    has_basins = "delta_f_kT" in combined
+    print(f"{'T/K':>8} {'<U>/kJ mol-1':>18} {'lnZ-lnZ0':>14}" + (f" {'dF/kT':>14}" if has_basins else ""))
+    for i, t in enumerate(combined["temperatures"]):
+        line = (f"{t:8.1f} {combined['mean_energy'][i]:10.2f} ± {combined['mean_energy_sem'][i]:5.2f} "
+                f"{combined['log_z_relative'][i]:8.2f} ± {combined['log_z_relative_sem'][i]:4.2f}")
+        if has_basins:
+            line += f" {_fmt(combined['delta_f_kT'][i], 6)} ± {_fmt(combined['delta_f_sem_kT'][i], 5)}"
+        print(line)
+    print(f"wrote {args.out}: {len(args.summaries)} runs combined")
     return 0
 
 

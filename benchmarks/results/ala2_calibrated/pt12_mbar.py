@@ -1,6 +1,7 @@
 """A second MBAR reference at 600-1000 K from the twelve independent 600-1050 K parallel-tempering runs of
-``ala2_pt12/`` (one ``trade-md reference`` per run, in ``pt12_mbar/``): per temperature the mean ΔF over the runs
-and its standard error from their scatter, next to the shipped reference, and (optionally) evaluation JSONs of
+``ala2_pt12/`` (one ``trade-md reference`` per run, in ``pt12_mbar/``, combined by
+:func:`trade_md.replica.combine_summaries`): per temperature the mean ΔF over the runs and its standard error from
+their scatter, next to the shipped reference, and (optionally) evaluation JSONs of
 ``benchmarks/ala2_transfer.py evaluate`` against both. From the repository root:
 ``python benchmarks/results/ala2_calibrated/pt12_mbar.py [EVALUATION.json ...]`` (calibrated evaluations are
 grouped by their calibration file).
@@ -13,19 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
+from trade_md.replica import combine_summaries
+
 HERE = Path(__file__).resolve().parent
 SHIPPED = HERE.parents[2] / "systems" / "alanine_dipeptide" / "reference" / "summary.json"
 
 
 def combined() -> dict[float, tuple[float, float, int]]:
-    """``{T: (mean ΔF/kT, standard error, runs)}`` over the per-run MBAR summaries."""
-    runs = [json.loads(path.read_text()) for path in sorted((HERE / "pt12_mbar").glob("pt_*.json"))]
-    result = {}
-    for temperature in runs[0]["temperatures"]:
-        values = np.array([run["delta_f_kT"][run["temperatures"].index(temperature)] for run in runs])
-        result[float(temperature)] = (float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))),
-                                      len(values))
-    return result
+    """``{T: (mean ΔF/kT, standard error, runs)}`` over the per-run MBAR summaries (``trade-md reference-combine``
+    does the same and wrote ``pt12_combined_summary.json``)."""
+    paths = sorted((HERE / "pt12_mbar").glob("pt_*.json"))
+    summary = combine_summaries([json.loads(path.read_text()) for path in paths], [str(path) for path in paths])
+    return {float(t): (value, sem, len(paths))
+            for t, value, sem in zip(summary["temperatures"], summary["delta_f_kT"], summary["delta_f_sem_kT"])}
 
 
 def shipped(temperature: float) -> tuple[float, float] | None:
