@@ -1169,14 +1169,7 @@ def _reference_command(args: argparse.Namespace) -> int:
 def _combine_command(args: argparse.Namespace) -> int:
     combined = combine_summaries([read_json(path) for path in args.summaries], list(args.summaries))
     write_json_atomic(Path(args.out), combined)
-    has_basins = "delta_f_kT" in combined
-    print(f"{'T/K':>8} {'<U>/kJ mol-1':>18} {'lnZ-lnZ0':>14}" + (f" {'dF/kT':>14}" if has_basins else ""))
-    for i, t in enumerate(combined["temperatures"]):
-        line = (f"{t:8.1f} {combined['mean_energy'][i]:10.2f} ± {combined['mean_energy_sem'][i]:5.2f} "
-                f"{combined['log_z_relative'][i]:8.2f} ± {combined['log_z_relative_sem'][i]:4.2f}")
-        if has_basins:
-            line += f" {_fmt(combined['delta_f_kT'][i], 6)} ± {_fmt(combined['delta_f_sem_kT'][i], 5)}"
-        print(line)
+    _print_table(combined)
     print(f"wrote {args.out}: {len(args.summaries)} runs combined")
     return 0
 
@@ -1227,6 +1220,8 @@ def _print_table(summary: dict[str, Any]) -> None:
                      f"{_fmt(summary['delta_f_sem'][i], 5)} {_fmt(summary['delta_f_kT'][i], 6)} ± "
                      f"{_fmt(summary['delta_f_sem_kT'][i], 4)}")
         print(line)
-    diagnostics = summary["diagnostics"]
+    diagnostics = summary.get("diagnostics")
+    if diagnostics is None:  # a combination of runs (combine_summaries) has no single ladder to diagnose
+        return
     print(f"neighbour acceptance {diagnostics['neighbour_acceptance']}; round trips {diagnostics['round_trips']}; "
           f"min neighbour overlap {min(diagnostics['overlap_neighbours'], default=float('nan'))}")
