@@ -20,7 +20,9 @@ Steps (subcommands):
   basins' weights or the shapes within them; the weights' tail shape (:func:`trade_md.metrics.pareto_k`: above
   0.7 one draw's ESS is unreliable); plus energy evaluations and wall time of training. Prints a table,
   writes JSON. ``--calibration FILE`` draws from the basin-calibrated proposal (:mod:`trade_md.basins`, made by
-  ``trade-md calibrate``) instead of ``q(x | T)``; its energy evaluations are reported with it.
+  ``trade-md calibrate``) instead of ``q(x | T)``; its energy evaluations are reported with it. ``--anneal
+  LEVELS:STEPS:STEP_SIZE`` moves each draw of ``q(x | T)`` towards the Boltzmann density first (annealed importance
+  sampling, :mod:`trade_md.annealing`); each temperature's ``energy_evaluations`` counts its cost.
 - ``tilt``: what TRADE can reach from a boundary before any TRADE training: samples the model at T0 and reports,
   per temperature, the Kish ESS of the exact Boltzmann tilt q0 · exp(−(β − β0) U), TRADE's fixed point
   (:func:`trade_md.metrics.tilted_ess`), with the fraction of T0 samples the estimate rests on.
@@ -299,6 +301,7 @@ def reference_at(reference: dict[str, Any], temperature: float) -> dict[str, Any
 
 def evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained run against the MBAR reference; see the module docs."""
+    from trade_md.annealing import Annealing
     from trade_md.basins import BasinCalibration
     from trade_md.energy import EnergyBridge
     from trade_md.metrics import (
@@ -318,6 +321,7 @@ def evaluate(args: argparse.Namespace) -> int:
     mixture_ratios = parse_mixture(args.mixture_ratio, option="--mixture-ratio")
     generator, system, config = load_generator(args.run, device=args.device)
     calibration = None if args.calibration is None else BasinCalibration.load(args.calibration)
+    annealing = None if args.anneal is None else Annealing.parse(args.anneal)
     checkpoint = read_checkpoint(args.run)
     reference = json.loads(Path(args.reference).read_text())
     train_info_path = Path(args.run) / "benchmark_train.json"
@@ -332,7 +336,7 @@ def evaluate(args: argparse.Namespace) -> int:
             torch.manual_seed(args.seed + int(temperature))
             mixture = [(ratio * temperature, fraction) for ratio, fraction in mixture_ratios]
             samples = sampler.sample(args.samples, temperature, batch_size=args.batch_size, progress=False,
-                                     mixture=mixture)
+                                     mixture=mixture, annealing=annealing)
             phi, psi = backbone_angles(system.topology, samples.positions)
             weights = samples.weights
             ref = reference_at(reference, temperature)
@@ -351,6 +355,8 @@ def evaluate(args: argparse.Namespace) -> int:
                 "n_samples": len(samples),
                 "mixture": [list(component) for component in samples.mixture],
                 "basin_calibrated": samples.calibrated,
+                "annealing_acceptance": None if samples.acceptance is None else samples.acceptance.tolist(),
+                "energy_evaluations": len(samples) * (1 if annealing is None else annealing.energies_per_sample),
                 "ess_percent": 100.0 * samples.ess,
                 "ess_samples": samples.ess * len(samples),
                 "pareto_k": samples.pareto_k,
@@ -400,6 +406,8 @@ def evaluate(args: argparse.Namespace) -> int:
         "reference_run": reference.get("run", {}).get("command"),
         "evaluation": {"samples_per_temperature": args.samples, "bootstrap": args.bootstrap, "seed": args.seed,
                        "mixture_ratios": [list(c) for c in mixture_ratios],
+                       "annealing": None if annealing is None else {
+                           **dataclasses.asdict(annealing), "energies_per_sample": annealing.energies_per_sample},
                        "calibration": None if calibration is None else {
                            "file": str(args.calibration), "temperatures_K": calibration.temperatures,
                            "samples_per_temperature": calibration.samples_per_temperature,
@@ -442,6 +450,10 @@ def print_table(report: dict[str, Any]) -> None:
     wall = training["wall_seconds"]
     print(f"training: {training['steps']} steps, {training['energy_evaluations']:,} energy evaluations, "
           f"wall {'?' if wall is None else f'{wall:.0f} s'}")
+    annealing = report["evaluation"].get("annealing")
+    if annealing:
+        print(f"drawn by annealed importance sampling: {annealing['levels']} levels x {annealing['steps']} steps of "
+              f"{annealing['step_size']:g}, {annealing['energies_per_sample']} energy evaluations per sample")
     header = (f"{'T/K':>6} {'ESS%':>7} {'dF/kT':>7} {'+-':>5} {'ref':>6} {'+-':>5} {'diff':>6} {'sigma':>6} "
               f"{'JS':>7} {'KL(r|m)':>8} {'wrongchi':>8} {'cis% q':>11} {'cis% p':>11} {'cis w2':>6} {'ESS%m':>6} "
               f"{'k':>5}")
@@ -563,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mixture-ratio", action="append", default=[], metavar="R:F",
                    help="defensive mixture component at R times each target temperature with fraction F "
                         "(repeatable; trade_md.sampler); default: q(x | T) alone")
+    p.add_argument("--anneal", metavar="LEVELS:STEPS:STEP_SIZE",
+                   help="annealed importance sampling from q(x | T) (trade_md.annealing), e.g. 10:2:0.03")
     p.add_argument("--calibration", help="basin calibration JSON of this run (`trade-md calibrate`): draw from the "
                                          "basin-calibrated proposal")
     p.add_argument("--device", default="cpu")

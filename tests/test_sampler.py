@@ -15,6 +15,7 @@ import pytest
 import torch
 from openmmtools import cache, mcmc, states
 
+from trade_md.annealing import Annealing
 from trade_md.basins import CALIBRATION_FILE, BasinCalibration, calibrate, features_for
 from trade_md.cli import main
 from trade_md.energy import EnergyBridge
@@ -225,6 +226,20 @@ def test_cli_sample_toy_writes_npz(toy_run: Path, tmp_path: Path) -> None:
     assert np.logaddexp.reduce(data["log_weights"]) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_cli_sample_annealed(toy_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "annealed"
+    assert main(["sample", "--model", str(toy_run), "--temperature", "200", "--n", "400", "--anneal", "4:1:0.05",
+                 "--out", str(out), "--no-progress"]) == 0
+    data = np.load(out / "samples.npz")
+    assert int(data["annealing_levels"]) == 4 and data["annealing_acceptance"].shape == (3,)
+    assert np.logaddexp.reduce(data["log_weights"]) == pytest.approx(0.0, abs=1e-9)
+    assert "annealing acceptance per level" in capsys.readouterr().out
+    assert main(["sample", "--model", str(toy_run), "--temperature", "200", "--n", "10", "--anneal", "4:1",
+                 "--out", str(out), "--no-progress"]) == 2
+    assert main(["sample", "--model", str(toy_run), "--temperature", "200", "--n", "10", "--anneal", "4:1:0.05",
+                 "--mixture", "400:0.2", "--out", str(out), "--no-progress"]) == 2
+
+
 def test_reduced_potentials_for_mbar() -> None:
     u_kn = reduced_potentials(np.array([10.0, -20.0]), [300.0, 600.0 * unit.kelvin])
     np.testing.assert_allclose(u_kn, np.array([[10.0, -20.0], [5.0, -10.0]]) / (KB * 300.0))
@@ -249,6 +264,24 @@ def test_streamed_samples_are_readable_by_mdtraj(ala2: tuple, tmp_path: Path) ->
     assert summary["n"] == 50 and 0.0 < summary["ess"] <= 1.0
     assert data["energies_kj_per_mol"].shape == (50,) and data["wrong_chirality"].dtype == bool
     # DCD holds float32 Å: energies from the file agree with those computed before writing to float32 precision
+    finite = np.isfinite(direct) & np.isfinite(data["energies_kj_per_mol"]) & (np.abs(direct) < 1e5)
+    np.testing.assert_allclose(direct[finite], data["energies_kj_per_mol"][finite], rtol=1e-3, atol=0.5)
+
+
+def test_streamed_annealed_samples_of_a_molecule(ala2: tuple, tmp_path: Path) -> None:
+    # The molecular path of annealing: streamed to disk, wrong-handed draws weighted zero, energies those of the
+    # written positions, acceptance rates recorded.
+    system, generator = ala2
+    torch.manual_seed(4)
+    with EnergyBridge(system, platform="Reference") as bridge:
+        sampler = Sampler(generator, bridge.energies, temperature_range=(280.0, 1050.0), topology=system.topology)
+        summary = write_samples(sampler, 40, 400.0, tmp_path, batch_size=16, progress=False,
+                                annealing=Annealing(levels=3, steps=1, step_size=0.01))
+        positions = mdtraj.load(str(tmp_path / "samples.dcd"), top=str(tmp_path / "topology.pdb")).xyz
+        direct = bridge.energies(positions)
+    data = np.load(tmp_path / "samples.npz")
+    assert len(summary["acceptance"]) == 2 and data["annealing_acceptance"].shape == (2,)
+    assert np.all(data["log_weights"][data["wrong_chirality"]] == -np.inf)
     finite = np.isfinite(direct) & np.isfinite(data["energies_kj_per_mol"]) & (np.abs(direct) < 1e5)
     np.testing.assert_allclose(direct[finite], data["energies_kj_per_mol"][finite], rtol=1e-3, atol=0.5)
 

@@ -534,16 +534,36 @@ class ConditionalSplineFlow(nn.Module):
         u, logdet = self.inverse_transform(z, context)
         return self.base_log_prob(u) + logdet
 
+    def draw_base(
+        self, n: int, *, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``n`` points ``[n, d]`` of the uniform base distribution on the product of domains."""
+        source = device if generator is None else generator.device
+        uniform = torch.rand(n, self.dim, generator=generator, dtype=dtype, device=source).to(device)
+        low, high = self._low.to(dtype=dtype, device=device), self._high.to(dtype=dtype, device=device)
+        return low + (high - low) * uniform
+
+    def fold_into_base(self, v: Tensor) -> Tensor:
+        """Points ``v [n, d]`` moved back onto the base domains: circular coordinates wrap, interval coordinates
+        reflect at their ends. A symmetric random-walk step followed by this fold is again a symmetric proposal,
+        so the uniform base density stays invariant under it (used by :mod:`trade_md.annealing`)."""
+        low, width = self._low.to(v.dtype), (self._high - self._low).to(v.dtype)
+        wrapped = low + torch.remainder(v - low, width)
+        bounced = torch.remainder(v - low, 2.0 * width)
+        reflected = low + torch.where(bounced > width, 2.0 * width - bounced, bounced)
+        return torch.where(self._circular, wrapped, reflected)
+
+    def from_base(self, u: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Base points ``u [n, d]`` to ``(z [n, d], log q(z | context) [n])``."""
+        z, logdet = self.transform(u, context)
+        return z, self.base_log_prob(u) - logdet
+
     def sample(self, context: Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """One sample per context row: ``(z [n, d], log q(z | context) [n])``; dtype/device of the context."""
         if context.dim() == 1 and self.context_dim == 1:
             context = context.unsqueeze(-1)
-        n = context.shape[0]
-        device = context.device if generator is None else generator.device
-        uniform = torch.rand(n, self.dim, generator=generator, dtype=context.dtype, device=device).to(context.device)
-        u = self._low.to(context.dtype) + (self._high - self._low).to(context.dtype) * uniform
-        z, logdet = self.transform(u, context)
-        return z, self.base_log_prob(u) - logdet
+        u = self.draw_base(context.shape[0], dtype=context.dtype, device=context.device, generator=generator)
+        return self.from_base(u, context)
 
 
 @runtime_checkable
@@ -679,6 +699,17 @@ class Generator(nn.Module):
         if n < 1:
             raise InputError(f"number of samples must be >= 1, got {n}")
         z, log_q = self.flow.sample(self.context(temperature, n), generator=generator)
+        x, logdet = self.coordinates.inverse(z)
+        return x, log_q - logdet
+
+    def draw_base(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` points ``[n, d]`` of the flow's uniform base distribution (model dtype and device)."""
+        return self.flow.draw_base(n, dtype=self.dtype, device=self.device, generator=generator)
+
+    def from_base(self, u: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+        """Base points ``u [n, d]`` to samples at T: ``(x, log q(x | T) [n])``, as :meth:`sample` maps its draws."""
+        u = u.to(dtype=self.dtype, device=self.device)
+        z, log_q = self.flow.from_base(u, self.context(temperature, u.shape[0]))
         x, logdet = self.coordinates.inverse(z)
         return x, log_q - logdet
 

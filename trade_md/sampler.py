@@ -15,6 +15,12 @@ A *basin calibration* (:mod:`trade_md.basins`, ``calibration=``) instead tilts `
 share of each conformational basin (cis peptide bonds, φ > 0) and draws from the tilted density by rejection;
 ``log_q`` is then the tilted density's. Weights stay exact; the two proposals do not combine.
 
+*Annealing* (:mod:`trade_md.annealing`, ``annealing=Annealing(...)``) moves every draw of ``q(x | T)`` through a
+ladder of densities towards the Boltzmann density before weighting it (annealed importance sampling): exact
+weights with fewer heavy ones, at ``1 + (levels − 1) × steps`` energies per sample. ``log_q`` then holds
+``−U/(k_B T) − log W`` (the log-density a plain proposal would need for the same weight ``W``). It starts from
+``q(x | T)`` itself, so it combines with neither a mixture nor a calibration.
+
 >>> import numpy as np
 >>> u_kn = reduced_potentials(np.array([1.0, 2.0]), [300.0, 600.0])
 >>> u_kn.shape
@@ -38,6 +44,7 @@ import torch
 from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
+from trade_md.annealing import Annealing, anneal
 from trade_md.basins import BasinCalibration, feature_matrix, tilt
 from trade_md.errors import InputError
 from trade_md.io import atomic_write_path
@@ -71,7 +78,9 @@ class SampleSet:
     log_weights: ``[n]`` normalised (``logsumexp = 0``, ``−inf`` for dropped samples); wrong_chirality: ``[n]``;
     mixture: the proposal's other components ``(T_j K, fraction f_j)`` (empty: ``q(x | T)`` alone), in which case
     ``log_q`` is the mixture's log density; calibrated: drawn from the basin-calibrated proposal (``log_q`` is its
-    log density, see :mod:`trade_md.basins`).
+    log density, see :mod:`trade_md.basins`); annealing: drawn by annealed importance sampling (``log_q`` is
+    ``−U/(k_B T) − log W``, see :mod:`trade_md.annealing`) with the Metropolis acceptance rate of each intermediate
+    level in ``acceptance`` ``[levels − 1]``.
     """
 
     positions: np.ndarray
@@ -82,6 +91,8 @@ class SampleSet:
     temperature: float
     mixture: tuple[tuple[float, float], ...] = ()
     calibrated: bool = False
+    annealing: Annealing | None = None
+    acceptance: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.energies.shape[0])
@@ -116,6 +127,13 @@ class SampleSet:
             topology = mdtraj.Topology.from_openmm(topology)
         return mdtraj.Trajectory(self.positions.astype(np.float32), topology)
 
+    def _annealing_record(self) -> dict[str, np.ndarray]:
+        if self.annealing is None:
+            return {}
+        return {"annealing_levels": np.int64(self.annealing.levels), "annealing_steps": np.int64(self.annealing.steps),
+                "annealing_step_size": np.float64(self.annealing.step_size),
+                "annealing_acceptance": np.asarray(self.acceptance, dtype=np.float64)}
+
     def save(self, directory: str | os.PathLike, topology: Any | None = None) -> Path:
         """Write ``samples.npz`` (energies, log q, log-weights, chirality, T) and, with a topology,
         ``samples.dcd`` + ``topology.pdb``. Files are written atomically. Returns the directory."""
@@ -139,6 +157,7 @@ class SampleSet:
                     mixture_temperatures_k=np.array([t for t, _ in self.mixture], dtype=np.float64),
                     mixture_fractions=np.array([f for _, f in self.mixture], dtype=np.float64),
                     basin_calibrated=np.bool_(self.calibrated),
+                    **self._annealing_record(),
                     **({} if topology is not None else {"positions_nm": self.positions}),
                 )
         return out
@@ -258,6 +277,18 @@ class Sampler:
                              "mixture, pass calibrated=False or leave out --calibrated)")
         return True
 
+    def _check_annealing(
+        self, annealing: Annealing | None, mixture: tuple[tuple[float, float], ...], calibrated: bool
+    ) -> Annealing | None:
+        if annealing is None:
+            return None
+        if not isinstance(annealing, Annealing):
+            raise InputError(f"annealing must be a trade_md.annealing.Annealing, got {type(annealing).__name__}")
+        if mixture or calibrated:
+            raise InputError("annealing starts from q(x | T) itself and combines with neither a mixture nor a basin "
+                             "calibration; leave those out (calibrated=False, no --calibrated / --mixture)")
+        return annealing
+
     def _calibrated_draw(self, n: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` exact draws of the basin-calibrated proposal by rejection from ``q(x | T)``: ``(x, log q')``."""
         assert self.calibration is not None
@@ -279,8 +310,17 @@ class Sampler:
 
     @torch.no_grad()
     def _batch(
-        self, n: int, temperature: float, mixture: tuple[tuple[float, float], ...] = (), calibrated: bool = False
-    ) -> tuple[np.ndarray, ...]:
+        self, n: int, temperature: float, mixture: tuple[tuple[float, float], ...] = (), calibrated: bool = False,
+        annealing: Annealing | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        if annealing is not None:
+            draws = anneal(self.generator, self.energy, n, temperature, annealing,
+                           drop_wrong_chirality=self.drop_wrong_chirality)
+            with np.errstate(invalid="ignore"):
+                log_q = np.where(np.isfinite(draws.log_weights),
+                                 -draws.energies / (KB * temperature) - draws.log_weights, np.inf)
+            return (draws.positions.detach().cpu().double().numpy(), draws.energies, log_q, draws.wrong_chirality,
+                    draws.acceptance)
         if calibrated:
             x, log_q = self._calibrated_draw(n, temperature)
         elif not mixture:
@@ -298,25 +338,41 @@ class Sampler:
         wrong = self.generator.chirality_flags(x).cpu().numpy().astype(bool)
         positions = x.detach().cpu().double().numpy()
         energies = np.asarray(self.energy(positions), dtype=np.float64)
-        return positions, energies, log_q.detach().cpu().double().numpy(), wrong
+        return positions, energies, log_q.detach().cpu().double().numpy(), wrong, None
 
     def iter_batches(
         self, n: int, temperature: Any, *, batch_size: int = 4096, progress: bool = True,
-        mixture: Sequence[tuple[Any, float]] = (), calibrated: bool = True,
+        mixture: Sequence[tuple[Any, float]] = (), calibrated: bool = True, annealing: Annealing | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(positions, energies kJ/mol, log q, wrong_chirality)`` per batch; memory bounded by the batch.
-        With a ``mixture`` or the calibration (see :meth:`sample`), ``log q`` is that proposal's log density."""
-        if n < 1:
-            raise InputError(f"number of samples must be >= 1, got {n}")
-        if batch_size < 1:
-            raise InputError(f"batch size must be >= 1, got {batch_size}")
+        With a ``mixture``, the calibration or ``annealing`` (see :meth:`sample`), ``log q`` is that proposal's."""
+        plan = self._plan(n, temperature, mixture, calibrated, annealing)
+        for batch in self._batches(n, plan, batch_size, progress):
+            yield batch[:4]
+
+    def _plan(
+        self, n: int, temperature: Any, mixture: Sequence[tuple[Any, float]], calibrated: bool,
+        annealing: Annealing | None,
+    ) -> _Plan:
+        """The validated proposal of a draw of ``n`` samples (clear errors for every bad argument)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise InputError(f"the number of samples must be a whole number >= 1, got {n!r} (the call is "
+                             "sample(n, temperature))")
         value = self.check_temperature(temperature)
         components = self.check_mixture(mixture)
         tilted = self._use_calibration(calibrated, components)
-        with tqdm(total=n, desc=f"sampling {value:g} K", unit="samples", disable=not progress) as bar:
+        return _Plan(value, components, tilted, self._check_annealing(annealing, components, tilted))
+
+    def _batches(
+        self, n: int, plan: _Plan, batch_size: int, progress: bool
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """:meth:`iter_batches` with each batch's annealing acceptance rates (None without annealing) appended."""
+        if batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {batch_size}")
+        with tqdm(total=n, desc=f"sampling {plan.temperature:g} K", unit="samples", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 size = min(batch_size, n - start)
-                yield self._batch(size, value, components, tilted)
+                yield self._batch(size, plan.temperature, plan.mixture, plan.calibrated, plan.annealing)
                 bar.update(size)
 
     def log_weights(
@@ -335,7 +391,7 @@ class Sampler:
 
     def sample(
         self, n: int, temperature: Any, *, batch_size: int = 4096, progress: bool = True,
-        mixture: Sequence[tuple[Any, float]] = (), calibrated: bool = True,
+        mixture: Sequence[tuple[Any, float]] = (), calibrated: bool = True, annealing: Annealing | None = None,
     ) -> SampleSet:
         """``n`` weighted samples at ``temperature`` (float K or ``openmm.unit`` quantity), drawn in batches.
 
@@ -343,55 +399,71 @@ class Sampler:
         each sample comes from ``q(x | T_j)`` with probability ``f_j`` and from ``q(x | T)`` otherwise, and is
         weighted against the mixture density (see the module docs). Empty: ``q(x | T)`` alone.
         calibrated: draw from the basin-calibrated proposal when the sampler has a calibration (default);
-        False: from ``q(x | T)`` itself.
+        False: from ``q(x | T)`` itself. annealing: move each draw towards the Boltzmann density first
+        (:class:`trade_md.annealing.Annealing`; needs ``calibrated=False`` on a calibrated sampler).
         """
-        value = self.check_temperature(temperature)
-        components = self.check_mixture(mixture)
-        tilted = self._use_calibration(calibrated, components)
-        parts = list(self.iter_batches(n, value, batch_size=batch_size, progress=progress, mixture=components,
-                                       calibrated=tilted))
-        positions, energies, log_q, wrong = (np.concatenate(column) for column in zip(*parts))
-        return SampleSet(positions, energies, log_q, self.log_weights(energies, log_q, wrong, value), wrong, value,
-                         components, tilted)
+        plan = self._plan(n, temperature, mixture, calibrated, annealing)
+        parts = list(self._batches(n, plan, batch_size, progress))
+        positions, energies, log_q, wrong = (np.concatenate(column) for column in list(zip(*parts))[:4])
+        return SampleSet(positions, energies, log_q, self.log_weights(energies, log_q, wrong, plan.temperature),
+                         wrong, plan.temperature, plan.mixture, plan.calibrated, plan.annealing,
+                         _mean_acceptance(parts))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A validated draw: temperature K, mixture components, calibrated proposal or not, annealing ladder."""
+
+    temperature: float
+    mixture: tuple[tuple[float, float], ...]
+    calibrated: bool
+    annealing: Annealing | None
+
+
+def _mean_acceptance(batches: Sequence[tuple[np.ndarray, ...]]) -> np.ndarray | None:
+    """Per-level annealing acceptance rates averaged over batches in proportion to their sizes (None: no annealing)."""
+    rates = [(len(batch[1]), batch[4]) for batch in batches if batch[4] is not None]
+    if not rates:
+        return None
+    sizes = np.array([size for size, _ in rates], dtype=np.float64)
+    return np.sum([size * rate for size, rate in rates], axis=0) / sizes.sum()
 
 
 def write_samples(
     sampler: Sampler, n: int, temperature: Any, out: str | os.PathLike, *, batch_size: int = 4096,
     progress: bool = True, mixture: Sequence[tuple[Any, float]] = (), calibrated: bool = True,
+    annealing: Annealing | None = None,
 ) -> dict[str, Any]:
     """Stream ``n`` samples to ``out/samples.dcd`` (+ ``topology.pdb``) and ``out/samples.npz`` in batches.
 
     Positions never sit in memory all at once; energies, log q and log-weights (``[n]`` each) do. Both files are
-    written to temp names and renamed when complete. Returns a summary (n, T, ESS, wrong-chirality fraction).
+    written to temp names and renamed when complete. Returns a summary (n, T, ESS, tail k, wrong-chirality
+    fraction, annealing acceptance rates or None).
     """
     import mdtraj
 
     if sampler.topology is None:
         raise InputError("streaming to a trajectory needs the molecule's topology; this sampler has none")
-    value = sampler.check_temperature(temperature)
-    components = sampler.check_mixture(mixture)
-    tilted = sampler._use_calibration(calibrated, components)
+    plan = sampler._plan(n, temperature, mixture, calibrated, annealing)
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
     topology = mdtraj.Topology.from_openmm(sampler.topology)
-    columns: list[list[np.ndarray]] = [[], [], []]
+    batches: list[tuple[np.ndarray, ...]] = []
     with atomic_write_path(directory / "samples.dcd") as temp:
         with mdtraj.formats.DCDTrajectoryFile(str(temp), "w", force_overwrite=True) as dcd:
-            for positions, energies, log_q, wrong in sampler.iter_batches(n, value, batch_size=batch_size,
-                                                                         progress=progress, mixture=components,
-                                                                         calibrated=tilted):
+            for positions, *rest in sampler._batches(n, plan, batch_size, progress):
                 dcd.write(10.0 * positions.astype(np.float32))  # DCD stores Å
-                for column, part in zip(columns, (energies, log_q, wrong)):
-                    column.append(part)
-                first = positions[0]
-    energies, log_q, wrong = (np.concatenate(column) for column in columns)
-    log_w = sampler.log_weights(energies, log_q, wrong, value)
+                batches.append((positions[:1], *rest))
+    energies, log_q, wrong = (np.concatenate(column) for column in list(zip(*batches))[1:4])
+    log_w = sampler.log_weights(energies, log_q, wrong, plan.temperature)
     with atomic_write_path(directory / "topology.pdb") as temp:
-        mdtraj.Trajectory(first[None].astype(np.float32), topology).save_pdb(str(temp))
-    samples = SampleSet(np.empty((len(energies), 0)), energies, log_q, log_w, wrong, value, components, tilted)
+        mdtraj.Trajectory(batches[0][0].astype(np.float32), topology).save_pdb(str(temp))
+    samples = SampleSet(np.empty((len(energies), 0)), energies, log_q, log_w, wrong, plan.temperature, plan.mixture,
+                        plan.calibrated, plan.annealing, _mean_acceptance(batches))
     samples.save(directory)
-    return {"n": int(n), "temperature_k": value, "ess": samples.ess, "pareto_k": samples.pareto_k,
-            "wrong_chirality_fraction": float(np.mean(wrong)), "out": str(directory)}
+    return {"n": int(n), "temperature_k": plan.temperature, "ess": samples.ess, "pareto_k": samples.pareto_k,
+            "wrong_chirality_fraction": float(np.mean(wrong)), "out": str(directory),
+            "acceptance": None if samples.acceptance is None else samples.acceptance.tolist()}
 
 
 def register_cli(subparsers: Any) -> None:
@@ -414,6 +486,10 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--calibrated", action="store_true",
                         help="draw from the basin-calibrated proposal (MODEL/basin_calibration.json, made by "
                              "`trade-md calibrate`): rare basins at their estimated Boltzmann share")
+    parser.add_argument("--anneal", metavar="LEVELS:STEPS:STEP_SIZE",
+                        help="annealed importance sampling: move each draw through LEVELS densities towards the "
+                             "Boltzmann one, STEPS Metropolis steps each of STEP_SIZE x each coordinate's range "
+                             "(e.g. 10:2:0.03, 19 energies per sample); exact weights, fewer heavy ones")
     parser.add_argument("--strict-range", action="store_true",
                         help="refuse temperatures outside the trained range instead of warning")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -433,23 +509,37 @@ def parse_mixture(items: Sequence[str], option: str = "--mixture") -> list[tuple
     return components
 
 
+ACCEPTANCE_RANGE = (0.1, 0.95)
+"""Annealing acceptance rates outside this range get a hint to change the step size."""
+
+
 def _main(args: argparse.Namespace) -> int:
     mixture = parse_mixture(args.mixture)
+    annealing = None if args.anneal is None else Annealing.parse(args.anneal)
     with Sampler.from_checkpoint(args.model, n_workers=args.workers, platform=args.platform,
                                  calibrated=args.calibrated,
                                  out_of_range="error" if args.strict_range else "warn") as sampler:
         if sampler.topology is None:
             samples = sampler.sample(args.n, args.temperature, batch_size=args.batch_size,
-                                     progress=not args.no_progress, mixture=mixture)
+                                     progress=not args.no_progress, mixture=mixture, annealing=annealing)
             samples.save(args.out)
             summary = {"n": args.n, "temperature_k": samples.temperature, "ess": samples.ess,
-                       "pareto_k": samples.pareto_k, "out": args.out}
+                       "pareto_k": samples.pareto_k, "out": args.out,
+                       "acceptance": None if samples.acceptance is None else samples.acceptance.tolist()}
         else:
             summary = write_samples(sampler, args.n, args.temperature, args.out, batch_size=args.batch_size,
-                                    progress=not args.no_progress, mixture=mixture)
+                                    progress=not args.no_progress, mixture=mixture, annealing=annealing)
     proposal = " from the basin-calibrated proposal" if args.calibrated else ""
+    if annealing is not None:
+        proposal = f" by {annealing.describe()}"
     print(f"{summary['n']} samples at {summary['temperature_k']:g} K{proposal}, Kish ESS {100 * summary['ess']:.1f} %, "
           f"tail k {summary['pareto_k']:.2f} -> {summary['out']}")
+    if summary["acceptance"]:
+        rates = np.asarray(summary["acceptance"])
+        print(f"annealing acceptance per level: {' '.join(f'{rate:.2f}' for rate in rates)}")
+        if np.nanmin(rates) < ACCEPTANCE_RANGE[0] or np.nanmax(rates) > ACCEPTANCE_RANGE[1]:
+            print(f"hint: acceptance rates outside {ACCEPTANCE_RANGE[0]}-{ACCEPTANCE_RANGE[1]} waste energy "
+                  "evaluations; a smaller STEP_SIZE raises them, a larger one lowers them", file=sys.stderr)
     if summary["pareto_k"] > PARETO_K_UNRELIABLE:
         print(f"warning: the weights' tail shape k = {summary['pareto_k']:.2f} exceeds {PARETO_K_UNRELIABLE}: a few "
               "samples can dominate any estimate and this ESS is unreliable; draw more samples or improve the model",
