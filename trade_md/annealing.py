@@ -125,7 +125,7 @@ def anneal(
     betas = annealing.betas
     log_weights = np.zeros(n)
     acceptance = np.full(annealing.levels - 1, np.nan)
-    scale = annealing.step_size * (generator.flow._high - generator.flow._low).to(u)
+    scale = annealing.step_size * generator.flow.base_width.to(u)
     for k in range(1, annealing.levels + 1):
         log_weights = log_weights + (betas[k] - betas[k - 1]) * current
         if k == annealing.levels or annealing.steps == 0:

@@ -543,6 +543,11 @@ class ConditionalSplineFlow(nn.Module):
         low, high = self._low.to(dtype=dtype, device=device), self._high.to(dtype=dtype, device=device)
         return low + (high - low) * uniform
 
+    @property
+    def base_width(self) -> Tensor:
+        """Length ``[d]`` of each base domain (2π for dihedrals, the interval's width otherwise), float64."""
+        return self._high - self._low
+
     def fold_into_base(self, v: Tensor) -> Tensor:
         """Points ``v [n, d]`` moved back onto the base domains: circular coordinates wrap, interval coordinates
         reflect at their ends. A symmetric random-walk step followed by this fold is again a symmetric proposal,
