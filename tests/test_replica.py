@@ -106,6 +106,8 @@ def test_bad_settings_are_input_errors():
         RemdSettings(temperatures=(600.0, 300.0), n_iterations=5)
     with pytest.raises(InputError, match="mixing"):
         RemdSettings(temperatures=LADDER, n_iterations=5, mixing="random")
+    with pytest.raises(InputError, match="integrator 'verlet' unknown; choose one of ghmc, langevin"):
+        RemdSettings(temperatures=LADDER, n_iterations=5, integrator="verlet")
     assert RemdSettings.iterations_for(2.0, 500, 1.0) == 4000
     with pytest.raises(InputError, match="> 0"):
         RemdSettings.iterations_for(0.0, 500, 1.0)
@@ -132,6 +134,7 @@ def test_interrupted_run_keeps_its_iterations(interrupted_run):
     assert record["segments"][0]["context_platform"] == "Reference"  # the sampler's context cache honoured it
     assert record["segments"][0]["global_cache_contexts_added"] == 0  # openmmtools' global cache went unused
     assert record["settings"]["temperatures"] == list(LADDER) and record["fingerprint"]["n_atoms"] == 22
+    assert record["settings"]["integrator"] == "ghmc" and record["integrator"].startswith("openmmtools GHMCMove")
     assert record["system"]["format"].startswith("trade-md-system")
 
 
@@ -340,7 +343,7 @@ def test_resume_after_sigkill_of_the_cli(tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "trade_md.cli", "remd", "--system", "alanine-dipeptide", "--temperatures",
                "300:600:3", "--iterations", "5000", "--steps-per-iteration", "20", "--platform", "Reference",
-               "--out", str(out), "--no-progress"]
+               "--integrator", "langevin", "--out", str(out), "--no-progress"]
     log = tmp_path / "remd.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=handle)
@@ -362,6 +365,7 @@ def test_resume_after_sigkill_of_the_cli(tmp_path):
     resume_remd(out, n_iterations=stored + 5, progress=False)
     after = read_storage(out)
     assert after.n_iterations == stored + 5
+    assert json.loads((out / RUN_RECORD_NAME).read_text())["settings"]["integrator"] == "langevin"
     if before is not None:
         assert np.array_equal(after.energies[: stored + 1], before.energies)
 

@@ -1,9 +1,15 @@
 """Parallel tempering with openmmtools and its MBAR analysis: the reference every generator is checked against.
 
 Running (``trade-md remd``): one replica per temperature of a ladder (geometric ``"Tmin:Tmax:K"`` or an explicit
-comma list, K), Langevin dynamics between exchanges (openmmtools ``LangevinDynamicsMove``: BAOAB
-``LangevinMiddleIntegrator``, 1 fs, 1/ps, velocities redrawn at the replica's new temperature after each
-exchange), exchanges of all pairs (``swap-all``) after every ``steps_per_iteration`` steps. The out directory
+comma list, K), dynamics between exchanges with velocities redrawn at the replica's new temperature after each
+exchange, exchanges of all pairs (``swap-all``) after every ``steps_per_iteration`` steps. Dynamics
+(``integrator``): ``"ghmc"`` (default; openmmtools ``GHMCMove``: Langevin dynamics with a Metropolis test on every
+step, 1 fs, 1/ps, so the configurations are exactly Boltzmann-distributed whatever the time step) or
+``"langevin"`` (``LangevinDynamicsMove``: the BAOAB ``LangevinMiddleIntegrator``, about 1.7 times faster per step).
+The Langevin choice is biased when velocities are redrawn every iteration: the integrator's velocities lag half a
+step, a fresh Maxwell-Boltzmann draw puts a few per cent too much energy into the fastest vibrations, and 0.5 ps
+at 1/ps friction does not relax it: on alanine dipeptide at 600 K the X-H stretches' variance comes out about 3 %
+too large (:mod:`trade_md.bondcheck`; figures in benchmarks/results/README.md), GHMC's is exact. The out directory
 holds openmmtools' NetCDF storage (``replicas.nc`` + ``replicas_checkpoint.nc``, every iteration checkpointed so a
 killed run resumes without losing iterations) and ``run.json`` (the serialized system, its fingerprint, the ladder,
 the integrator settings, the platform, versions, wall/CPU time per run segment).
@@ -166,13 +172,24 @@ def _check_ladder_values(values: Sequence[float], spec: str) -> None:
 # ----------------------------------------------------------------------------------------------------- running
 
 
+INTEGRATORS: dict[str, str] = {
+    "ghmc": "openmmtools GHMCMove (Metropolis-corrected Langevin dynamics: exact configurations), velocities redrawn "
+            "after every exchange",
+    "langevin": "openmmtools LangevinDynamicsMove (LangevinMiddleIntegrator, BAOAB), velocities redrawn after every "
+                "exchange",
+}
+"""The dynamics ``trade-md remd`` offers between exchanges, as recorded in ``run.json``."""
+
+
 @dataclass(frozen=True)
 class RemdSettings:
     """Parallel-tempering settings.
 
     temperatures: [K] increasing ladder; n_iterations: exchange attempts (the run simulates
     n_iterations × steps_per_iteration × timestep_fs per replica); collision_rate_per_ps: Langevin friction;
-    mixing: openmmtools scheme, ``"swap-all"`` (Gibbs-like all-pair swaps) or ``"swap-neighbors"``.
+    mixing: openmmtools scheme, ``"swap-all"`` (Gibbs-like all-pair swaps) or ``"swap-neighbors"``;
+    integrator: ``"ghmc"`` (exact, Metropolis-corrected) or ``"langevin"`` (faster, biased in the fast vibrations by
+    the velocity redraws; module docs).
     """
 
     temperatures: tuple[float, ...]
@@ -181,6 +198,7 @@ class RemdSettings:
     timestep_fs: float = 1.0
     collision_rate_per_ps: float = 1.0
     mixing: str = "swap-all"
+    integrator: str = "ghmc"
 
     def __post_init__(self) -> None:
         parse_temperatures(list(self.temperatures))
@@ -194,6 +212,8 @@ class RemdSettings:
             raise InputError(f"collision rate must be > 0 /ps, got {self.collision_rate_per_ps}; e.g. 1.0")
         if self.mixing not in ("swap-all", "swap-neighbors"):
             raise InputError(f"mixing {self.mixing!r} unknown; choose swap-all or swap-neighbors")
+        if self.integrator not in INTEGRATORS:
+            raise InputError(f"integrator {self.integrator!r} unknown; choose one of {', '.join(INTEGRATORS)}")
 
     @property
     def ps_per_iteration(self) -> float:
@@ -306,7 +326,8 @@ def run_remd(
         raise InputError(f"{storage} already exists; continue it with --resume or choose a new --out directory")
     rank, size = _mpi_rank_size()
     platform_name, properties = _broadcast_platform(system, platform, cpu_threads)
-    move = mcmc.LangevinDynamicsMove(
+    move_class = mcmc.GHMCMove if settings.integrator == "ghmc" else mcmc.LangevinDynamicsMove
+    move = move_class(
         timestep=settings.timestep_fs * unit.femtosecond,
         collision_rate=settings.collision_rate_per_ps / unit.picosecond,
         n_steps=int(settings.steps_per_iteration),
@@ -330,8 +351,7 @@ def run_remd(
         "command": command,
         "storage": STORAGE_NAME,
         "settings": {**asdict(settings), "temperatures": list(settings.temperatures)},
-        "integrator": "openmmtools LangevinDynamicsMove (LangevinMiddleIntegrator, BAOAB), velocities redrawn "
-                      "after every exchange",
+        "integrator": INTEGRATORS[settings.integrator],
         "fingerprint": system.fingerprint(),
         "system": system.serialize(),
         "platform": {"name": platform_name, "properties": properties},
@@ -918,6 +938,7 @@ def _run_summary(data: ReplicaData) -> dict[str, Any]:
         "timestep_fs": settings["timestep_fs"],
         "collision_rate_per_ps": settings["collision_rate_per_ps"],
         "mixing": settings["mixing"],
+        "integrator": settings.get("integrator", "langevin"),  # runs before the choice existed were Langevin
         "iterations_analysed": data.n_iterations,
         "ns_per_replica": data.n_iterations * ps_per_iteration * 1e-3,
         "platform": data.record["platform"]["name"],
@@ -1064,6 +1085,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     remd.add_argument("--collision-rate", type=float, default=1.0, help="Langevin friction in 1/ps (default %(default)s)")
     remd.add_argument("--mixing", choices=("swap-all", "swap-neighbors"), default="swap-all",
                       help="exchange scheme (default %(default)s)")
+    remd.add_argument("--integrator", choices=tuple(INTEGRATORS), default="ghmc",
+                      help="dynamics between exchanges: ghmc (Metropolis-corrected, exact configurations) or "
+                           "langevin (BAOAB, ~1.7x faster per step, fast vibrations a few per cent too hot with "
+                           "the per-iteration velocity redraws) (default %(default)s)")
     remd.add_argument("--platform", default="auto",
                       help="OpenMM platform: auto (fastest of a short timing), Reference, CPU, CUDA, OpenCL")
     remd.add_argument("--cpu-threads", type=int, default=1, help="threads of the CPU platform (default %(default)s)")
@@ -1143,7 +1168,8 @@ def _remd_command(args: argparse.Namespace) -> int:
         1.0 if args.ns_per_replica is None else args.ns_per_replica, args.steps_per_iteration, args.timestep_fs)
     settings = RemdSettings(temperatures=tuple(float(t) for t in ladder), n_iterations=n_iterations,
                             steps_per_iteration=args.steps_per_iteration, timestep_fs=args.timestep_fs,
-                            collision_rate_per_ps=args.collision_rate, mixing=args.mixing)
+                            collision_rate_per_ps=args.collision_rate, mixing=args.mixing,
+                            integrator=args.integrator)
     run_remd(system, settings, args.out, platform=args.platform, cpu_threads=args.cpu_threads,
              progress=not args.no_progress, command=command)
     return 0
