@@ -3,14 +3,16 @@
 Running (``trade-md remd``): one replica per temperature of a ladder (geometric ``"Tmin:Tmax:K"`` or an explicit
 comma list, K), dynamics between exchanges with velocities redrawn at the replica's new temperature after each
 exchange, exchanges of all pairs (``swap-all``) after every ``steps_per_iteration`` steps. Dynamics
-(``integrator``): ``"ghmc"`` (default; openmmtools ``GHMCMove``: Langevin dynamics with a Metropolis test on every
-step, 1 fs, 1/ps, so the configurations are exactly Boltzmann-distributed whatever the time step) or
-``"langevin"`` (``LangevinDynamicsMove``: the BAOAB ``LangevinMiddleIntegrator``; for alanine dipeptide 1.7 times
-faster per step on the CPU platform, 2.6 times on Reference).
-The Langevin choice is biased when velocities are redrawn every iteration: the integrator's velocities lag half a
-step, a fresh Maxwell-Boltzmann draw puts a few per cent too much energy into the fastest vibrations, and 0.5 ps
-at 1/ps friction does not relax it: on alanine dipeptide at 600 K the X-H stretches' variance comes out about 3 %
-too large (:mod:`trade_md.bondcheck`; figures in benchmarks/results/README.md), GHMC's is exact. The out directory
+(``integrator``): ``"langevin"`` (default; openmmtools ``LangevinDynamicsMove``, the BAOAB
+``LangevinMiddleIntegrator``, 1 fs, 1/ps) or ``"ghmc"`` (``GHMCMove``: the same with a Metropolis test on every
+step, so the configurations are exactly Boltzmann-distributed). The trade-off, measured on alanine dipeptide
+(benchmarks/results/README.md): Langevin with velocities redrawn every iteration puts a few per cent too much
+energy into the fastest vibrations (its velocities lag half a step behind a fresh Maxwell-Boltzmann draw, and 0.5
+ps at 1/ps friction does not relax the mismatch): the X-H stretches' variance is about 3 % too large at 600 K
+(:mod:`trade_md.bondcheck`) and ⟨U⟩ 0.5 / 2 / 4-5 kJ/mol too high at 300 / 600 / 1000 K, with ΔF between basins
+unchanged within its errors. GHMC is exact, but costs 1.7-2.6 times more per step and its momentum reversals on
+rejection slow the basin transitions: a 2 ns run had about a tenth of Langevin's effective samples for ΔF. Use
+ghmc where energies and ln Z matter, langevin (default) for basin populations and ΔF. The out directory
 holds openmmtools' NetCDF storage (``replicas.nc`` + ``replicas_checkpoint.nc``, every iteration checkpointed so a
 killed run resumes without losing iterations) and ``run.json`` (the serialized system, its fingerprint, the ladder,
 the integrator settings, the platform, versions, wall/CPU time per run segment).
@@ -189,8 +191,8 @@ class RemdSettings:
     temperatures: [K] increasing ladder; n_iterations: exchange attempts (the run simulates
     n_iterations × steps_per_iteration × timestep_fs per replica); collision_rate_per_ps: Langevin friction;
     mixing: openmmtools scheme, ``"swap-all"`` (Gibbs-like all-pair swaps) or ``"swap-neighbors"``;
-    integrator: ``"ghmc"`` (exact, Metropolis-corrected) or ``"langevin"`` (faster, biased in the fast vibrations by
-    the velocity redraws; module docs).
+    integrator: ``"langevin"`` (fast; the velocity redraws bias the fastest vibrations, module docs) or ``"ghmc"``
+    (Metropolis-corrected, exact, slower per step and in basin transitions).
     """
 
     temperatures: tuple[float, ...]
@@ -199,7 +201,7 @@ class RemdSettings:
     timestep_fs: float = 1.0
     collision_rate_per_ps: float = 1.0
     mixing: str = "swap-all"
-    integrator: str = "ghmc"
+    integrator: str = "langevin"
 
     def __post_init__(self) -> None:
         parse_temperatures(list(self.temperatures))
@@ -1086,10 +1088,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     remd.add_argument("--collision-rate", type=float, default=1.0, help="Langevin friction in 1/ps (default %(default)s)")
     remd.add_argument("--mixing", choices=("swap-all", "swap-neighbors"), default="swap-all",
                       help="exchange scheme (default %(default)s)")
-    remd.add_argument("--integrator", choices=tuple(INTEGRATORS), default="ghmc",
-                      help="dynamics between exchanges: ghmc (Metropolis-corrected, exact configurations) or "
-                           "langevin (BAOAB, 1.7-2.6x faster per step, fast vibrations a few per cent too hot with "
-                           "the per-iteration velocity redraws) (default %(default)s)")
+    remd.add_argument("--integrator", choices=tuple(INTEGRATORS), default="langevin",
+                      help="dynamics between exchanges: langevin (BAOAB; fast vibrations a few per cent too hot with "
+                           "the per-iteration velocity redraws, so <U> and ln Z run high) or ghmc (Metropolis-"
+                           "corrected, exact configurations, 1.7-2.6x the cost per step and slower basin "
+                           "transitions) (default %(default)s)")
     remd.add_argument("--platform", default="auto",
                       help="OpenMM platform: auto (fastest of a short timing), Reference, CPU, CUDA, OpenCL")
     remd.add_argument("--cpu-threads", type=int, default=1, help="threads of the CPU platform (default %(default)s)")
