@@ -295,6 +295,8 @@ def reference_at(reference: dict[str, Any], temperature: float) -> dict[str, Any
         "delta_f_kT": float(reference["delta_f_kT"][index]),
         "delta_f_sem_kT": float(reference["delta_f_sem_kT"][index]),
         "p_phi_positive": float(reference["p_phi_positive"][index]),
+        "mean_energy": float(reference["mean_energy"][index]),
+        "mean_energy_sem": float(reference["mean_energy_sem"][index]),
         "ramachandran": np.asarray(reference["ramachandran"][index], dtype=np.float64),
     }
 
@@ -348,6 +350,9 @@ def evaluate(args: argparse.Namespace) -> int:
             histogram = ramachandran_histogram(phi, psi, weights)
             raw_histogram = ramachandran_histogram(phi, psi)
             finite = np.isfinite(samples.log_weights)
+            energies = np.where(finite, samples.energies, 0.0)
+            mean_energy = float(np.sum(weights * energies))  # self-normalised IS; its delta-method standard error:
+            mean_energy_err = float(np.sqrt(np.sum(weights**2 * (energies - mean_energy) ** 2)))
             cis = cis_peptide_bonds(system.topology, samples.positions)
             strata = ess_by_stratum(samples.log_weights, basin_labels(phi, cis))
             entry = {
@@ -380,7 +385,10 @@ def evaluate(args: argparse.Namespace) -> int:
                 "basins": [dataclasses.asdict(stratum) for stratum in strata],
                 "wrong_chirality_fraction": float(np.mean(samples.wrong_chirality)),
                 "dropped_fraction": float(np.mean(~finite)),
-                "mean_energy_kj_per_mol": float(np.sum(weights * np.where(finite, samples.energies, 0.0))),
+                "mean_energy_kj_per_mol": mean_energy,
+                "mean_energy_err_kj_per_mol": mean_energy_err,
+                "mean_energy_ref_kj_per_mol": ref["mean_energy"],
+                "mean_energy_ref_sem_kj_per_mol": ref["mean_energy_sem"],
                 "seconds": time.perf_counter() - t0,
             }
             entry["goal_delta_f_met"] = bool(abs(diff) <= GOAL_DELTA_F_KT)
@@ -444,6 +452,14 @@ def _percent_pair(fractions: list[float] | None) -> str:
     return f"{'-':>11}" if fractions is None else f"{100 * fractions[0]:5.2f}/{100 * fractions[1]:5.2f}"
 
 
+def _energy_difference(result: dict[str, Any]) -> str:
+    """``"dU +-"`` in kJ/mol of one result (reports written before the reference energies: ``"-"``)."""
+    if "mean_energy_ref_kj_per_mol" not in result:
+        return f"{'-':>6} {'-':>5}"
+    error = math.hypot(result["mean_energy_err_kj_per_mol"], result["mean_energy_ref_sem_kj_per_mol"])
+    return f"{result['mean_energy_kj_per_mol'] - result['mean_energy_ref_kj_per_mol']:6.2f} {error:5.2f}"
+
+
 def print_table(report: dict[str, Any]) -> None:
     """The per-temperature table of an evaluation report."""
     training = report["training"]
@@ -456,7 +472,7 @@ def print_table(report: dict[str, Any]) -> None:
               f"{annealing['step_size']:g}, {annealing['energies_per_sample']} energy evaluations per sample")
     header = (f"{'T/K':>6} {'ESS%':>7} {'dF/kT':>7} {'+-':>5} {'ref':>6} {'+-':>5} {'diff':>6} {'sigma':>6} "
               f"{'JS':>7} {'KL(r|m)':>8} {'wrongchi':>8} {'cis% q':>11} {'cis% p':>11} {'cis w2':>6} {'ESS%m':>6} "
-              f"{'k':>5}")
+              f"{'k':>5} {'dU':>6} {'+-':>5}")
     print(header)
     for r in report["results"]:
         print(f"{r['temperature_K']:6.0f} {r['ess_percent']:7.2f} {r['delta_f_kT']:7.3f} {r['delta_f_err_kT']:5.2f} "
@@ -464,11 +480,12 @@ def print_table(report: dict[str, Any]) -> None:
               f"{r['delta_f_diff_sigma']:6.2f} {r['js_nats']:7.4f} {r['kl_ref_to_model_nats']:8.4f} "
               f"{r['wrong_chirality_fraction']:8.4f} {_percent_pair(r.get('cis_fraction_unweighted'))} "
               f"{_percent_pair(r.get('cis_fraction'))} {r.get('cis_share_of_sum_w2', math.nan):6.3f} "
-              f"{r.get('ess_exact_masses_percent', math.nan):6.2f} {r.get('pareto_k', math.nan):5.2f}")
+              f"{r.get('ess_exact_masses_percent', math.nan):6.2f} {r.get('pareto_k', math.nan):5.2f} "
+              f"{_energy_difference(r)}")
     print("cis% q / p: cis ACE-ALA / ALA-NME peptide bonds among the samples / reweighted to Boltzmann; cis w2: "
           "their share of the sum of squared weights; ESS%m: the ESS with every basin's (phi sign x cis/trans) "
           "mass exact; k: tail shape of the weights (trade_md.metrics.pareto_k; above 0.7 one draw's ESS is "
-          "unreliable)")
+          "unreliable); dU: the weighted <U> minus the reference's, kJ/mol, +- both errors combined")
     labels = {True: "MET", False: "MISSED", None: "not evaluated"}
     print("goals:", ", ".join(f"{k} {labels[v]}" for k, v in report["goals"].items()))
 

@@ -7,7 +7,7 @@ bonds):
 - ``data DIR``: frames of a ``trade-md md`` / ``trade-md remd-data`` dataset at its temperature.
 - ``simulate --scheme S``: plain MD of the built-in alanine dipeptide from a dataset frame, one frame per 0.5 ps,
   then the check. Schemes: ``langevin`` (LangevinMiddleIntegrator, 1 fs, 1/ps), ``langevin-redraw`` (the same with
-  Maxwell-Boltzmann velocities redrawn before every 0.5 ps segment, as ``trade-md remd --integrator langevin``
+  Maxwell-Boltzmann velocities redrawn before every 0.5 ps segment, as ``trade-md remd --integrator langevin-redraw``
   does after each exchange), ``ghmc-redraw`` (openmmtools' Metropolis-corrected GHMCIntegrator, redrawn likewise).
 - ``model RUN``: importance-weighted samples of a trained generator at ``--temperature``.
 

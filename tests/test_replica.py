@@ -135,7 +135,7 @@ def test_interrupted_run_keeps_its_iterations(interrupted_run):
     assert record["segments"][0]["global_cache_contexts_added"] == 0  # openmmtools' global cache went unused
     assert record["settings"]["temperatures"] == list(LADDER) and record["fingerprint"]["n_atoms"] == 22
     assert record["settings"]["integrator"] == "langevin"
-    assert record["integrator"].startswith("openmmtools LangevinDynamicsMove")
+    assert record["integrator"].startswith("openmmtools LangevinDynamicsMove") and "scaled" in record["integrator"]
     assert record["system"]["format"].startswith("trade-md-system")
 
 
@@ -225,6 +225,26 @@ def test_storage_without_its_record_or_positions_is_an_input_error(resumed_run, 
     (partial / STORAGE_NAME).write_bytes(b"not a netcdf file")
     with pytest.raises(InputError, match="damaged"):
         read_storage(partial)
+
+
+def test_runs_recorded_before_rescaling_read_as_langevin_redraw(resumed_run, tmp_path):
+    """A run.json of format run/1 whose integrator is langevin (or absent) redrew velocities: it is read, analysed
+    and resumed as langevin-redraw, with openmmtools' plain sampler."""
+    from trade_md.replica import _read_record
+
+    out, _ = resumed_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    record = json.loads((old / RUN_RECORD_NAME).read_text())
+    record["format"] = "trade-md remd run/1"
+    del record["settings"]["integrator"]
+    (old / RUN_RECORD_NAME).write_text(json.dumps(record))
+    upgraded, _ = _read_record(old)
+    assert upgraded["settings"]["integrator"] == "langevin-redraw" and upgraded["format"] == "trade-md remd run/2"
+    resume_remd(old, n_iterations=TARGET + 1, progress=False)
+    resumed = json.loads((old / RUN_RECORD_NAME).read_text())
+    assert resumed["format"] == "trade-md remd run/2" and resumed["settings"]["integrator"] == "langevin-redraw"
+    assert read_storage(old).n_iterations == TARGET + 1
 
 
 # ----------------------------------------------------------------------------------------------------- analysis
@@ -423,3 +443,76 @@ def test_combine_summaries_refuses_mismatched_runs() -> None:
         combine_summaries([base, other], ["a", "b"])
     with pytest.raises(InputError, match="not a `trade-md reference` summary"):
         combine_summaries([base, {"format": "x"}], ["a", "b"])
+
+
+def _harmonic_tempering(tmp_path: Path, temperatures: tuple[float, ...], n_particles: int = 2):
+    """A created (not yet run) velocity-rescaling tempering sampler of stiff 3-D harmonic wells (1 amu,
+    k = 3.2e5 kJ/mol/nm^2: omega dt = 0.57 at 1 fs, an X-H stretch's)."""
+    import openmm
+    from openmm import unit
+    from openmmtools import cache, mcmc, multistate, states
+
+    from trade_md.replica import rescaling_tempering_class
+
+    system = openmm.System()
+    wells = openmm.CustomExternalForce("0.5 * 324900 * (x^2 + y^2 + z^2)")
+    for i in range(n_particles):
+        system.addParticle(1.0)
+        wells.addParticle(i, [])
+    system.addForce(wells)
+    move = mcmc.LangevinDynamicsMove(timestep=1 * unit.femtosecond, collision_rate=1 / unit.picosecond, n_steps=50,
+                                     reassign_velocities=False)
+    sampler = rescaling_tempering_class()(mcmc_moves=move, number_of_iterations=2, online_analysis_interval=None)
+    platform = openmm.Platform.getPlatformByName("Reference")
+    sampler.sampler_context_cache = cache.ContextCache(platform=platform)
+    sampler.energy_context_cache = cache.ContextCache(platform=platform)
+    reporter = multistate.MultiStateReporter(str(tmp_path / "h.nc"), checkpoint_interval=1)
+    positions = np.random.default_rng(0).normal(0.0, 0.005, (n_particles, 3))
+    sampler.create(states.ThermodynamicState(system, temperatures[0] * unit.kelvin),
+                   states.SamplerState(positions * unit.nanometer), reporter,
+                   temperatures=[t * unit.kelvin for t in temperatures], n_temperatures=len(temperatures))
+    return sampler, reporter
+
+
+def test_rescaling_tempering_scales_the_velocities_of_exchanged_replicas(tmp_path):
+    from openmm import unit
+
+    temperatures = (300.0, 320.0, 345.0)
+    sampler, reporter = _harmonic_tempering(tmp_path, temperatures)
+    try:
+        sampler.minimize()  # as run_remd does; openmmtools leaves the replicas at rest
+        assert not any(np.any(s.velocities.value_in_unit(unit.nanometer / unit.picosecond))
+                       for s in sampler._sampler_states)
+        sampler._replica_thermodynamic_states = sampler._mix_replicas()  # at rest: drawn, none scaled
+        assert all(np.all(s.velocities.value_in_unit(unit.nanometer / unit.picosecond) != 0)
+                   for s in sampler._sampler_states)
+        moved = kept = 0
+        for _ in range(60):
+            old = np.array(sampler._replica_thermodynamic_states)
+            before = [s.velocities.value_in_unit(unit.nanometer / unit.picosecond) for s in sampler._sampler_states]
+            new = np.array(sampler._mix_replicas())
+            sampler._replica_thermodynamic_states = new
+            for replica, (a, b) in enumerate(zip(old, new, strict=True)):
+                after = sampler._sampler_states[replica].velocities.value_in_unit(unit.nanometer / unit.picosecond)
+                np.testing.assert_allclose(after, before[replica] * np.sqrt(temperatures[b] / temperatures[a]),
+                                           rtol=1e-12)
+                moved, kept = moved + int(a != b), kept + int(a == b)
+        assert moved > 10 and kept > 10  # both branches were exercised
+    finally:
+        reporter.close()
+
+
+def test_maxwell_boltzmann_velocities_have_the_equipartition_variance():
+    import openmm
+
+    from trade_md.replica import maxwell_boltzmann
+    from trade_md.units import kT
+
+    system = openmm.System()
+    masses = np.array([1.008, 12.01, 0.0] * 4000)
+    for m in masses:
+        system.addParticle(float(m))
+    v = maxwell_boltzmann(system, 450.0, np.random.default_rng(1))
+    assert v.shape == (len(masses), 3) and np.all(v[masses == 0] == 0)
+    for m in (1.008, 12.01):  # m <v_x^2> / kT = 1; 12,000 draws each: SE sqrt(2 / 12000) = 0.013, 4 SE allowed
+        assert np.mean(m * v[masses == m] ** 2) / kT(450.0) == pytest.approx(1.0, abs=0.052)

@@ -1,18 +1,17 @@
 """Parallel tempering with openmmtools and its MBAR analysis: the reference every generator is checked against.
 
 Running (``trade-md remd``): one replica per temperature of a ladder (geometric ``"Tmin:Tmax:K"`` or an explicit
-comma list, K), dynamics between exchanges with velocities redrawn at the replica's new temperature after each
-exchange, exchanges of all pairs (``swap-all``) after every ``steps_per_iteration`` steps. Dynamics
+comma list, K), exchanges of all pairs (``swap-all``) after every ``steps_per_iteration`` steps. Dynamics
 (``integrator``): ``"langevin"`` (default; openmmtools ``LangevinDynamicsMove``, the BAOAB
-``LangevinMiddleIntegrator``, 1 fs, 1/ps) or ``"ghmc"`` (``GHMCMove``: the same with a Metropolis test on every
-step, so the configurations are exactly Boltzmann-distributed). The trade-off, measured on alanine dipeptide
-(benchmarks/results/README.md): Langevin with velocities redrawn every iteration puts a few per cent too much
-energy into the fastest vibrations (its velocities lag half a step behind a fresh Maxwell-Boltzmann draw, and 0.5
-ps at 1/ps friction does not relax the mismatch): the X-H stretches' variance is about 3 % too large at 600 K
-(:mod:`trade_md.bondcheck`) and ⟨U⟩ 0.5 / 2 / 4-5 kJ/mol too high at 300 / 600 / 1000 K, with ΔF between basins
-unchanged within its errors. GHMC is exact, but costs 1.7-2.6 times more per step and its momentum reversals on
-rejection slow the basin transitions: a 2 ns run had about a tenth of Langevin's effective samples for ΔF. Use
-ghmc where energies and ln Z matter, langevin (default) for basin populations and ΔF. The out directory
+``LangevinMiddleIntegrator``, 1 fs, 1/ps; a replica keeps its velocities through an exchange, scaled by
+sqrt(T_new / T_old)), ``"langevin-redraw"`` (the same with velocities redrawn from Maxwell-Boltzmann after every
+exchange: openmmtools' usual setting, and this package's default before velocity rescaling) or ``"ghmc"``
+(``GHMCMove``: a Metropolis test on every step, so the configurations are exactly Boltzmann-distributed).
+Measured on alanine dipeptide, 2 ns per replica of the 300-1000 K ladder (benchmarks/results/README.md): the
+redraws put ⟨U⟩ 0.6 / 2.1 / 5.3 kJ/mol above GHMC's at 300 / 600 / 1000 K (0.5 ps at 1/ps friction does not
+relax what a fresh draw disturbs); the rescaled Langevin agrees with GHMC within 0.2 kJ/mol at every temperature,
+at Langevin's cost per step and with about ten times GHMC's effective samples for ΔF (GHMC's momentum reversals on
+rejection slow the basin transitions); ΔF agrees among the three within its errors. The out directory
 holds openmmtools' NetCDF storage (``replicas.nc`` + ``replicas_checkpoint.nc``, every iteration checkpointed so a
 killed run resumes without losing iterations) and ``run.json`` (the serialized system, its fingerprint, the ladder,
 the integrator settings, the platform, versions, wall/CPU time per run segment).
@@ -44,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import itertools
 import json
 import logging
@@ -103,7 +103,8 @@ DEFAULT_TARGET_TEMPERATURES: tuple[float, ...] = (300.0, 400.0, 450.0, 500.0, 60
 DEFAULT_LADDER = "300:1000:9"
 """Default ``trade-md remd`` ladder: 9 geometric temperatures from 300 K to 1000 K."""
 _METADATA_KEY = "trade_md_fingerprint"
-_RECORD_FORMAT = "trade-md remd run/1"
+_RECORD_FORMAT = "trade-md remd run/2"
+_RECORD_FORMAT_REDRAW = "trade-md remd run/1"  # before velocity rescaling: its "langevin" redrew velocities
 _SUMMARY_FORMAT = "trade-md reference summary/1"
 _RECORD_INTERVAL_S = 60.0
 
@@ -178,8 +179,10 @@ def _check_ladder_values(values: Sequence[float], spec: str) -> None:
 INTEGRATORS: dict[str, str] = {
     "ghmc": "openmmtools GHMCMove (Metropolis-corrected Langevin dynamics: exact configurations), velocities redrawn "
             "after every exchange",
-    "langevin": "openmmtools LangevinDynamicsMove (LangevinMiddleIntegrator, BAOAB), velocities redrawn after every "
-                "exchange",
+    "langevin": "openmmtools LangevinDynamicsMove (LangevinMiddleIntegrator, BAOAB), velocities kept and scaled by "
+                "sqrt(T_new / T_old) when an exchange moves a replica",
+    "langevin-redraw": "openmmtools LangevinDynamicsMove (LangevinMiddleIntegrator, BAOAB), velocities redrawn after "
+                       "every exchange",
 }
 """The dynamics ``trade-md remd`` offers between exchanges, as recorded in ``run.json``."""
 
@@ -191,8 +194,8 @@ class RemdSettings:
     temperatures: [K] increasing ladder; n_iterations: exchange attempts (the run simulates
     n_iterations × steps_per_iteration × timestep_fs per replica); collision_rate_per_ps: Langevin friction;
     mixing: openmmtools scheme, ``"swap-all"`` (Gibbs-like all-pair swaps) or ``"swap-neighbors"``;
-    integrator: ``"langevin"`` (fast; the velocity redraws bias the fastest vibrations, module docs) or ``"ghmc"``
-    (Metropolis-corrected, exact, slower per step and in basin transitions).
+    integrator: ``"langevin"`` (velocities rescaled at exchanges), ``"langevin-redraw"`` (redrawn; ⟨U⟩ and ln Z
+    run high, module docs) or ``"ghmc"`` (Metropolis-corrected, exact, slower per step and in basin transitions).
     """
 
     temperatures: tuple[float, ...]
@@ -330,14 +333,16 @@ def run_remd(
     rank, size = _mpi_rank_size()
     platform_name, properties = _broadcast_platform(system, platform, cpu_threads)
     move_class = mcmc.GHMCMove if settings.integrator == "ghmc" else mcmc.LangevinDynamicsMove
+    rescale = settings.integrator == "langevin"
     move = move_class(
         timestep=settings.timestep_fs * unit.femtosecond,
         collision_rate=settings.collision_rate_per_ps / unit.picosecond,
         n_steps=int(settings.steps_per_iteration),
-        reassign_velocities=True,
+        reassign_velocities=not rescale,
         n_restart_attempts=4,
     )
-    sampler = multistate.ParallelTemperingSampler(
+    sampler_class = rescaling_tempering_class() if rescale else multistate.ParallelTemperingSampler
+    sampler = sampler_class(
         mcmc_moves=move, number_of_iterations=int(settings.n_iterations), online_analysis_interval=None,
         replica_mixing_scheme=settings.mixing,
     )
@@ -366,6 +371,46 @@ def run_remd(
         write_json_atomic(out / RUN_RECORD_NAME, record)
     _run_iterations(sampler, record, out, int(settings.n_iterations), size, progress, callback)
     return storage
+
+
+@functools.cache
+def rescaling_tempering_class() -> type:
+    """openmmtools ``ParallelTemperingSampler`` whose replicas keep their velocities across exchanges, scaled by
+    sqrt(T_new / T_old), so the dynamics a replica continues stay close to stationary (the velocity law of a
+    harmonic mode scales with T; measured against GHMC in the module docs); a replica without velocities or at rest (the start: openmmtools stores the minimised structure with zero
+    velocities) gets a Maxwell-Boltzmann draw at its temperature."""
+    from openmm import unit
+    from openmmtools import multistate
+
+    class RescalingParallelTempering(multistate.ParallelTemperingSampler):
+        def _mix_replicas(self) -> Any:
+            before = np.array(self._replica_thermodynamic_states)
+            after = super()._mix_replicas()  # openmmtools mixes on rank 0 and broadcasts the result to all
+            temperatures = [s.temperature.value_in_unit(unit.kelvin) for s in self._thermodynamic_states]
+            for replica, (old, new) in enumerate(zip(before, after, strict=True)):
+                sampler_state = self._sampler_states[replica]
+                velocities = sampler_state.velocities
+                if velocities is None or not np.any(velocities.value_in_unit(unit.nanometer / unit.picosecond)):
+                    system = self._thermodynamic_states[new].system
+                    sampler_state.velocities = maxwell_boltzmann(system, temperatures[new]) * (
+                        unit.nanometer / unit.picosecond)
+                elif old != new:
+                    sampler_state.velocities = velocities * math.sqrt(
+                        temperatures[new] / temperatures[old])
+            return after
+
+    return RescalingParallelTempering
+
+
+def maxwell_boltzmann(system: Any, temperature: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Velocities [nm/ps], shape (n_particles, 3), drawn from the Maxwell-Boltzmann law at ``temperature`` K for
+    the masses of the OpenMM ``system`` (massless particles stay at rest)."""
+    from openmm import unit
+
+    rng = np.random.default_rng() if rng is None else rng
+    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
+    sd = np.sqrt(kT(temperature) / np.where(masses > 0, masses, np.inf))  # kJ/mol / amu = (nm/ps)^2
+    return rng.standard_normal((len(masses), 3)) * sd[:, None]
 
 
 def _broadcast_platform(system: MolecularSystem, platform: str, cpu_threads: int) -> tuple[str, dict[str, str]]:
@@ -403,7 +448,9 @@ def resume_remd(
     chosen = platform or record["platform"]["name"]
     platform_name, properties = _broadcast_platform(run_system, chosen, cpu_threads)
     record["platform"] = {"name": platform_name, "properties": properties}
-    sampler = multistate.ParallelTemperingSampler.from_storage(str(storage))
+    rescale = record["settings"]["integrator"] == "langevin"
+    sampler_class = rescaling_tempering_class() if rescale else multistate.ParallelTemperingSampler
+    sampler = sampler_class.from_storage(str(storage))
     _configure_context_caches(sampler, platform_name, properties)
     target = int(record["settings"]["n_iterations"] if n_iterations is None else n_iterations)
     if target < sampler.iteration:
@@ -495,6 +542,11 @@ def _read_record(out: Path) -> tuple[dict[str, Any], Path]:
         raise InputError(f"{record_path} is missing next to {storage}; it is written by `trade-md remd` — "
                          "use the directory of a complete run")
     record = read_json(record_path)
+    if isinstance(record, dict) and record.get("format") == _RECORD_FORMAT_REDRAW:
+        settings = record["settings"]
+        if settings.get("integrator", "langevin") == "langevin":  # before the choice existed runs were Langevin
+            settings["integrator"] = "langevin-redraw"
+        record["format"] = _RECORD_FORMAT
     if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
         raise InputError(f"{record_path} is not a trade-md remd record; use the directory written by trade-md remd")
     return record, storage
@@ -941,7 +993,7 @@ def _run_summary(data: ReplicaData) -> dict[str, Any]:
         "timestep_fs": settings["timestep_fs"],
         "collision_rate_per_ps": settings["collision_rate_per_ps"],
         "mixing": settings["mixing"],
-        "integrator": settings.get("integrator", "langevin"),  # runs before the choice existed were Langevin
+        "integrator": settings["integrator"],
         "iterations_analysed": data.n_iterations,
         "ns_per_replica": data.n_iterations * ps_per_iteration * 1e-3,
         "platform": data.record["platform"]["name"],
@@ -1089,10 +1141,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     remd.add_argument("--mixing", choices=("swap-all", "swap-neighbors"), default="swap-all",
                       help="exchange scheme (default %(default)s)")
     remd.add_argument("--integrator", choices=tuple(INTEGRATORS), default="langevin",
-                      help="dynamics between exchanges: langevin (BAOAB; fast vibrations a few per cent too hot with "
-                           "the per-iteration velocity redraws, so <U> and ln Z run high) or ghmc (Metropolis-"
-                           "corrected, exact configurations, 1.7-2.6x the cost per step and slower basin "
-                           "transitions) (default %(default)s)")
+                      help="dynamics between exchanges: langevin (BAOAB, velocities scaled by sqrt(T_new/T_old) "
+                           "when an exchange moves a replica), langevin-redraw (velocities redrawn at every "
+                           "exchange: <U> and ln Z run 0.6-5 kJ/mol high on alanine dipeptide; reproduces runs made "
+                           "before rescaling) or ghmc (Metropolis-corrected, exact, 1.7-2.6x the cost per step and "
+                           "slower basin transitions) (default %(default)s)")
     remd.add_argument("--platform", default="auto",
                       help="OpenMM platform: auto (fastest of a short timing), Reference, CPU, CUDA, OpenCL")
     remd.add_argument("--cpu-threads", type=int, default=1, help="threads of the CPU platform (default %(default)s)")
