@@ -285,6 +285,11 @@ def basin_labels(phi: np.ndarray, cis: np.ndarray) -> np.ndarray:
     return np.char.add(np.char.add(np.char.add(sign, " "), np.char.add(bonds[0], "/")), bonds[1])
 
 
+def _number(value: float | None) -> float:
+    """A summary entry as a float (the summaries write non-finite estimates as null: NaN here)."""
+    return math.nan if value is None else float(value)
+
+
 def reference_at(reference: dict[str, Any], temperature: float) -> dict[str, Any]:
     """The MBAR reference entries at one temperature (must be one of the reference's temperatures)."""
     temperatures = np.asarray(reference["temperatures"], dtype=np.float64)
@@ -292,11 +297,11 @@ def reference_at(reference: dict[str, Any], temperature: float) -> dict[str, Any
     if abs(temperatures[index] - temperature) > 1e-6:
         raise InputError(f"the reference has no estimate at {temperature} K (it has {temperatures.tolist()})")
     return {
-        "delta_f_kT": float(reference["delta_f_kT"][index]),
-        "delta_f_sem_kT": float(reference["delta_f_sem_kT"][index]),
-        "p_phi_positive": float(reference["p_phi_positive"][index]),
-        "mean_energy": float(reference["mean_energy"][index]),
-        "mean_energy_sem": float(reference["mean_energy_sem"][index]),
+        "delta_f_kT": _number(reference["delta_f_kT"][index]),
+        "delta_f_sem_kT": _number(reference["delta_f_sem_kT"][index]),
+        "p_phi_positive": _number(reference["p_phi_positive"][index]),
+        "mean_energy": _number(reference["mean_energy"][index]),
+        "mean_energy_sem": _number(reference["mean_energy_sem"][index]),
         "ramachandran": np.asarray(reference["ramachandran"][index], dtype=np.float64),
     }
 

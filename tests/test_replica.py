@@ -227,24 +227,36 @@ def test_storage_without_its_record_or_positions_is_an_input_error(resumed_run, 
         read_storage(partial)
 
 
-def test_runs_recorded_before_rescaling_read_as_langevin_redraw(resumed_run, tmp_path):
+def test_runs_recorded_before_rescaling_read_as_langevin_redraw(resumed_run, ala2, tmp_path, monkeypatch):
     """A run.json of format run/1 whose integrator is langevin (or absent) redrew velocities: it is read, analysed
-    and resumed as langevin-redraw, with openmmtools' plain sampler."""
-    from trade_md.replica import _read_record
+    and resumed as langevin-redraw, with openmmtools' plain sampler; a record that contradicts the stored dynamics
+    is refused."""
+    from trade_md import replica
 
-    out, _ = resumed_run
+    def as_old_record(out: Path) -> None:
+        record = json.loads((out / RUN_RECORD_NAME).read_text())
+        record["format"] = "trade-md remd run/1"
+        del record["settings"]["integrator"]
+        (out / RUN_RECORD_NAME).write_text(json.dumps(record))
+
     old = tmp_path / "old"
-    shutil.copytree(out, old)
-    record = json.loads((old / RUN_RECORD_NAME).read_text())
-    record["format"] = "trade-md remd run/1"
-    del record["settings"]["integrator"]
-    (old / RUN_RECORD_NAME).write_text(json.dumps(record))
-    upgraded, _ = _read_record(old)
+    settings = RemdSettings(temperatures=LADDER, n_iterations=2, steps_per_iteration=50, integrator="langevin-redraw")
+    run_remd(ala2, settings, old, platform="Reference", progress=False)
+    as_old_record(old)
+    upgraded, _ = replica._read_record(old)
     assert upgraded["settings"]["integrator"] == "langevin-redraw" and upgraded["format"] == "trade-md remd run/2"
-    resume_remd(old, n_iterations=TARGET + 1, progress=False)
+    with monkeypatch.context() as patch:  # the redraw run must not resume with the rescaling sampler
+        patch.setattr(replica, "rescaling_tempering_class", lambda: pytest.fail("rescaling sampler used"))
+        resume_remd(old, n_iterations=3, progress=False)
     resumed = json.loads((old / RUN_RECORD_NAME).read_text())
     assert resumed["format"] == "trade-md remd run/2" and resumed["settings"]["integrator"] == "langevin-redraw"
-    assert read_storage(old).n_iterations == TARGET + 1
+    assert read_storage(old).n_iterations == 3
+
+    relabelled = tmp_path / "relabelled"  # a rescaling run whose record claims the old redraw scheme
+    shutil.copytree(resumed_run[0], relabelled)
+    as_old_record(relabelled)
+    with pytest.raises(InputError, match="says integrator 'langevin-redraw', which redraws velocities"):
+        resume_remd(relabelled, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------- analysis

@@ -451,6 +451,12 @@ def resume_remd(
     rescale = record["settings"]["integrator"] == "langevin"
     sampler_class = rescaling_tempering_class() if rescale else multistate.ParallelTemperingSampler
     sampler = sampler_class.from_storage(str(storage))
+    if any(bool(move.reassign_velocities) == rescale for move in sampler._mcmc_moves):
+        kept, stored = ("keeps", "redraw") if rescale else ("redraws", "keep")
+        sampler._reporter.close()
+        raise InputError(f"{out / RUN_RECORD_NAME} says integrator {record['settings']['integrator']!r}, which {kept} "
+                         f"velocities at exchanges, but the dynamics stored in {storage} {stored} them; the record "
+                         "was edited or belongs to another run — restore the run's own run.json")
     _configure_context_caches(sampler, platform_name, properties)
     target = int(record["settings"]["n_iterations"] if n_iterations is None else n_iterations)
     if target < sampler.iteration:
