@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trade_md.md",
     "trade_md.train",
     "trade_md.replica",
+    "trade_md.umbrella",
     "trade_md.sampler",
     "trade_md.basins",
     "trade_md.report",

@@ -226,14 +226,17 @@ class MBAREstimator:
         indicators: dict[str, np.ndarray] | None = None,
         n_bootstrap: int = 100,
         seed: int = 0,
+        stratified: bool = False,
     ) -> dict[str, np.ndarray]:
         """Bootstrap standard errors [K] that respect time correlation: resample whole blocks of samples.
 
         block_n: [N] block label of every sample (e.g. the iteration divided by a block length longer than the
         correlation time; ``np.arange(N)`` for independent samples). Each replicate draws as many blocks as there
-        are, with replacement, and re-solves MBAR. Returns ``"f"`` (error of f_k − f_0), one entry per observable
-        name (error of ⟨A⟩_k, A's unit) and, per indicator name, the error of its :meth:`indicator_free_energy` ΔF
-        (k_B T) and of its probability (key ``name + "_p"``). Replicates where a region carries no weight are left
+        are, with replacement, and re-solves MBAR; ``stratified`` draws each state's blocks from that state's own
+        (blocks must then not span states, as in umbrella windows), so every state keeps its number of blocks.
+        Returns ``"f"`` (error of f_k − f_0), one entry per observable name (error of ⟨A⟩_k, A's unit) and, per
+        indicator name, the error of its :meth:`indicator_free_energy` ΔF (k_B T) and of its probability (key
+        ``name + "_p"``). Replicates where a region carries no weight are left
         out of that region's ΔF (NaN where fewer than two remain).
         """
         import pymbar
@@ -246,11 +249,16 @@ class MBAREstimator:
         labels, block_of_sample = np.unique(block_n, return_inverse=True)
         members = [np.flatnonzero(block_of_sample == b) for b in range(labels.size)]
         state_n = np.repeat(np.arange(self.n_states), self.N_k)
+        block_state = np.array([state_n[m[0]] for m in members])
+        if stratified and any(np.any(state_n[m] != state_n[m[0]]) for m in members):
+            raise InputError("a stratified bootstrap needs blocks within one state each; some block spans states")
+        strata = [np.flatnonzero(block_state == k) for k in range(self.n_states)] if stratified else [np.arange(labels.size)]
         generator = np.random.default_rng(seed)
         draws: dict[str, list[np.ndarray]] = {"f": []}
         skipped = 0
         for _ in range(int(n_bootstrap)):
-            chosen = np.concatenate([members[b] for b in generator.integers(0, labels.size, labels.size)])
+            picks = np.concatenate([stratum[generator.integers(0, stratum.size, stratum.size)] for stratum in strata])
+            chosen = np.concatenate([members[b] for b in picks])
             chosen = chosen[np.argsort(state_n[chosen], kind="stable")]
             n_k = np.bincount(state_n[chosen], minlength=self.n_states)
             if np.any((n_k == 0) & (self.N_k > 0)):
@@ -271,7 +279,7 @@ class MBAREstimator:
             for name, a_n in observables.items():
                 draws.setdefault(name, []).append(weights @ a_n[chosen])
             for name, inside in indicators.items():
-                p = weights @ inside[chosen].astype(np.float64)
+                p = np.clip(weights @ inside[chosen].astype(np.float64), 0.0, 1.0)  # rounding can pass 1
                 with np.errstate(divide="ignore"):
                     draws.setdefault(name, []).append(-np.log(p) + np.log1p(-p))
                 draws.setdefault(name + "_p", []).append(p)

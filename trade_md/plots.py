@@ -1,4 +1,4 @@
-"""Figures: Ramachandran grids, ΔF(T), ESS(T) and energy histograms. Each function returns the matplotlib
+"""Figures: Ramachandran grids, ΔF(T), ESS(T), energy histograms and free-energy profiles F(φ). Each function returns the matplotlib
 ``Figure`` (so notebooks show it) and, given ``path``, also saves it as PNG and SVG beside each other.
 
 Angles in degrees on the axes, energies in kJ/mol, free energies in units of k_B T, temperatures in K.
@@ -15,7 +15,7 @@ import numpy as np
 
 from trade_md.io import atomic_write_path
 
-__all__ = ["ramachandran_grid", "delta_f_plot", "ess_plot", "energy_histograms", "save_figure"]
+__all__ = ["ramachandran_grid", "delta_f_plot", "ess_plot", "energy_histograms", "profile_plot", "save_figure"]
 
 
 def _pyplot() -> Any:
@@ -96,6 +96,33 @@ def delta_f_plot(
         axis.errorbar(temperatures, values, yerr=errors, marker="o", capsize=3, label=label)
     axis.set_xlabel("temperature (K)")
     axis.set_ylabel("ΔF(φ>0 − φ<0) (k$_B$T)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    if path is not None:
+        save_figure(figure, path)
+    return figure
+
+
+def profile_plot(
+    profiles: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+    path: str | os.PathLike | None = None,
+) -> Any:
+    """Free-energy profiles F(φ) in k_B T with one-standard-error bands, one line per label (e.g. temperature).
+
+    profiles: ``{label: (bin edges radians [b + 1], F k_BT [b], standard error k_BT [b])}``; NaN bins are gaps.
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.6, 3.6))
+    for label, (edges, values, errors) in profiles.items():
+        centres = np.degrees(0.5 * (np.asarray(edges[:-1]) + np.asarray(edges[1:])))
+        values, errors = np.asarray(values, dtype=np.float64), np.asarray(errors, dtype=np.float64)
+        line = axis.plot(centres, values, marker=".", label=label)[0]
+        axis.fill_between(centres, values - errors, values + errors, color=line.get_color(), alpha=0.25)
+    axis.axvline(0.0, color="grey", lw=0.8, ls="--")
+    axis.set_xlim(-180, 180)
+    axis.set_xticks([-180, -90, 0, 90, 180])
+    axis.set_xlabel("φ (degrees)")
+    axis.set_ylabel("F(φ) − min (k$_B$T)")
     axis.legend()
     axis.grid(alpha=0.3)
     if path is not None:

@@ -71,6 +71,8 @@ DEFAULT_TEMPERATURES: tuple[float, ...] = (300.0, 450.0, 600.0, 800.0, 1000.0)
 FIGURES: tuple[str, ...] = ("ramachandran", "delta_f", "ess", "energy")
 _MATCH_K = 0.05
 """Temperatures closer than this (K) are the same temperature of the reference."""
+REFERENCE_FORMATS: tuple[str, ...] = ("trade-md reference summary", "trade-md umbrella summary")
+"""Summary formats ``load_reference`` accepts (replica exchange + MBAR, umbrella sampling + MBAR)."""
 
 
 @dataclass
@@ -140,9 +142,9 @@ def load_reference(source: str | Path) -> Reference:
     else:
         raise InputError(f"reference {path} does not exist; pass a `trade-md reference` directory or summary JSON")
     summary = read_json(summary_path)
-    if not isinstance(summary, dict) or not str(summary.get("format", "")).startswith("trade-md reference summary"):
+    if not isinstance(summary, dict) or not str(summary.get("format", "")).startswith(REFERENCE_FORMATS):
         raise InputError(f"{summary_path} is not a `trade-md reference` summary; pass the output of "
-                         "`trade-md reference`")
+                         "`trade-md reference` (or the summary.json of `trade-md umbrella`)")
     candidates = [summary_path.parent / "frames"]
     listed = (summary.get("frames") or {}).get("dir")
     if listed:
