@@ -7,6 +7,7 @@ wrong force constant, or the windows pooled without unbiasing, misses by far mor
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -220,7 +221,10 @@ def test_interrupted_run_resumes_to_the_same_frames(ala2, tmp_path, monkeypatch)
         run_umbrella(ala2, settings, tmp_path / "cut", progress=False)
     assert np.load(tmp_path / "cut" / "windows" / "T450K.npz")["phi"].shape == (6, 10)
     monkeypatch.setattr(umbrella, "_save_progress", save)
-    resumed = run_umbrella(ala2, settings, tmp_path / "cut", resume=True, progress=False, block_ps=0.4, stride_ps=0.1)
+    # the command line resumes from the record alone: settings, system and platform
+    assert main(["umbrella", "--out", str(tmp_path / "cut"), "--resume", "--no-progress", "--block-ps", "0.4",
+                 "--stride-ps", "0.1"]) == 0
+    resumed = json.loads((tmp_path / "cut" / "summary.json").read_text())
     for key in ("phi", "energy", "lineage", "accepts"):
         np.testing.assert_array_equal(np.load(tmp_path / "cut" / "windows" / "T450K.npz")[key],
                                       np.load(tmp_path / "whole" / "windows" / "T450K.npz")[key])

@@ -256,7 +256,7 @@ def _run_temperature(out: str, t_index: int, platform: str) -> float:
     import mdtraj
 
     record = read_json(Path(out) / "run.json")
-    settings = UmbrellaSettings(**{**record["settings"], "temperatures": tuple(record["settings"]["temperatures"])})
+    settings = _recorded_settings(record)
     system = MolecularSystem.deserialize(record["system"])
     temperature = settings.temperatures[t_index]
     path = _temperature_path(Path(out), temperature)
@@ -442,6 +442,10 @@ def _write_outputs(out: Path, summary: dict[str, Any]) -> None:
     plt.close(figure)
 
 
+def _recorded_settings(record: dict[str, Any]) -> UmbrellaSettings:
+    return UmbrellaSettings(**{**record["settings"], "temperatures": tuple(record["settings"]["temperatures"])})
+
+
 def _settings_json(settings: UmbrellaSettings) -> dict[str, Any]:
     data = asdict(settings)
     data["temperatures"] = [float(t) for t in settings.temperatures]
@@ -537,7 +541,7 @@ def analyse_umbrella(out: str | os.PathLike, *, block_ps: float = 25.0, stride_p
 
     out = Path(out)
     record = read_json(out / "run.json")
-    settings = UmbrellaSettings(**{**record["settings"], "temperatures": tuple(record["settings"]["temperatures"])})
+    settings = _recorded_settings(record)
     missing = [f"{t:g} K" for t in settings.temperatures if not _finished(out, settings, t)]
     if missing:
         raise InputError(f"the windows of {out} at {', '.join(missing)} are not finished; run "
@@ -652,7 +656,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the Langevin noise and swaps (default %(default)s)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes, one temperature each (default %(default)s)")
-    parser.add_argument("--platform", default="Reference", help="OpenMM platform (default %(default)s)")
+    parser.add_argument("--platform", help="OpenMM platform (default Reference; with --resume the run's)")
     parser.add_argument("--block-ps", type=float, default=25.0,
                         help="bootstrap block length, ps of one window (default %(default)s)")
     parser.add_argument("--stride-ps", type=float, default=1.0,
@@ -660,7 +664,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--discard-ps", type=float, default=0.0,
                         help="with --analyse: production dropped from the start of each window, ps (default %(default)s)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out (same options)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out with its recorded settings (other run options are ignored)")
     parser.add_argument("--analyse", action="store_true", help="only (re)analyse the finished run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_command, command="umbrella")
@@ -674,16 +679,26 @@ def _command(args: argparse.Namespace) -> int:
         summary = analyse_umbrella(out, block_ps=args.block_ps, stride_ps=args.stride_ps, discard_ps=args.discard_ps)
         _write_outputs(out, summary)
     else:
-        if not any(getattr(args, name, None) for name in ("system", "pdb", "prmtop")):
-            raise InputError("no system given; add --system alanine-dipeptide (or --pdb/--prmtop)")
-        temperatures = tuple(to_kelvin(float(t)) for t in _numbers(args.temperatures or "300"))
-        settings = UmbrellaSettings(temperatures=temperatures, n_windows=args.windows, width_deg=args.width_deg,
-                                    ns_per_window=args.ns_per_window, equilibration_ps=args.equilibration_ps,
-                                    exchange_every_ps=args.exchange_every_ps, seed=args.seed)
+        given_system = any(getattr(args, name, None) for name in ("system", "pdb", "prmtop"))
         command = " ".join(["trade-md"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("trade-md") else None
-        summary = run_umbrella(system_from_args(args), settings, out, workers=args.workers, platform=args.platform,
-                               resume=args.resume, progress=not args.no_progress, command=command,
-                               block_ps=args.block_ps, stride_ps=args.stride_ps)
+        if args.resume:  # the run's own settings, system and platform; a given system must match it
+            record = read_json(out / "run.json")
+            if record.get("format") != RUN_FORMAT:
+                raise InputError(f"{out / 'run.json'} is not a trade-md umbrella run (format {record.get('format')!r})")
+            settings = _recorded_settings(record)
+            system = system_from_args(args) if given_system else MolecularSystem.deserialize(record["system"])
+            platform = args.platform or record.get("platform", "Reference")
+        else:
+            if not given_system:
+                raise InputError("no system given; add --system alanine-dipeptide (or --pdb/--prmtop), or --resume")
+            temperatures = tuple(to_kelvin(float(t)) for t in _numbers(args.temperatures or "300"))
+            settings = UmbrellaSettings(temperatures=temperatures, n_windows=args.windows, width_deg=args.width_deg,
+                                        ns_per_window=args.ns_per_window, equilibration_ps=args.equilibration_ps,
+                                        exchange_every_ps=args.exchange_every_ps, seed=args.seed)
+            system, platform = system_from_args(args), args.platform or "Reference"
+        summary = run_umbrella(system, settings, out, workers=args.workers, platform=platform, resume=args.resume,
+                               progress=not args.no_progress, command=command, block_ps=args.block_ps,
+                               stride_ps=args.stride_ps)
     for message in summary["warnings"]:
         print(f"trade-md umbrella: WARNING: {message}", file=sys.stderr)
     print(f"{'T/K':>7} {'dF/kT':>7} {'+-':>5} {'P(phi>0)':>9} {'<U> kJ/mol':>11} {'+-':>5}")
