@@ -64,6 +64,7 @@ __all__ = [
     "ZMatrix",
     "canonical_frame",
     "chiral_centres",
+    "handedness",
     "molecule_generator",
 ]
 
@@ -286,7 +287,7 @@ def chiral_centres(n_atoms: int, bonds: Iterable[tuple[int, int]], elements: Seq
     return centres
 
 
-def _handedness(x: Tensor, centres: Tensor) -> Tensor:
+def handedness(x: Tensor, centres: Tensor) -> Tensor:
     """Sign of the triple product at each centre: ``[n, centres]`` of +-1 (0 for a flat centre)."""
     c = x[:, centres[:, 0]]
     a, b, d = x[:, centres[:, 1]] - c, x[:, centres[:, 2]] - c, x[:, centres[:, 3]] - c
@@ -416,9 +417,9 @@ class InternalCoordinates(nn.Module):
         reference = positions[:1] if reference_positions is None else torch.as_tensor(to_nm(reference_positions))
         reference = reference.reshape(1, zmatrix.n_atoms, 3)
         centre_t = torch.tensor([list(c) for c in centres], dtype=torch.long).reshape(-1, 4)
-        signs = _handedness(reference, centre_t)[0] if len(centres) else torch.zeros(0, dtype=torch.float64)
+        signs = handedness(reference, centre_t)[0] if len(centres) else torch.zeros(0, dtype=torch.float64)
         if len(centres):
-            agreement = (_handedness(positions, centre_t) == signs).double().mean(dim=0)
+            agreement = (handedness(positions, centre_t) == signs).double().mean(dim=0)
             if bool((agreement < 0.5).any()):
                 raise InputError("most training frames have the opposite handedness from the reference structure at "
                                  f"chiral centre(s) {centre_t[agreement < 0.5, 0].tolist()}; check that the data "
@@ -543,7 +544,7 @@ class InternalCoordinates(nn.Module):
         self._check_positions(x)
         if self.chiral_centres.shape[0] == 0:
             return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        signs = _handedness(x.detach(), self.chiral_centres)
+        signs = handedness(x.detach(), self.chiral_centres)
         return (signs != self.chiral_signs.to(signs.dtype)).any(dim=-1)
 
     def wrong_chirality_fraction(self, x: Tensor) -> float:

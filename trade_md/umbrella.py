@@ -56,10 +56,12 @@ from typing import Any
 import numpy as np
 import openmm
 import openmm.unit as unit
+import torch
 from tqdm.auto import tqdm
 
 from trade_md.basins import peptide_features
 from trade_md.errors import InputError, SystemMismatchError, WorkerError
+from trade_md.ic import chiral_centres, handedness
 from trade_md.io import atomic_write_path, package_versions, read_json, write_json_atomic
 from trade_md.report import backbone_dihedrals
 from trade_md.systems import MolecularSystem
@@ -183,20 +185,17 @@ def phi_atoms(system: MolecularSystem) -> np.ndarray:
     return phi[0]
 
 
-def _chiral_quads(system: MolecularSystem) -> np.ndarray:
-    """(N, CA, C, CB) atom indices [k, 4] of every residue that has all four (L-amino acids' Cα centres)."""
-    quads = []
-    for residue in system.topology.residues():
-        atoms = {atom.name: atom.index for atom in residue.atoms()}
-        if all(name in atoms for name in ("N", "CA", "C", "CB")):
-            quads.append([atoms["N"], atoms["CA"], atoms["C"], atoms["CB"]])
-    return np.asarray(quads, dtype=np.int64).reshape(-1, 4)
+def _chiral_centres(system: MolecularSystem) -> np.ndarray:
+    """Stereocentres ``[m, 4]`` (centre, three neighbours) found as the generator finds them (``ic.chiral_centres``)."""
+    atoms = list(system.topology.atoms())
+    bonds = [(bond[0].index, bond[1].index) for bond in system.topology.bonds()]
+    elements = [atom.element.symbol if atom.element is not None else atom.name for atom in atoms]
+    return np.asarray(chiral_centres(len(atoms), bonds, elements), dtype=np.int64).reshape(-1, 4)
 
 
-def _chirality_signs(positions: np.ndarray, quads: np.ndarray) -> np.ndarray:
-    """Sign [n, k] of the triple product (N − CA) · ((C − CA) × (CB − CA)) in frames ``positions [n, atoms, 3]``."""
-    n, ca, c, cb = (positions[:, quads[:, i]] for i in range(4))
-    return np.sign(np.einsum("nij,nij->ni", n - ca, np.cross(c - ca, cb - ca)))
+def _chirality_signs(positions: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Handedness [n, m] (±1, 0 if flat) of every stereocentre in frames ``positions [n, atoms, 3]`` nm."""
+    return handedness(torch.from_numpy(np.asarray(positions, dtype=np.float64)), torch.from_numpy(centres)).numpy()
 
 
 def biased_system(system: MolecularSystem, atoms: np.ndarray, centre: float, force_constant: float) -> openmm.System:
@@ -262,8 +261,8 @@ def _run_temperature(out: str, t_index: int, platform: str) -> float:
     temperature = settings.temperatures[t_index]
     path = _temperature_path(Path(out), temperature)
     kappa, beta = settings.force_constant(temperature), 1.0 / (KB * temperature)
-    quads = _chiral_quads(system)
-    reference_signs = _chirality_signs(system.positions[None], quads)[0]
+    stereocentres = _chiral_centres(system)
+    reference_signs = _chirality_signs(system.positions[None], stereocentres)[0]
     cis_features = [feature for feature in peptide_features(system.topology) if feature.kind == "cis"]
     atoms = phi_atoms(system)
     topology = mdtraj.Topology.from_openmm(system.topology)
@@ -346,7 +345,7 @@ def _run_temperature(out: str, t_index: int, platform: str) -> float:
         phi, psi = (angles.reshape(n_windows, n) for angles in backbone_dihedrals(topology, flat))
         cis = np.stack([feature(flat) for feature in cis_features], axis=-1).reshape(n_windows, n, -1) \
             if cis_features else np.zeros((n_windows, n, 0), bool)
-        wrong = np.any(_chirality_signs(flat, quads) != reference_signs[None, :], axis=1).reshape(n_windows, n)
+        wrong = np.any(_chirality_signs(flat, stereocentres) != reference_signs[None, :], axis=1).reshape(n_windows, n)
         final = [context.getState(getPositions=True, getVelocities=True) for context, _ in made]
         progress = {
             "phi": np.concatenate([progress["phi"], phi], axis=1),
