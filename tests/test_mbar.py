@@ -176,7 +176,7 @@ def test_block_bootstrap_is_calibrated_on_correlated_samples():
     about sqrt(g); the block bootstrap over blocks longer than the correlation time is calibrated."""
     spring, rho, n, block = 100.0, 0.9, 2000, 100  # g = 19
     ladder, states = np.array([300.0, 450.0]), np.array([300.0, 450.0, 380.0])
-    z_block, z_asymptotic = [], []
+    z_block, z_strata, z_asymptotic = [], [], []
     for seed in range(25):
         rng = np.random.default_rng(seed)
         chains = []
@@ -197,5 +197,12 @@ def test_block_bootstrap_is_calibrated_on_correlated_samples():
         exact = 0.5 * KB * states[2]
         z_block.append((mean[2] - exact) / errors["U"][2])
         z_asymptotic.append((mean[2] - exact) / sem[2])
-    assert 0.6 < np.std(z_block) < 1.6
+        if seed % 2 == 0:  # the chains are independent: resampling each within itself is calibrated too
+            own = np.concatenate([np.arange(n) // block, 1000 + np.arange(n) // block])
+            errors = estimator.block_bootstrap(own, observables={"U": energies}, n_bootstrap=40, seed=seed,
+                                               strata=np.repeat([0, 1], n))
+            z_strata.append((mean[2] - exact) / errors["U"][2])
+    assert 0.6 < np.std(z_block) < 1.6 and 0.5 < np.std(z_strata) < 1.7
+    with pytest.raises(InputError, match="within one stratum"):
+        estimator.block_bootstrap(blocks, observables={"U": energies}, n_bootstrap=10, strata=np.repeat([0, 1], n))
     assert np.std(z_asymptotic) > 2.0  # what ignoring the correlation would have claimed

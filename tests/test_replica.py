@@ -295,9 +295,9 @@ def test_reference_analysis_and_frames(resumed_run, tmp_path):
     with pytest.raises(InputError, match="n_bootstrap"):
         analyse_reference(data, [300.0], n_bootstrap=2)
 
-    manifest = export_frames(data, samples, estimator, summary, tmp_path / "frames")
-    n = manifest["frames_per_temperature"]
-    assert n == summary["decorrelation"]["n_decorrelated_per_state"] >= 1
+    manifest = export_frames(data.system, samples, estimator, summary, tmp_path / "frames")
+    n = summary["decorrelation"]["n_decorrelated_per_state"]
+    assert manifest["frames_per_ladder_temperature"] == {"300": n, "600": n, "1200": n} and n >= 1
     for label in ("300", "600", "1200"):
         frames = mdtraj.load(tmp_path / "frames" / f"frames_{label}K.dcd", top=tmp_path / "frames" / "topology.pdb")
         assert frames.n_frames == n and frames.n_atoms == 22
@@ -528,3 +528,83 @@ def test_maxwell_boltzmann_velocities_have_the_equipartition_variance():
     assert v.shape == (len(masses), 3) and np.all(v[masses == 0] == 0)
     for m in (1.008, 12.01):  # m <v_x^2> / kT = 1; 12,000 draws each: SE sqrt(2 / 12000) = 0.013, 4 SE allowed
         assert np.mean(m * v[masses == m] ** 2) / kT(450.0) == pytest.approx(1.0, abs=0.052)
+
+
+def _synthetic_run(system, ladder: tuple[float, ...], n_iterations: int, dims: int, seed: int):
+    """ReplicaData of exact draws from a ``dims``-dimensional harmonic well U = k|x|^2/2 at every ladder temperature
+    (U / k_BT ~ Gamma(dims/2)), replicas shuffled over the states every iteration as exchanges would."""
+    from trade_md.replica import ReplicaData
+    from trade_md.units import kT
+
+    rng = np.random.default_rng(seed)
+    k = len(ladder)
+    states = np.array([rng.permutation(k) for _ in range(n_iterations + 1)])
+    energies = np.array([[kT(ladder[s]) for s in row] for row in states]) * rng.gamma(dims / 2, size=states.shape)
+    record = {"settings": {"temperatures": list(ladder), "steps_per_iteration": 1, "timestep_fs": 1.0,
+                           "collision_rate_per_ps": 1.0, "mixing": "synthetic", "integrator": "synthetic"},
+              "segments": [{"wall_s": 0.0, "cpu_s": 0.0, "n_ranks": 1}], "platform": {"name": "synthetic"},
+              "versions": {}, "command": None}
+    return ReplicaData(temperatures=np.asarray(ladder), energies=energies, states=states,
+                       positions=np.zeros((n_iterations + 1, k, system.n_atoms, 3), dtype=np.float32),
+                       accepted=np.ones((k, k)), proposed=2 * np.ones((k, k)), record=record, system=system)
+
+
+def test_pooled_runs_with_different_ladders_match_the_harmonic_well(ala2, monkeypatch):
+    # Two independent runs on different ladders (300-510 K and 450-1000 K), pooled into one MBAR: <U>(T) = (d/2)k_BT
+    # and ln Z(T) - ln Z(300 K) = (d/2) ln(T/300) exactly. Neither run alone covers 300 and 1000 K.
+    import trade_md.replica as replica
+    from trade_md.units import kT
+
+    monkeypatch.setattr(replica, "_backbone_dihedrals", lambda system: None)  # positions are placeholders
+    dims, n = 12, 1500
+    runs = [_synthetic_run(ala2, (300.0, 390.0, 510.0), n, dims, seed=1),
+            _synthetic_run(ala2, (450.0, 600.0, 800.0, 1000.0), n, dims, seed=2)]
+    targets = [300.0, 450.0, 700.0, 1000.0]
+    with pytest.raises(InputError, match="outside the ladder"):
+        analyse_reference(runs[0], targets)
+    summary, samples, _ = analyse_reference(runs, targets, n_bootstrap=40, sources=["a", "b"])
+    assert summary["ladder"] == [300.0, 390.0, 450.0, 510.0, 600.0, 800.0, 1000.0]
+    assert samples.n_k.sum() == sum(s["decorrelation"]["n_samples"] for s in summary["runs"]) > 6 * n
+    assert [run["source"] for run in summary["runs"]] == ["a", "b"] and "run" not in summary
+    mean_u, mean_sem = np.array(summary["mean_energy"]), np.array(summary["mean_energy_sem"])
+    log_z, log_z_sem = np.array(summary["log_z_relative"]), np.array(summary["log_z_relative_sem"])
+    exact_u = np.array([dims / 2 * kT(t) for t in targets])
+    exact_log_z = dims / 2 * np.log(np.array(targets) / 300.0)
+    assert np.all(np.abs(mean_u - exact_u) < 4 * mean_sem), (mean_u - exact_u) / mean_sem
+    assert np.all(np.abs(log_z[1:] - exact_log_z[1:]) < 4 * log_z_sem[1:]), (log_z - exact_log_z) / log_z_sem
+    # The bootstrap error at 1000 K is that of ~n independent draws there: sqrt(d/2) k_BT / sqrt(n) (0.52 kJ/mol),
+    # within a factor of two (other states' samples add a little; the exact value is not the point here).
+    assert 0.5 < mean_sem[-1] / (np.sqrt(dims / 2) * kT(1000.0) / np.sqrt(n)) < 2.0
+
+
+def test_pooling_a_run_with_itself_reproduces_its_estimates(resumed_run, tmp_path, capsys):
+    out, data = resumed_run
+    single, _, _ = analyse_reference(data, [300.0, 450.0], n_bootstrap=20)
+    pooled, samples, estimator = analyse_reference([data, data], [300.0, 450.0], n_bootstrap=20)
+    for name in ("mean_energy", "log_z_relative", "p_phi_positive"):
+        np.testing.assert_allclose(pooled[name], single[name], rtol=1e-6, atol=1e-9)
+    assert np.array_equal(samples.n_k, 2 * np.array([single["decorrelation"]["n_iterations_used"]] * 3))
+    assert len(pooled["runs"]) == 2 and pooled["diagnostics"]["mbar_converged"]
+    json.dumps(pooled, allow_nan=False)
+
+    class OtherSystem:
+        name = "other"
+
+        @staticmethod
+        def fingerprint():
+            return {"n_atoms": 23}
+
+    from dataclasses import replace
+
+    with pytest.raises(SystemMismatchError, match="another system"):
+        analyse_reference([data, replace(data, system=OtherSystem())], [300.0], n_bootstrap=20)
+    assert cli.main(["reference", str(out), str(out)]) == 2
+    assert "--out" in capsys.readouterr().err
+    summary_path = tmp_path / "pooled" / "summary.json"
+    assert cli.main(["reference", str(out), str(out), "--out", str(summary_path), "--temperatures", "300",
+                     "--bootstrap", "20"]) == 0
+    assert (tmp_path / "pooled" / "frames" / "frames_300K.dcd").exists()
+    assert f"{out}: neighbour acceptance" in capsys.readouterr().out
+    from trade_md.report import load_reference
+
+    assert load_reference(tmp_path / "pooled").frames is not None

@@ -226,14 +226,16 @@ class MBAREstimator:
         indicators: dict[str, np.ndarray] | None = None,
         n_bootstrap: int = 100,
         seed: int = 0,
-        stratified: bool = False,
+        strata: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Bootstrap standard errors [K] that respect time correlation: resample whole blocks of samples.
 
         block_n: [N] block label of every sample (e.g. the iteration divided by a block length longer than the
         correlation time; ``np.arange(N)`` for independent samples). Each replicate draws as many blocks as there
-        are, with replacement, and re-solves MBAR; ``stratified`` draws each state's blocks from that state's own
-        (blocks must then not span states, as in umbrella windows), so every state keeps its number of blocks.
+        are, with replacement, and re-solves MBAR. strata: optional [N] label per sample; each stratum's blocks are
+        then drawn from that stratum's own (blocks must not span strata), so every stratum keeps its number of
+        blocks: the state of each sample for umbrella windows that never exchange, the run of each sample for
+        independent runs pooled.
         Returns ``"f"`` (error of f_k − f_0), one entry per observable name (error of ⟨A⟩_k, A's unit) and, per
         indicator name, the error of its :meth:`indicator_free_energy` ΔF (k_B T) and of its probability (key
         ``name + "_p"``). Replicates where a region carries no weight are left
@@ -249,15 +251,20 @@ class MBAREstimator:
         labels, block_of_sample = np.unique(block_n, return_inverse=True)
         members = [np.flatnonzero(block_of_sample == b) for b in range(labels.size)]
         state_n = np.repeat(np.arange(self.n_states), self.N_k)
-        block_state = np.array([state_n[m[0]] for m in members])
-        if stratified and any(np.any(state_n[m] != state_n[m[0]]) for m in members):
-            raise InputError("a stratified bootstrap needs blocks within one state each; some block spans states")
-        strata = [np.flatnonzero(block_state == k) for k in range(self.n_states)] if stratified else [np.arange(labels.size)]
+        groups = [np.arange(labels.size)]
+        if strata is not None:
+            strata = np.asarray(strata)
+            if strata.shape != block_n.shape:
+                raise InputError(f"strata must have shape [N] = ({block_n.size},), got {strata.shape}")
+            if any(np.any(strata[m] != strata[m[0]]) for m in members):
+                raise InputError("a stratified bootstrap needs every block within one stratum; some block spans two")
+            block_stratum = np.array([strata[m[0]] for m in members])
+            groups = [np.flatnonzero(block_stratum == value) for value in np.unique(block_stratum)]
         generator = np.random.default_rng(seed)
         draws: dict[str, list[np.ndarray]] = {"f": []}
         skipped = 0
         for _ in range(int(n_bootstrap)):
-            picks = np.concatenate([stratum[generator.integers(0, stratum.size, stratum.size)] for stratum in strata])
+            picks = np.concatenate([group[generator.integers(0, group.size, group.size)] for group in groups])
             chosen = np.concatenate([members[b] for b in picks])
             chosen = chosen[np.argsort(state_n[chosen], kind="stable")]
             n_k = np.bincount(state_n[chosen], minlength=self.n_states)

@@ -66,6 +66,7 @@ __all__ = [
     "convergence_report",
     "register_cli",
     "write_dataset",
+    "openmm_seed",
     "DEFAULT_NS",
 ]
 
@@ -462,9 +463,10 @@ def _write_checkpoint(out: Path, k: int, frames: dict[str, list], state: openmm.
         )
 
 
-def _seed(plan: dict[str, Any], *keys: int) -> int:
-    """A seed in [1, 2^31 - 1) derived from the run's seed and ``keys`` (0 would ask OpenMM for a random seed)."""
-    state = np.random.SeedSequence([plan["seed"], *keys]).generate_state(1, dtype=np.uint32)[0]
+def openmm_seed(seed: int, *keys: int) -> int:
+    """An OpenMM random seed in [1, 2^31 - 1) derived from a run's ``seed`` and ``keys`` (0 would ask OpenMM for a
+    random seed, breaking reproducibility)."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint32)[0]
     return int(state % (2**31 - 2)) + 1
 
 
@@ -485,10 +487,10 @@ def _run_replica(out: Path, k: int, report: Callable[[float], Any]) -> None:
     checkpoint = _load_checkpoint(out, k)
     if checkpoint is None:
         begun = time.perf_counter()
-        context, integrator = _context(system, plan, _seed(plan, k, 2**30))
+        context, integrator = _context(system, plan, openmm_seed(plan["seed"], k, 2**30))
         context.setPositions(system.positions)
         openmm.LocalEnergyMinimizer.minimize(context)
-        context.setVelocitiesToTemperature(plan["temperature"] * unit.kelvin, _seed(plan, k, 2**30 + 1))
+        context.setVelocitiesToTemperature(plan["temperature"] * unit.kelvin, openmm_seed(plan["seed"], k, 2**30 + 1))
         remaining = plan["equilibration_steps"]
         while remaining > 0:
             steps = min(remaining, 10 * plan["steps_per_frame"])
@@ -510,7 +512,7 @@ def _run_replica(out: Path, k: int, report: Callable[[float], Any]) -> None:
     while len(frames["times"]) < plan["frames_per_replica"]:
         begun = time.perf_counter()
         chunk = len(frames["times"]) // plan["chunk_frames"]
-        context, integrator = _context(system, plan, _seed(plan, k, chunk))
+        context, integrator = _context(system, plan, openmm_seed(plan["seed"], k, chunk))
         context.setState(state)
         n_chunk = min(plan["chunk_frames"] * (chunk + 1), plan["frames_per_replica"]) - len(frames["times"])
         for _ in range(n_chunk):

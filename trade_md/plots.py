@@ -41,6 +41,13 @@ def save_figure(figure: Any, path: str | os.PathLike) -> list[Path]:
     return written
 
 
+def _finish(figure: Any, path: str | os.PathLike | None) -> Any:
+    """Save ``figure`` when ``path`` is given (see `save_figure`) and return it."""
+    if path is not None:
+        save_figure(figure, path)
+    return figure
+
+
 def ramachandran_grid(
     rows: Mapping[str, Mapping[float, np.ndarray]], path: str | os.PathLike | None = None
 ) -> Any:
@@ -77,9 +84,7 @@ def ramachandran_grid(
             axis.set_yticks([-180, 0, 180])
     if image is not None:
         figure.colorbar(image, ax=axes, shrink=0.8, label="free energy (k$_B$T)")
-    if path is not None:
-        save_figure(figure, path)
-    return figure
+    return _finish(figure, path)
 
 
 def delta_f_plot(
@@ -98,9 +103,7 @@ def delta_f_plot(
     axis.set_ylabel("ΔF(φ>0 − φ<0) (k$_B$T)")
     axis.legend()
     axis.grid(alpha=0.3)
-    if path is not None:
-        save_figure(figure, path)
-    return figure
+    return _finish(figure, path)
 
 
 def profile_plot(
@@ -125,9 +128,7 @@ def profile_plot(
     axis.set_ylabel("F(φ) − min (k$_B$T)")
     axis.legend()
     axis.grid(alpha=0.3)
-    if path is not None:
-        save_figure(figure, path)
-    return figure
+    return _finish(figure, path)
 
 
 def ess_plot(
@@ -145,9 +146,7 @@ def ess_plot(
     axis.set_ylabel("Kish ESS (%)")
     axis.set_ylim(0.0, 100.0)
     axis.grid(alpha=0.3)
-    if path is not None:
-        save_figure(figure, path)
-    return figure
+    return _finish(figure, path)
 
 
 def energy_histograms(
@@ -179,6 +178,4 @@ def energy_histograms(
         axis.set_xlabel("potential energy (kJ/mol)")
     axes[0, 0].set_ylabel("density (mol/kJ)")
     axes[0, 0].legend(fontsize="small")
-    if path is not None:
-        save_figure(figure, path)
-    return figure
+    return _finish(figure, path)

@@ -83,6 +83,7 @@ __all__ = [
     "PooledSamples",
     "read_storage",
     "count_round_trips",
+    "union_ladder",
     "analyse_reference",
     "combine_summaries",
     "export_frames",
@@ -773,7 +774,8 @@ class PooledSamples:
 
     energies: [N] kJ/mol; state: [N] ladder index; iteration: [N] stored iteration; positions: [N, atoms, 3] nm;
     n_k: [K] samples per ladder state; decorrelated: [N] bool, the subsample spaced by the statistical
-    inefficiency (exported as frames).
+    inefficiency (exported as frames); run: [N] index of the run the sample comes from (0 for a single run);
+    block: [N] block label for the bootstrap (blocks of ≥ 2 statistical inefficiencies, never spanning runs).
     """
 
     energies: np.ndarray
@@ -782,6 +784,8 @@ class PooledSamples:
     positions: np.ndarray
     n_k: np.ndarray
     decorrelated: np.ndarray
+    run: np.ndarray
+    block: np.ndarray
 
 
 def _pooled_samples(data: ReplicaData, phi: np.ndarray | None) -> tuple[PooledSamples, dict[str, Any]]:
@@ -805,6 +809,7 @@ def _pooled_samples(data: ReplicaData, phi: np.ndarray | None) -> tuple[PooledSa
     used = after_start[result.t0:]
     n = used.size
     decorrelated = np.isin(used, result.indices + 1)
+    block = max(1, math.ceil(2.0 * result.g))
     samples = PooledSamples(
         energies=data.by_state(data.energies[used], used).T.reshape(-1),
         state=np.repeat(np.arange(k), n),
@@ -812,8 +817,9 @@ def _pooled_samples(data: ReplicaData, phi: np.ndarray | None) -> tuple[PooledSa
         positions=data.by_state(data.positions[used], used).transpose(1, 0, 2, 3).reshape(k * n, data.system.n_atoms, 3),
         n_k=np.full(k, n, dtype=np.int64),
         decorrelated=np.tile(decorrelated, k),
+        run=np.zeros(k * n, dtype=np.int64),
+        block=np.tile((used - used[0]) // block, k),
     )
-    block = max(1, math.ceil(2.0 * result.g))
     info = {
         "equilibration_iteration": int(used[0]),
         "n_iterations_used": int(n),
@@ -828,34 +834,91 @@ def _pooled_samples(data: ReplicaData, phi: np.ndarray | None) -> tuple[PooledSa
     return samples, info
 
 
+def union_ladder(ladders: Sequence[np.ndarray]) -> np.ndarray:
+    """The sorted temperatures [K] K of all ``ladders``, each once (temperatures within 10⁻⁶ K are one)."""
+    values = np.sort(np.concatenate([np.asarray(ladder, dtype=np.float64) for ladder in ladders]))
+    return values[np.concatenate([[True], np.diff(values) > 1e-6])]
+
+
+def _pool_runs(runs: Sequence[ReplicaData], ladder: np.ndarray,
+               quadruplets: np.ndarray | None) -> tuple[PooledSamples, list[dict[str, Any]]]:
+    """The equilibrated samples of every run in MBAR's order over ``ladder`` (the union of the runs' ladders),
+    each run decorrelated on its own; returns them with each run's decorrelation record."""
+    pieces, records = [], []
+    for r, run in enumerate(runs):
+        phi = None if quadruplets is None else _dihedral_angles(run.positions, quadruplets)[0]
+        piece, record = _pooled_samples(run, phi)
+        to_union = np.array([int(np.argmin(np.abs(ladder - t))) for t in run.temperatures])
+        piece.state, piece.run = to_union[piece.state], np.full(piece.state.size, r, dtype=np.int64)
+        pieces.append(piece)
+        records.append(record)
+    order = np.argsort(np.concatenate([p.state for p in pieces]), kind="stable")
+    state = np.concatenate([p.state for p in pieces])[order]
+    run = np.concatenate([p.run for p in pieces])[order]
+    within = np.concatenate([p.block for p in pieces])[order]
+    block = np.unique(np.stack([run, within], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+    samples = PooledSamples(
+        energies=np.concatenate([p.energies for p in pieces])[order], state=state,
+        iteration=np.concatenate([p.iteration for p in pieces])[order],
+        positions=np.concatenate([p.positions for p in pieces])[order],
+        n_k=np.bincount(state, minlength=ladder.size).astype(np.int64),
+        decorrelated=np.concatenate([p.decorrelated for p in pieces])[order], run=run, block=block,
+    )
+    return samples, records
+
+
+def _pooled_decorrelation(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The decorrelation record of pooled runs: totals, and the largest inefficiency and block length."""
+    return {
+        "n_samples": int(sum(r["n_samples"] for r in records)),
+        "n_blocks": int(sum(r["n_blocks"] for r in records)),
+        "statistical_inefficiency_iterations": max(r["statistical_inefficiency_iterations"] for r in records),
+        "block_length_iterations": max(r["block_length_iterations"] for r in records),
+    }
+
+
 def analyse_reference(
-    data: ReplicaData,
+    data: ReplicaData | Sequence[ReplicaData],
     temperatures: Sequence[float] | None = None,
     *,
     histograms: bool = True,
     n_bootstrap: int = 100,
+    sources: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], PooledSamples, MBAREstimator]:
-    """MBAR analysis of a replica-exchange run at ``temperatures`` [K] (default: the ladder plus
+    """MBAR analysis of a replica-exchange run, or of several independent runs of one system pooled into one MBAR,
+    at ``temperatures`` [K] (default: the ladder — the union of the runs' ladders — plus
     :data:`DEFAULT_TARGET_TEMPERATURES` inside it).
 
     Estimates use every equilibrated sample; standard errors come from ``n_bootstrap`` block-bootstrap MBAR
-    re-solves over blocks of 2g iterations (g: the largest statistical inefficiency), which keeps the time
-    correlation that MBAR's asymptotic errors ignore. Returns (summary dict, the pooled samples, the estimator
-    whose states are the ladder followed by the off-ladder targets). Warnings (poor overlap, unconverged MBAR, too
-    few blocks, an empty basin) are logged and listed in ``summary["warnings"]``.
+    re-solves over blocks of 2g iterations (g: the largest statistical inefficiency of the run), which keeps the
+    time correlation that MBAR's asymptotic errors ignore; pooled runs are resampled each within itself. Returns
+    (summary dict, the pooled samples, the estimator whose states are the ladder followed by the off-ladder
+    targets). Warnings (poor overlap, unconverged MBAR, too few blocks, an empty basin) are logged and listed in
+    ``summary["warnings"]``. sources: a label per run for the summary (default "run 0", "run 1", ...).
     """
     from trade_md.mbar import MBAREstimator, tempering_reduced_potentials
     from trade_md.metrics import RAMACHANDRAN_BINS, ramachandran_histogram
 
+    runs = [data] if isinstance(data, ReplicaData) else list(data)
+    if not runs:
+        raise InputError("give at least one trade-md remd run to analyse")
+    sources = [f"run {r}" for r in range(len(runs))] if sources is None else list(sources)
+    if len(sources) != len(runs):
+        raise InputError(f"{len(sources)} source labels for {len(runs)} runs")
     if int(n_bootstrap) < 10:
         raise InputError(f"n_bootstrap must be at least 10 for usable standard errors, got {n_bootstrap}; use 100")
-    ladder = data.temperatures
+    system = runs[0].system
+    for run, source in zip(runs[1:], sources[1:]):
+        if run.system.fingerprint() != system.fingerprint():
+            raise SystemMismatchError(f"{source} is a run of another system or force field than {sources[0]}; pool "
+                                      "only runs of one system")
+    ladder = union_ladder([run.temperatures for run in runs])
     targets = _targets(ladder, temperatures)
     off_ladder = np.array([t for t in targets if not np.any(np.isclose(t, ladder, rtol=0, atol=1e-6))])
     states_t = np.concatenate([ladder, off_ladder])
-    quadruplets = _backbone_dihedrals(data.system)
-    all_phi = None if quadruplets is None else _dihedral_angles(data.positions, quadruplets)[0]
-    samples, decorrelation = _pooled_samples(data, all_phi)
+    quadruplets = _backbone_dihedrals(system)
+    samples, run_decorrelation = _pool_runs(runs, ladder, quadruplets)
+    decorrelation = run_decorrelation[0] if len(runs) == 1 else _pooled_decorrelation(run_decorrelation)
     n_k = np.concatenate([samples.n_k, np.zeros(off_ladder.size, dtype=np.int64)])
     estimator = MBAREstimator(tempering_reduced_potentials(samples.energies, states_t), n_k)
     warnings: list[str] = []  # besides the estimator's own, added at the end
@@ -871,10 +934,9 @@ def analyse_reference(
     phi = psi = None
     if quadruplets is not None:
         phi, psi = _dihedral_angles(samples.positions, quadruplets)
-    blocks = (samples.iteration - samples.iteration.min()) // decorrelation["block_length_iterations"]
-    errors = estimator.block_bootstrap(blocks, observables={"energy": samples.energies},
+    errors = estimator.block_bootstrap(samples.block, observables={"energy": samples.energies},
                                        indicators={} if phi is None else {"phi_positive": phi > 0},
-                                       n_bootstrap=int(n_bootstrap))
+                                       n_bootstrap=int(n_bootstrap), strata=samples.run if len(runs) > 1 else None)
     f = estimator.f_k
     mean_u, _ = estimator.expectations(samples.energies)
     weights = estimator.weights()
@@ -898,9 +960,9 @@ def analyse_reference(
             "effective_samples": "Kish effective sample number of the MBAR weights divided by the statistical "
                                  "inefficiency",
         },
-        "run": _run_summary(data),
-        "system": {"name": data.system.name, "fingerprint": data.system.fingerprint()},
+        "system": {"name": system.name, "fingerprint": system.fingerprint()},
         "decorrelation": decorrelation,
+        "ladder": ladder.tolist(),
         "temperatures": targets.tolist(),
         "on_ladder": [bool(np.any(np.isclose(t, ladder, rtol=0, atol=1e-6))) for t in targets],
         "mean_energy": mean_u[index].tolist(),
@@ -928,7 +990,17 @@ def analyse_reference(
         summary["direct_p_phi_positive_ladder"] = positive_by_state.tolist()
         if histograms:
             summary["ramachandran"] = [_round_sig(ramachandran_histogram(phi, psi, weights[:, i])) for i in index]
-    summary["diagnostics"] = _diagnostics(data, estimator, overlap)
+    if len(runs) == 1:
+        summary["run"] = _run_summary(runs[0])
+        summary["diagnostics"] = {**_run_diagnostics(runs[0]), **_mbar_diagnostics(estimator, overlap)}
+    else:
+        summary["conventions"]["pooled"] = (f"one MBAR over {len(runs)} independent runs; each run decorrelated and "
+                                            "block-resampled within itself; effective samples divided by the largest "
+                                            "statistical inefficiency of the runs")
+        summary["runs"] = [{"source": source, "run": _run_summary(run), "decorrelation": record,
+                            "diagnostics": _run_diagnostics(run)}
+                           for run, source, record in zip(runs, sources, run_decorrelation)]
+        summary["diagnostics"] = _mbar_diagnostics(estimator, overlap)
     summary["warnings"] = estimator.warnings + warnings
     return summary, samples, estimator
 
@@ -1010,7 +1082,8 @@ def _run_summary(data: ReplicaData) -> dict[str, Any]:
     }
 
 
-def _diagnostics(data: ReplicaData, estimator: MBAREstimator, overlap: Any) -> dict[str, Any]:
+def _run_diagnostics(data: ReplicaData) -> dict[str, Any]:
+    """Exchange acceptance and round trips of one run."""
     k = data.temperatures.size
     with np.errstate(divide="ignore", invalid="ignore"):
         acceptance = np.where(data.proposed > 0, data.accepted / np.maximum(data.proposed, 1), np.nan)
@@ -1023,6 +1096,12 @@ def _diagnostics(data: ReplicaData, estimator: MBAREstimator, overlap: Any) -> d
         "round_trips_per_replica": trips.tolist(),
         "round_trips": total_trips,
         "mean_round_trip_ps": (data.n_iterations * k * ps_per_iteration / total_trips) if total_trips else None,
+    }
+
+
+def _mbar_diagnostics(estimator: MBAREstimator, overlap: Any) -> dict[str, Any]:
+    """Convergence and overlap of the MBAR solve."""
+    return {
         "mbar_converged": estimator.converged,
         "mbar_residual": estimator.residual,
         "overlap_matrix": _round_sig(overlap.matrix, 4),
@@ -1037,9 +1116,11 @@ def _temperature_label(temperature: float) -> str:
 
 
 def export_frames(
-    data: ReplicaData, samples: PooledSamples, estimator: MBAREstimator, summary: dict[str, Any], frames_dir: Path
+    system: MolecularSystem, samples: PooledSamples, estimator: MBAREstimator, summary: dict[str, Any],
+    frames_dir: Path,
 ) -> dict[str, Any]:
-    """Write the decorrelated subsample: ``frames_<T>K.dcd`` per ladder temperature (frames drawn at T),
+    """Write the decorrelated subsample of :func:`analyse_reference`'s ``samples`` and ``summary``:
+    ``frames_<T>K.dcd`` per ladder temperature (frames drawn at T),
     ``frames_all.dcd`` (all of them, ladder order) with ``weights.npz`` (``temperatures`` [M] K, ``log_weights``
     [n, M] MBAR ln-weights of each frame at each summary temperature, renormalised over these frames,
     ``energies`` [n] kJ/mol, ``state`` [n]) and ``topology.pdb``. Written atomically; returns a manifest."""
@@ -1047,31 +1128,33 @@ def export_frames(
     from scipy.special import logsumexp
 
     frames_dir.mkdir(parents=True, exist_ok=True)
-    topology = mdtraj.Topology.from_openmm(data.system.topology)
+    ladder = np.asarray(summary["ladder"], dtype=np.float64)
+    topology = mdtraj.Topology.from_openmm(system.topology)
     chosen = samples.decorrelated
     positions, state = samples.positions[chosen], samples.state[chosen]
     files: dict[str, Any] = {}
     with atomic_write_path(frames_dir / "topology.pdb") as temp:
-        temp.write_text(data.system.pdb_text(positions[0]))
+        temp.write_text(system.pdb_text(positions[0]))
     files["topology"] = "topology.pdb"
-    for k, temperature in enumerate(data.temperatures):
-        name = f"frames_{_temperature_label(temperature)}K.dcd"
+    counts = {}
+    for k, temperature in enumerate(ladder):
+        label = _temperature_label(temperature)
+        name = f"frames_{label}K.dcd"
         with atomic_write_path(frames_dir / name) as temp:
             mdtraj.Trajectory(positions[state == k], topology).save_dcd(str(temp), force_overwrite=True)
-        files[_temperature_label(temperature)] = name
+        files[label], counts[label] = name, int(np.sum(state == k))
     with atomic_write_path(frames_dir / "frames_all.dcd") as temp:
         mdtraj.Trajectory(positions, topology).save_dcd(str(temp), force_overwrite=True)
     files["all"] = "frames_all.dcd"
     targets = np.asarray(summary["temperatures"])
-    ladder_and_off = np.concatenate([data.temperatures,
-                                     [t for t in targets if not np.any(np.isclose(t, data.temperatures, atol=1e-6))]])
+    ladder_and_off = np.concatenate([ladder, [t for t in targets if not np.any(np.isclose(t, ladder, atol=1e-6))]])
     columns = [int(np.argmin(np.abs(ladder_and_off - t))) for t in targets]
     log_w = estimator.log_weights()[chosen][:, columns]
     with atomic_write_path(frames_dir / "weights.npz") as temp, open(temp, "wb") as handle:
         np.savez(handle, temperatures=targets, log_weights=log_w - logsumexp(log_w, axis=0, keepdims=True),
                  energies=samples.energies[chosen], state=state)
     files["weights"] = "weights.npz"
-    return {"dir": str(frames_dir), "files": files, "frames_per_temperature": int(np.sum(state == 0))}
+    return {"dir": str(frames_dir), "files": files, "frames_per_ladder_temperature": counts}
 
 
 def export_dataset(
@@ -1163,16 +1246,18 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     remd.set_defaults(func=_remd_command, command="remd")
 
     reference = subparsers.add_parser(
-        "reference", help="MBAR analysis of a remd run: <U>, ln Z, Ramachandran histograms, basin ΔF(T)",
-        description="Analyse a `trade-md remd` directory: equilibration detection, decorrelation, MBAR at any "
+        "reference", help="MBAR analysis of remd runs: <U>, ln Z, Ramachandran histograms, basin ΔF(T)",
+        description="Analyse a `trade-md remd` directory, or several independent runs of one system pooled into "
+                    "one MBAR (their ladders may differ): equilibration detection, decorrelation, MBAR at any "
                     "temperature inside the ladder, diagnostics, decorrelated frames for NLL evaluation.",
     )
-    reference.add_argument("run_dir", help="directory written by trade-md remd")
-    reference.add_argument("--out", help="summary JSON (default RUN_DIR/summary.json)")
+    reference.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by trade-md remd")
+    reference.add_argument("--out", help="summary JSON (default RUN_DIR/summary.json; required for several runs)")
     reference.add_argument("--temperatures",
                            help="temperatures in K (comma list or Tmin:Tmax:K) inside the ladder; default the ladder "
                                 "plus 300,400,450,500,600,...,1000 within it")
-    reference.add_argument("--frames-dir", help="where to export decorrelated frames (default RUN_DIR/frames)")
+    reference.add_argument("--frames-dir", help="where to export decorrelated frames (default: frames/ beside the "
+                                                "summary JSON)")
     reference.add_argument("--no-frames", action="store_true", help="do not export frames")
     reference.add_argument("--no-histograms", action="store_true", help="leave Ramachandran histograms out of the JSON")
     reference.add_argument("--bootstrap", type=int, default=100, metavar="N",
@@ -1239,15 +1324,19 @@ def _remd_command(args: argparse.Namespace) -> int:
 
 
 def _reference_command(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    data = read_storage(run_dir)
+    run_dirs = [Path(run_dir) for run_dir in args.run_dirs]
+    if len(run_dirs) > 1 and not args.out:
+        raise InputError("several runs are pooled into one summary: give --out SUMMARY.json")
+    out = Path(args.out) if args.out else run_dirs[0] / "summary.json"
+    runs: list[ReplicaData] = []
+    for run_dir in run_dirs:
+        runs.append(read_storage(run_dir, system=runs[0].system if runs else None))
     temperatures = None if args.temperatures is None else _parse_targets(args.temperatures)
-    summary, samples, estimator = analyse_reference(data, temperatures, histograms=not args.no_histograms,
-                                                    n_bootstrap=args.bootstrap)
+    summary, samples, estimator = analyse_reference(runs, temperatures, histograms=not args.no_histograms,
+                                                    n_bootstrap=args.bootstrap, sources=[str(d) for d in run_dirs])
     if not args.no_frames:
-        frames_dir = Path(args.frames_dir) if args.frames_dir else run_dir / "frames"
-        summary["frames"] = export_frames(data, samples, estimator, summary, frames_dir)
-    out = Path(args.out) if args.out else run_dir / "summary.json"
+        frames_dir = Path(args.frames_dir) if args.frames_dir else out.parent / "frames"
+        summary["frames"] = export_frames(runs[0].system, samples, estimator, summary, frames_dir)
     write_json_atomic(out, summary)
     for message in summary["warnings"]:
         print(f"trade-md reference: WARNING: {message}", file=sys.stderr)
@@ -1312,5 +1401,8 @@ def _print_table(summary: dict[str, Any]) -> None:
     diagnostics = summary.get("diagnostics")
     if diagnostics is None:  # a combination of runs (combine_summaries) has no single ladder to diagnose
         return
-    print(f"neighbour acceptance {diagnostics['neighbour_acceptance']}; round trips {diagnostics['round_trips']}; "
-          f"min neighbour overlap {min(diagnostics['overlap_neighbours'], default=float('nan'))}")
+    runs = summary.get("runs") or [{"source": "", "diagnostics": diagnostics}]
+    for run in runs:
+        print(f"{run['source'] + ': ' if run['source'] else ''}neighbour acceptance "
+              f"{run['diagnostics']['neighbour_acceptance']}; round trips {run['diagnostics']['round_trips']}")
+    print(f"min neighbour MBAR overlap {min(diagnostics['overlap_neighbours'], default=float('nan'))}")

@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 from trade_md.basins import peptide_features
 from trade_md.errors import InputError, SystemMismatchError, WorkerError
 from trade_md.ic import chiral_centres, handedness
+from trade_md.md import openmm_seed
 from trade_md.io import atomic_write_path, package_versions, read_json, write_json_atomic
 from trade_md.report import backbone_dihedrals
 from trade_md.systems import MolecularSystem
@@ -216,11 +217,6 @@ def biased_system(system: MolecularSystem, atoms: np.ndarray, centre: float, for
     return copy
 
 
-def _seed(seed: int, *keys: int) -> int:
-    state = np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint32)[0]
-    return int(state % (2**31 - 2)) + 1
-
-
 def _temperature_path(out: Path, temperature: float) -> Path:
     return out / "windows" / f"T{temperature:g}K.npz"
 
@@ -276,7 +272,7 @@ def _run_temperature(out: str, t_index: int, platform: str) -> float:
             integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin,
                                                          settings.friction_per_ps / unit.picosecond,
                                                          settings.timestep_fs * unit.femtosecond)
-            integrator.setRandomNumberSeed(_seed(settings.seed, t_index, k, *keys))
+            integrator.setRandomNumberSeed(openmm_seed(settings.seed, t_index, k, *keys))
             made.append((openmm.Context(biased, integrator, openmm.Platform.getPlatformByName(platform)), integrator))
         return made
 
@@ -286,7 +282,7 @@ def _run_temperature(out: str, t_index: int, platform: str) -> float:
         for k, (context, integrator) in enumerate(contexts((2**30,))):
             context.setPositions(system.positions)
             openmm.LocalEnergyMinimizer.minimize(context)
-            context.setVelocitiesToTemperature(temperature * unit.kelvin, _seed(settings.seed, t_index, k, 2**30 + 1))
+            context.setVelocitiesToTemperature(temperature * unit.kelvin, openmm_seed(settings.seed, t_index, k, 2**30 + 1))
             integrator.step(round(settings.equilibration_ps * 1000.0 / settings.timestep_fs))
             state = context.getState(getPositions=True, getVelocities=True)
             positions[k] = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
@@ -488,7 +484,8 @@ def unbias_windows(phi_windows: Sequence[np.ndarray], centres: np.ndarray, force
         observables["energy"] = np.concatenate([np.asarray(e, dtype=np.float64) for e in energies])
     positive = phi > 0
     errors = estimator.block_bootstrap(blocks, observables=observables, indicators={"phi_positive": positive},
-                                       n_bootstrap=n_bootstrap, seed=seed, stratified=not exchanged)
+                                       n_bootstrap=n_bootstrap, seed=seed,
+                                       strata=None if exchanged else np.repeat(np.arange(n_k.size), n_k))
     weights = estimator.weights()[:, -1]
     delta_f, _, p, _ = estimator.indicator_free_energy(positive)
     histogram = np.array([weights[bins == b].sum() for b in range(PMF_BINS)])
