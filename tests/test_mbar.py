@@ -206,3 +206,12 @@ def test_block_bootstrap_is_calibrated_on_correlated_samples():
     with pytest.raises(InputError, match="within one stratum"):
         estimator.block_bootstrap(blocks, observables={"U": energies}, n_bootstrap=10, strata=np.repeat([0, 1], n))
     assert np.std(z_asymptotic) > 2.0  # what ignoring the correlation would have claimed
+
+
+def test_pymbar_generic_notices_are_dropped_and_real_warnings_kept(rng, caplog):
+    with caplog.at_level(logging.WARNING):
+        decorrelate(rng.normal(size=200))  # pymbar's timeseries logs its generic caveat on every call
+        logging.getLogger("pymbar.mbar_solvers").warning("\n********* JAX NOT FOUND *********\n")  # on import
+        logging.getLogger("pymbar.mbar_solvers").warning("Failed to reach a solution")
+    assert "timeseries module" not in caplog.text and "JAX" not in caplog.text
+    assert "Failed to reach a solution" in caplog.text
