@@ -227,6 +227,7 @@ class MBAREstimator:
         n_bootstrap: int = 100,
         seed: int = 0,
         strata: np.ndarray | None = None,
+        progress: bool = False,
     ) -> dict[str, np.ndarray]:
         """Bootstrap standard errors [K] that respect time correlation: resample whole blocks of samples.
 
@@ -235,13 +236,14 @@ class MBAREstimator:
         are, with replacement, and re-solves MBAR. strata: optional [N] label per sample; each stratum's blocks are
         then drawn from that stratum's own (blocks must not span strata), so every stratum keeps its number of
         blocks: the state of each sample for umbrella windows that never exchange, the run of each sample for
-        independent runs pooled.
+        independent runs pooled. progress: a progress bar over the replicates (on a terminal).
         Returns ``"f"`` (error of f_k − f_0), one entry per observable name (error of ⟨A⟩_k, A's unit) and, per
         indicator name, the error of its :meth:`indicator_free_energy` ΔF (k_B T) and of its probability (key
         ``name + "_p"``). Replicates where a region carries no weight are left
         out of that region's ΔF (NaN where fewer than two remain).
         """
         import pymbar
+        from tqdm.auto import tqdm
 
         observables = {} if observables is None else {k: np.asarray(v, dtype=np.float64) for k, v in observables.items()}
         indicators = {} if indicators is None else {k: np.asarray(v, dtype=bool) for k, v in indicators.items()}
@@ -263,7 +265,8 @@ class MBAREstimator:
         generator = np.random.default_rng(seed)
         draws: dict[str, list[np.ndarray]] = {"f": []}
         skipped = 0
-        for _ in range(int(n_bootstrap)):
+        for _ in tqdm(range(int(n_bootstrap)), desc="bootstrap", unit="MBAR", disable=None if progress else True,
+                      dynamic_ncols=True):
             picks = np.concatenate([group[generator.integers(0, group.size, group.size)] for group in groups])
             chosen = np.concatenate([members[b] for b in picks])
             chosen = chosen[np.argsort(state_n[chosen], kind="stable")]

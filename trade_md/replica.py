@@ -884,6 +884,7 @@ def analyse_reference(
     histograms: bool = True,
     n_bootstrap: int = 100,
     sources: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], PooledSamples, MBAREstimator]:
     """MBAR analysis of a replica-exchange run, or of several independent runs of one system pooled into one MBAR,
     at ``temperatures`` [K] (default: the ladder — the union of the runs' ladders — plus
@@ -894,7 +895,8 @@ def analyse_reference(
     time correlation that MBAR's asymptotic errors ignore; pooled runs are resampled each within itself. Returns
     (summary dict, the pooled samples, the estimator whose states are the ladder followed by the off-ladder
     targets). Warnings (poor overlap, unconverged MBAR, too few blocks, an empty basin) are logged and listed in
-    ``summary["warnings"]``. sources: a label per run for the summary (default "run 0", "run 1", ...).
+    ``summary["warnings"]``. sources: a label per run for the summary (default "run 0", "run 1", ...); progress: a
+    progress bar over the bootstrap re-solves.
     """
     from trade_md.mbar import MBAREstimator, tempering_reduced_potentials
     from trade_md.metrics import RAMACHANDRAN_BINS, ramachandran_histogram
@@ -936,7 +938,8 @@ def analyse_reference(
         phi, psi = _dihedral_angles(samples.positions, quadruplets)
     errors = estimator.block_bootstrap(samples.block, observables={"energy": samples.energies},
                                        indicators={} if phi is None else {"phi_positive": phi > 0},
-                                       n_bootstrap=int(n_bootstrap), strata=samples.run if len(runs) > 1 else None)
+                                       n_bootstrap=int(n_bootstrap), strata=samples.run if len(runs) > 1 else None,
+                                       progress=progress)
     f = estimator.f_k
     mean_u, _ = estimator.expectations(samples.energies)
     weights = estimator.weights()
@@ -1262,6 +1265,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     reference.add_argument("--no-histograms", action="store_true", help="leave Ramachandran histograms out of the JSON")
     reference.add_argument("--bootstrap", type=int, default=100, metavar="N",
                            help="block-bootstrap MBAR re-solves behind the standard errors (default %(default)s)")
+    reference.add_argument("--no-progress", action="store_true", help="no progress bar")
     reference.set_defaults(func=_reference_command, command="reference")
 
     combine = subparsers.add_parser(
@@ -1333,7 +1337,8 @@ def _reference_command(args: argparse.Namespace) -> int:
         runs.append(read_storage(run_dir, system=runs[0].system if runs else None))
     temperatures = None if args.temperatures is None else _parse_targets(args.temperatures)
     summary, samples, estimator = analyse_reference(runs, temperatures, histograms=not args.no_histograms,
-                                                    n_bootstrap=args.bootstrap, sources=[str(d) for d in run_dirs])
+                                                    n_bootstrap=args.bootstrap, sources=[str(d) for d in run_dirs],
+                                                    progress=not args.no_progress)
     if not args.no_frames:
         frames_dir = Path(args.frames_dir) if args.frames_dir else out.parent / "frames"
         summary["frames"] = export_frames(runs[0].system, samples, estimator, summary, frames_dir)
