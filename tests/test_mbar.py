@@ -171,6 +171,18 @@ def test_decorrelate_constant_series():
     assert result.t0 == 0 and result.g == 1.0 and result.indices.size == 50
 
 
+def test_stratified_block_bootstrap_keeps_each_stratum_whole():
+    # One state; stratum 0 holds 10 blocks of A = 0, stratum 1 10 blocks of A = 1. Resampled within strata every
+    # replicate keeps 10 of each, so <A> = 0.5 exactly and its error is 0; across strata the mix varies (about
+    # sqrt(0.25 / 20) = 0.11).
+    n = 200
+    estimator = MBAREstimator(np.zeros((1, n)), np.array([n]))
+    values, blocks, strata = np.repeat([0.0, 1.0], n // 2), np.arange(n) // 10, np.repeat([0, 1], n // 2)
+    within = estimator.block_bootstrap(blocks, observables={"A": values}, n_bootstrap=40, strata=strata)
+    across = estimator.block_bootstrap(blocks, observables={"A": values}, n_bootstrap=40)
+    assert within["A"][0] < 1e-12 and across["A"][0] > 0.05
+
+
 def test_block_bootstrap_is_calibrated_on_correlated_samples():
     """AR(1) draws with exact N(0, kT/K) marginals: MBAR's asymptotic σ assumes independence and is too small by
     about sqrt(g); the block bootstrap over blocks longer than the correlation time is calibrated."""
@@ -202,16 +214,27 @@ def test_block_bootstrap_is_calibrated_on_correlated_samples():
             errors = estimator.block_bootstrap(own, observables={"U": energies}, n_bootstrap=40, seed=seed,
                                                strata=np.repeat([0, 1], n))
             z_strata.append((mean[2] - exact) / errors["U"][2])
+    # the std of 25 (13) unit normals lies within these bounds with probability 0.998 (0.993), by chi-square
     assert 0.6 < np.std(z_block) < 1.6 and 0.5 < np.std(z_strata) < 1.7
     with pytest.raises(InputError, match="within one stratum"):
         estimator.block_bootstrap(blocks, observables={"U": energies}, n_bootstrap=10, strata=np.repeat([0, 1], n))
     assert np.std(z_asymptotic) > 2.0  # what ignoring the correlation would have claimed
 
 
-def test_pymbar_generic_notices_are_dropped_and_real_warnings_kept(rng, caplog):
-    with caplog.at_level(logging.WARNING):
-        decorrelate(rng.normal(size=200))  # pymbar's timeseries logs its generic caveat on every call
-        logging.getLogger("pymbar.mbar_solvers").warning("\n********* JAX NOT FOUND *********\n")  # on import
+def test_pymbar_generic_notices_are_dropped_and_real_warnings_kept(caplog):
+    from pymbar.timeseries import LongWarning
+
+    with caplog.at_level(logging.WARNING):  # both notices as pymbar logs them when its modules are imported
+        logging.getLogger("pymbar.timeseries").warning(LongWarning)
+        logging.getLogger("pymbar.mbar_solvers").warning("\n********* JAX NOT FOUND *********\n")
         logging.getLogger("pymbar.mbar_solvers").warning("Failed to reach a solution")
     assert "timeseries module" not in caplog.text and "JAX" not in caplog.text
     assert "Failed to reach a solution" in caplog.text
+
+
+def test_expectations_leave_the_observable_untouched(rng):
+    energies = np.concatenate([rng.gamma(6.0, KB * t, 300) for t in (300.0, 400.0)])
+    estimator = MBAREstimator(tempering_reduced_potentials(energies, np.array([300.0, 400.0])), np.array([300, 300]))
+    before = energies.copy()
+    estimator.expectations(energies)  # pymbar 4 shifts its argument in place, by about one ulp
+    assert np.array_equal(energies, before)

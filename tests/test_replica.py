@@ -530,16 +530,18 @@ def test_maxwell_boltzmann_velocities_have_the_equipartition_variance():
         assert np.mean(m * v[masses == m] ** 2) / kT(450.0) == pytest.approx(1.0, abs=0.052)
 
 
-def _synthetic_run(system, ladder: tuple[float, ...], n_iterations: int, dims: int, seed: int):
+def _synthetic_run(system, ladder: tuple[float, ...], n_iterations: int, dims: int, seed: int, hold: int = 1):
     """ReplicaData of exact draws from a ``dims``-dimensional harmonic well U = k|x|^2/2 at every ladder temperature
-    (U / k_BT ~ Gamma(dims/2)), replicas shuffled over the states every iteration as exchanges would."""
+    (U / k_BT ~ Gamma(dims/2)), replicas shuffled over the states as exchanges would; each draw is held for
+    ``hold`` iterations (a statistical inefficiency of about ``hold``)."""
     from trade_md.replica import ReplicaData
     from trade_md.units import kT
 
     rng = np.random.default_rng(seed)
-    k = len(ladder)
-    states = np.array([rng.permutation(k) for _ in range(n_iterations + 1)])
-    energies = np.array([[kT(ladder[s]) for s in row] for row in states]) * rng.gamma(dims / 2, size=states.shape)
+    k, n_draws = len(ladder), -(-(n_iterations + 1) // hold)
+    states = np.repeat([rng.permutation(k) for _ in range(n_draws)], hold, axis=0)[: n_iterations + 1]
+    reduced = np.repeat(rng.gamma(dims / 2, size=(n_draws, k)), hold, axis=0)[: n_iterations + 1]
+    energies = np.array([[kT(ladder[s]) for s in row] for row in states]) * reduced
     record = {"settings": {"temperatures": list(ladder), "steps_per_iteration": 1, "timestep_fs": 1.0,
                            "collision_rate_per_ps": 1.0, "mixing": "synthetic", "integrator": "synthetic"},
               "segments": [{"wall_s": 0.0, "cpu_s": 0.0, "n_ranks": 1}], "platform": {"name": "synthetic"},
@@ -549,23 +551,46 @@ def _synthetic_run(system, ladder: tuple[float, ...], n_iterations: int, dims: i
                        accepted=np.ones((k, k)), proposed=2 * np.ones((k, k)), record=record, system=system)
 
 
-def test_pooled_runs_with_different_ladders_match_the_harmonic_well(ala2, monkeypatch):
-    # Two independent runs on different ladders (300-510 K and 450-1000 K), pooled into one MBAR: <U>(T) = (d/2)k_BT
-    # and ln Z(T) - ln Z(300 K) = (d/2) ln(T/300) exactly. Neither run alone covers 300 and 1000 K.
-    import trade_md.replica as replica
+def test_pooled_runs_with_different_ladders_match_the_harmonic_well(ala2, monkeypatch, tmp_path):
+    # Two independent runs on different ladders (300-510 K, each draw held 8 iterations; 450-1000 K, independent
+    # draws), pooled into one MBAR: <U>(T) = (d/2)k_BT and ln Z(T) - ln Z(300 K) = (d/2) ln(T/300) exactly.
+    # Neither run alone covers 300 and 1000 K.
+    from trade_md import replica
+    from trade_md.mbar import MBAREstimator
     from trade_md.units import kT
 
     monkeypatch.setattr(replica, "_backbone_dihedrals", lambda system: None)  # positions are placeholders
-    dims, n = 12, 1500
-    runs = [_synthetic_run(ala2, (300.0, 390.0, 510.0), n, dims, seed=1),
+    strata_given = []
+    bootstrap = MBAREstimator.block_bootstrap
+
+    def spy(self, block_n, **options):
+        strata_given.append(options.get("strata"))
+        return bootstrap(self, block_n, **options)
+
+    monkeypatch.setattr(MBAREstimator, "block_bootstrap", spy)
+    dims, n, hold = 12, 1500, 8
+    runs = [_synthetic_run(ala2, (300.0, 390.0, 510.0), hold * n, dims, seed=1, hold=hold),
             _synthetic_run(ala2, (450.0, 600.0, 800.0, 1000.0), n, dims, seed=2)]
-    targets = [300.0, 450.0, 700.0, 1000.0]
+    targets = [300.0, 450.0, 480.0, 700.0, 1000.0]
     with pytest.raises(InputError, match="outside the ladder"):
         analyse_reference(runs[0], targets)
-    summary, samples, _ = analyse_reference(runs, targets, n_bootstrap=40, sources=["a", "b"])
+    summary, samples, estimator = analyse_reference(runs, targets, n_bootstrap=40, sources=["a", "b"])
     assert summary["ladder"] == [300.0, 390.0, 450.0, 510.0, 600.0, 800.0, 1000.0]
-    assert samples.n_k.sum() == sum(s["decorrelation"]["n_samples"] for s in summary["runs"]) > 6 * n
     assert [run["source"] for run in summary["runs"]] == ["a", "b"] and "run" not in summary
+    # MBAR's order (by ladder state), each run's energies in its own states, blocks within one run, run strata
+    assert np.all(np.diff(samples.state) >= 0)
+    assert np.array_equal(samples.n_k, np.bincount(samples.state)) and samples.n_k.sum() > 6 * n
+    for r, (run, ladder_index) in enumerate(zip(runs, ([0, 1, 3], [2, 4, 5, 6]))):
+        assert set(np.unique(samples.state[samples.run == r])) == set(ladder_index)
+        for j, state in enumerate(ladder_index):
+            mine = (samples.run == r) & (samples.state == state)
+            iterations = samples.iteration[mine]
+            replicas = np.argmax(run.states[iterations] == j, axis=1)
+            assert np.array_equal(samples.energies[mine], run.energies[iterations, replicas])
+    assert all(np.unique(samples.run[samples.block == b]).size == 1 for b in np.unique(samples.block))
+    assert strata_given and strata_given[-1] is samples.run
+    g = [run["decorrelation"]["statistical_inefficiency_iterations"] for run in summary["runs"]]
+    assert g[0] > 4 and g[1] < 2
     mean_u, mean_sem = np.array(summary["mean_energy"]), np.array(summary["mean_energy_sem"])
     log_z, log_z_sem = np.array(summary["log_z_relative"]), np.array(summary["log_z_relative_sem"])
     exact_u = np.array([dims / 2 * kT(t) for t in targets])
@@ -573,14 +598,30 @@ def test_pooled_runs_with_different_ladders_match_the_harmonic_well(ala2, monkey
     assert np.all(np.abs(mean_u - exact_u) < 4 * mean_sem), (mean_u - exact_u) / mean_sem
     assert np.all(np.abs(log_z[1:] - exact_log_z[1:]) < 4 * log_z_sem[1:]), (log_z - exact_log_z) / log_z_sem
     # The bootstrap error at 1000 K is that of ~n independent draws there: sqrt(d/2) k_BT / sqrt(n) (0.52 kJ/mol),
-    # within a factor of two (other states' samples add a little; the exact value is not the point here).
+    # within a factor of two (samples of other states change it by tens of percent).
     assert 0.5 < mean_sem[-1] / (np.sqrt(dims / 2) * kT(1000.0) / np.sqrt(n)) < 2.0
+
+    # The exported frames (run a thinned ~8 times more than run b) with their weights give <U> as well: within 4
+    # errors of the thinned estimate (the full data's sem times sqrt(max g)); unweighted for the thinning they
+    # would miss at 480 K by ~30 full-data errors.
+    manifest = replica.export_frames(ala2, samples, estimator, summary, tmp_path / "frames")
+    assert sum(manifest["frames_per_ladder_temperature"].values()) == int(samples.decorrelated.sum())
+    with np.load(tmp_path / "frames" / "weights.npz") as frames:
+        frame_u = np.exp(frames["log_weights"]).T @ frames["energies"]
+    assert np.all(np.abs(frame_u - exact_u) < 4 * np.sqrt(max(g)) * mean_sem), (frame_u - exact_u) / mean_sem
+
+
+def test_estimator_states_put_off_ladder_targets_after_the_ladder():
+    from trade_md.replica import _estimator_states
+
+    states, columns = _estimator_states(np.array([300.0, 600.0]), np.array([300.0, 300.002, 650.0]))
+    assert states.tolist() == [300.0, 600.0, 300.002, 650.0] and columns.tolist() == [0, 2, 3]
 
 
 def test_pooling_a_run_with_itself_reproduces_its_estimates(resumed_run, tmp_path, capsys):
     out, data = resumed_run
     single, _, _ = analyse_reference(data, [300.0, 450.0], n_bootstrap=20)
-    pooled, samples, estimator = analyse_reference([data, data], [300.0, 450.0], n_bootstrap=20)
+    pooled, samples, _ = analyse_reference([data, data], [300.0, 450.0], n_bootstrap=20)
     for name in ("mean_energy", "log_z_relative", "p_phi_positive"):
         np.testing.assert_allclose(pooled[name], single[name], rtol=1e-6, atol=1e-9)
     assert np.array_equal(samples.n_k, 2 * np.array([single["decorrelation"]["n_iterations_used"]] * 3))
@@ -598,13 +639,18 @@ def test_pooling_a_run_with_itself_reproduces_its_estimates(resumed_run, tmp_pat
 
     with pytest.raises(SystemMismatchError, match="another system"):
         analyse_reference([data, replace(data, system=OtherSystem())], [300.0], n_bootstrap=20)
-    assert cli.main(["reference", str(out), str(out)]) == 2
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert cli.main(["reference", str(out), str(copy)]) == 2
     assert "--out" in capsys.readouterr().err
     summary_path = tmp_path / "pooled" / "summary.json"
-    assert cli.main(["reference", str(out), str(out), "--out", str(summary_path), "--temperatures", "300",
-                     "--bootstrap", "20"]) == 0
-    assert (tmp_path / "pooled" / "frames" / "frames_300K.dcd").exists()
-    assert f"{out}: neighbour acceptance" in capsys.readouterr().out
+    assert cli.main(["reference", str(out), str(out), "--out", str(summary_path)]) == 2
+    assert "twice" in capsys.readouterr().err
+    assert cli.main(["reference", str(out), str(copy), "--out", str(summary_path), "--temperatures", "300",
+                     "--bootstrap", "20", "--no-progress"]) == 0
+    assert (tmp_path / "pooled" / "summary_frames" / "frames_300K.dcd").exists()
+    assert f"{copy}: neighbour acceptance" in capsys.readouterr().out
     from trade_md.report import load_reference
 
-    assert load_reference(tmp_path / "pooled").frames is not None
+    (tmp_path / "pooled" / "frames").mkdir()  # another run's frames beside the summary are not taken for its own
+    assert load_reference(summary_path).frames is not None

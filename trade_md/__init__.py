@@ -13,7 +13,7 @@ __all__ = ["__version__"]
 
 
 class _PymbarNoticeFilter(logging.Filter):
-    """Drops two generic notices pymbar logs at WARNING level, on import and on every call: an advertisement for
+    """Drops two generic notices pymbar logs at WARNING level when its modules are imported: an advertisement for
     JAX, and a caveat about statistical inefficiencies. trade-md reports its own decorrelation diagnostics."""
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -191,7 +191,7 @@ class MBAREstimator:
 
     def expectations(self, a_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(⟨A⟩_k [K], standard error [K]) of an observable ``a_n [N]`` (any unit; returned in the same unit)."""
-        a_n = np.asarray(a_n, dtype=np.float64)
+        a_n = np.array(a_n, dtype=np.float64)  # a copy: pymbar shifts the observable in place
         if a_n.shape != (self.u_kn.shape[1],):
             raise InputError(f"observable must have shape [N] = ({self.u_kn.shape[1]},), got {a_n.shape}")
         with np.errstate(divide="ignore", invalid="ignore"):  # pymbar takes ln of observables that can be 0

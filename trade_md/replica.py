@@ -772,7 +772,7 @@ def _targets(ladder: np.ndarray, requested: Sequence[float] | None) -> np.ndarra
 class PooledSamples:
     """Every equilibrated sample of every replica, ordered by the ladder state that produced it (MBAR's order).
 
-    energies: [N] kJ/mol; state: [N] ladder index; iteration: [N] stored iteration; positions: [N, atoms, 3] nm;
+    energies: [N] kJ/mol; state: [N] ladder index; iteration: [N] stored iteration of its run; positions: [N, atoms, 3] nm;
     n_k: [K] samples per ladder state; decorrelated: [N] bool, the subsample spaced by the statistical
     inefficiency (exported as frames); run: [N] index of the run the sample comes from (0 for a single run);
     block: [N] block label for the bootstrap (blocks of ≥ 2 statistical inefficiencies, never spanning runs).
@@ -832,6 +832,14 @@ def _pooled_samples(data: ReplicaData, phi: np.ndarray | None) -> tuple[PooledSa
         "n_decorrelated_per_state": int(decorrelated.sum()),
     }
     return samples, info
+
+
+def _estimator_states(ladder: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The estimator's states [K + off-ladder] K (the ladder, then the targets not on it) and each target's
+    column [M] among them."""
+    off_ladder = [t for t in targets if not np.any(np.isclose(t, ladder, rtol=0, atol=1e-6))]
+    states = np.concatenate([ladder, np.asarray(off_ladder, dtype=np.float64)])
+    return states, np.array([int(np.argmin(np.abs(states - t))) for t in targets], dtype=np.int64)
 
 
 def union_ladder(ladders: Sequence[np.ndarray]) -> np.ndarray:
@@ -916,23 +924,23 @@ def analyse_reference(
                                       "only runs of one system")
     ladder = union_ladder([run.temperatures for run in runs])
     targets = _targets(ladder, temperatures)
-    off_ladder = np.array([t for t in targets if not np.any(np.isclose(t, ladder, rtol=0, atol=1e-6))])
-    states_t = np.concatenate([ladder, off_ladder])
+    states_t, index = _estimator_states(ladder, targets)
     quadruplets = _backbone_dihedrals(system)
     samples, run_decorrelation = _pool_runs(runs, ladder, quadruplets)
     decorrelation = run_decorrelation[0] if len(runs) == 1 else _pooled_decorrelation(run_decorrelation)
-    n_k = np.concatenate([samples.n_k, np.zeros(off_ladder.size, dtype=np.int64)])
+    n_k = np.concatenate([samples.n_k, np.zeros(states_t.size - ladder.size, dtype=np.int64)])
     estimator = MBAREstimator(tempering_reduced_potentials(samples.energies, states_t), n_k)
     warnings: list[str] = []  # besides the estimator's own, added at the end
-    index = np.array([int(np.argmin(np.abs(states_t - t))) for t in targets])
 
     def warn(message: str) -> None:
         logger.warning(message)
         warnings.append(message)
 
-    if decorrelation["n_blocks"] < 10:
-        warn(f"only {decorrelation['n_blocks']} independent blocks of {decorrelation['block_length_iterations']} "
-             "iterations: the bootstrap standard errors are unreliable; run longer")
+    for source, record in zip(sources, run_decorrelation):
+        if record["n_blocks"] < 10:
+            warn(f"{source + ': ' if len(runs) > 1 else ''}only {record['n_blocks']} independent blocks of "
+                 f"{record['block_length_iterations']} iterations: the bootstrap standard errors are unreliable; "
+                 "run longer")
     phi = psi = None
     if quadruplets is not None:
         phi, psi = _dihedral_angles(samples.positions, quadruplets)
@@ -955,7 +963,8 @@ def analyse_reference(
             "units": "energies kJ/mol, temperatures K, angles radians",
             "estimates": "MBAR over every equilibrated sample of every replica (u_k = U / k_B T_k)",
             "sem": f"one standard error from {int(n_bootstrap)} block-bootstrap MBAR re-solves over blocks of "
-                   "block_length_iterations iterations (≥ 2 statistical inefficiencies)",
+                   "block_length_iterations iterations (≥ 2 statistical inefficiencies"
+                   + (", each run's own, resampled within the run)" if len(runs) > 1 else ")"),
             "log_z_relative": "ln Z(T) − ln Z(Tmin) (Tmin = lowest ladder temperature) = −(f(T) − f(Tmin))",
             "delta_f": "F(φ>0) − F(φ<0) = −k_B T ln(P(φ>0)/P(φ<0)), φ the ACE-ALA backbone dihedral",
             "ramachandran": f"{RAMACHANDRAN_BINS}×{RAMACHANDRAN_BINS} bins of equal width on [−π, π)², rows φ, "
@@ -1125,8 +1134,10 @@ def export_frames(
     """Write the decorrelated subsample of :func:`analyse_reference`'s ``samples`` and ``summary``:
     ``frames_<T>K.dcd`` per ladder temperature (frames drawn at T),
     ``frames_all.dcd`` (all of them, ladder order) with ``weights.npz`` (``temperatures`` [M] K, ``log_weights``
-    [n, M] MBAR ln-weights of each frame at each summary temperature, renormalised over these frames,
-    ``energies`` [n] kJ/mol, ``state`` [n]) and ``topology.pdb``. Written atomically; returns a manifest."""
+    [n, M] MBAR ln-weights of each frame at each summary temperature, divided by the fraction of its run's samples
+    kept (runs pooled may be thinned at different strides) and renormalised over these frames, ``energies`` [n]
+    kJ/mol, ``state`` [n] index into ``summary["ladder"]``) and ``topology.pdb``. Written atomically; returns a
+    manifest."""
     import mdtraj
     from scipy.special import logsumexp
 
@@ -1149,10 +1160,11 @@ def export_frames(
     with atomic_write_path(frames_dir / "frames_all.dcd") as temp:
         mdtraj.Trajectory(positions, topology).save_dcd(str(temp), force_overwrite=True)
     files["all"] = "frames_all.dcd"
-    targets = np.asarray(summary["temperatures"])
-    ladder_and_off = np.concatenate([ladder, [t for t in targets if not np.any(np.isclose(t, ladder, atol=1e-6))]])
-    columns = [int(np.argmin(np.abs(ladder_and_off - t))) for t in targets]
-    log_w = estimator.log_weights()[chosen][:, columns]
+    targets = np.asarray(summary["temperatures"], dtype=np.float64)
+    _, columns = _estimator_states(ladder, targets)
+    # Each run is thinned at its own stride: a kept frame stands for (used / kept) samples of its run.
+    kept_fraction = np.array([chosen[samples.run == r].mean() for r in range(int(samples.run.max()) + 1)])
+    log_w = estimator.log_weights()[chosen][:, columns] - np.log(kept_fraction[samples.run[chosen]])[:, None]
     with atomic_write_path(frames_dir / "weights.npz") as temp, open(temp, "wb") as handle:
         np.savez(handle, temperatures=targets, log_weights=log_w - logsumexp(log_w, axis=0, keepdims=True),
                  energies=samples.energies[chosen], state=state)
@@ -1259,8 +1271,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     reference.add_argument("--temperatures",
                            help="temperatures in K (comma list or Tmin:Tmax:K) inside the ladder; default the ladder "
                                 "plus 300,400,450,500,600,...,1000 within it")
-    reference.add_argument("--frames-dir", help="where to export decorrelated frames (default: frames/ beside the "
-                                                "summary JSON)")
+    reference.add_argument("--frames-dir", help="where to export decorrelated frames (default RUN_DIR/frames; "
+                                                "for several runs OUT_frames beside the summary JSON)")
     reference.add_argument("--no-frames", action="store_true", help="do not export frames")
     reference.add_argument("--no-histograms", action="store_true", help="leave Ramachandran histograms out of the JSON")
     reference.add_argument("--bootstrap", type=int, default=100, metavar="N",
@@ -1332,15 +1344,16 @@ def _reference_command(args: argparse.Namespace) -> int:
     if len(run_dirs) > 1 and not args.out:
         raise InputError("several runs are pooled into one summary: give --out SUMMARY.json")
     out = Path(args.out) if args.out else run_dirs[0] / "summary.json"
-    runs: list[ReplicaData] = []
-    for run_dir in run_dirs:
-        runs.append(read_storage(run_dir, system=runs[0].system if runs else None))
+    if len({run_dir.resolve() for run_dir in run_dirs}) < len(run_dirs):
+        raise InputError("the same run is given twice; pool only independent runs")
+    runs = [read_storage(run_dir) for run_dir in run_dirs]
     temperatures = None if args.temperatures is None else _parse_targets(args.temperatures)
     summary, samples, estimator = analyse_reference(runs, temperatures, histograms=not args.no_histograms,
                                                     n_bootstrap=args.bootstrap, sources=[str(d) for d in run_dirs],
                                                     progress=not args.no_progress)
     if not args.no_frames:
-        frames_dir = Path(args.frames_dir) if args.frames_dir else out.parent / "frames"
+        frames_dir = Path(args.frames_dir) if args.frames_dir else (
+            run_dirs[0] / "frames" if len(run_dirs) == 1 else out.with_name(f"{out.stem}_frames"))
         summary["frames"] = export_frames(runs[0].system, samples, estimator, summary, frames_dir)
     write_json_atomic(out, summary)
     for message in summary["warnings"]:

@@ -128,8 +128,9 @@ def default_reference(system_name: str) -> Path | None:
 def load_reference(source: str | Path) -> Reference:
     """Read a reference: a ``trade-md reference`` directory (``summary.json`` [+ ``frames/``]) or a summary JSON.
 
-    Frames are looked up in ``<dir>/frames``, at the summary's ``frames.dir`` (as given, or beside the JSON);
-    a reference without them still gives histograms, ΔF and ⟨U⟩.
+    Frames are looked up at the summary's ``frames.dir`` (as given, or by that name beside the JSON), or in
+    ``frames/`` beside the JSON when the summary lists none; a reference without them still gives histograms, ΔF
+    and ⟨U⟩.
     """
     path = Path(source)
     if path.is_dir():
@@ -145,10 +146,8 @@ def load_reference(source: str | Path) -> Reference:
     if not isinstance(summary, dict) or not str(summary.get("format", "")).startswith(REFERENCE_FORMATS):
         raise InputError(f"{summary_path} is not a `trade-md reference` summary; pass the output of "
                          "`trade-md reference` (or the summary.json of `trade-md umbrella`)")
-    candidates = [summary_path.parent / "frames"]
-    listed = (summary.get("frames") or {}).get("dir")
-    if listed:
-        candidates += [Path(listed), summary_path.parent / Path(listed).name]
+    listed = (summary.get("frames") or {}).get("dir")  # the summary's own frames, never another run's beside it
+    candidates = [Path(listed), summary_path.parent / Path(listed).name] if listed else [summary_path.parent / "frames"]
     frames_dir = next((c for c in candidates if (c / "weights.npz").is_file() and (c / "frames_all.dcd").is_file()),
                       None)
     return Reference(summary, summary_path, None if frames_dir is None else _read_frames(frames_dir))

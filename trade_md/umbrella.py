@@ -62,8 +62,8 @@ from tqdm.auto import tqdm
 from trade_md.basins import peptide_features
 from trade_md.errors import InputError, SystemMismatchError, WorkerError
 from trade_md.ic import chiral_centres, handedness
-from trade_md.md import openmm_seed
 from trade_md.io import atomic_write_path, package_versions, read_json, write_json_atomic
+from trade_md.md import openmm_seed
 from trade_md.report import backbone_dihedrals
 from trade_md.systems import MolecularSystem
 from trade_md.units import KB, to_kelvin
