@@ -394,13 +394,39 @@ def test_resume_after_sigkill_of_the_cli(tmp_path):
     stored = reporter.read_last_iteration(last_checkpoint=True)
     reporter.close()
     assert stored < 5000
-    before = read_storage(out) if stored >= 1 else None
+    assert (out / "backup" / STORAGE_NAME).is_file()  # made after the first iteration
+    try:
+        before = read_storage(out) if stored >= 1 else None
+    except InputError:  # killed while HDF5 was writing: the storage is unreadable, the backup must serve
+        before = None
     resume_remd(out, n_iterations=stored + 5, progress=False)
     after = read_storage(out)
     assert after.n_iterations == stored + 5
     assert json.loads((out / RUN_RECORD_NAME).read_text())["settings"]["integrator"] == "ghmc"  # kept on resume
-    if before is not None:
+    if before is not None and not any(out.glob("damaged-*")):
         assert np.array_equal(after.energies[: stored + 1], before.energies)
+
+
+def test_a_damaged_storage_resumes_from_its_backup(tmp_path, ala2, caplog):
+    out = tmp_path / "run"
+    run_remd(ala2, RemdSettings(temperatures=LADDER, n_iterations=4, steps_per_iteration=20), out,
+             platform="Reference", progress=False)
+    assert (out / "backup" / STORAGE_NAME).stat().st_size > 0 and (out / "backup" / "replicas_checkpoint.nc").is_file()
+    with open(out / STORAGE_NAME, "r+b") as handle:  # what a kill mid-write can leave: an unreadable file
+        handle.write(b"\0" * 4096)
+    with pytest.raises(InputError, match="damaged"):
+        read_storage(out)
+    with caplog.at_level("WARNING"):
+        resume_remd(out, n_iterations=6, progress=False)
+    assert "resuming from the backup" in caplog.text
+    assert read_storage(out).n_iterations == 6
+    assert len(list(out.glob("damaged-*/" + STORAGE_NAME))) == 1
+
+    shutil.rmtree(out / "backup")
+    with open(out / STORAGE_NAME, "r+b") as handle:
+        handle.write(b"\0" * 4096)
+    with pytest.raises(InputError, match="no backup"):
+        resume_remd(out, n_iterations=8, progress=False)
 
 
 def test_backbone_dihedrals_of_the_starting_structure(ala2):

@@ -49,6 +49,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -108,6 +109,11 @@ _RECORD_FORMAT = "trade-md remd run/2"
 _RECORD_FORMAT_REDRAW = "trade-md remd run/1"  # before velocity rescaling: its "langevin" redrew velocities
 _SUMMARY_FORMAT = "trade-md reference summary/1"
 _RECORD_INTERVAL_S = 60.0
+BACKUP_NAME = "backup"
+"""Folder in the out directory with a copy of both storage files, made at an iteration boundary: after the first
+iteration of every segment, then every ``_BACKUP_INTERVAL_S`` seconds. NetCDF/HDF5 files are not crash-safe: a
+process killed while writing can leave them unreadable, and resume then starts again from this copy."""
+_BACKUP_INTERVAL_S = 600.0
 
 
 # ----------------------------------------------------------------------------------------------------- ladder
@@ -441,7 +447,7 @@ def resume_remd(
 
     out = Path(out_dir)
     record, storage = _read_record(out)
-    stored = mpiplus.run_single_node(0, _storage_fingerprint, storage, broadcast_result=True)
+    stored = mpiplus.run_single_node(0, _recover_storage, storage, broadcast_result=True)
     _check_fingerprints(record, stored, storage)
     run_system = _record_system(record)
     _check_system(system, run_system, storage)
@@ -496,6 +502,7 @@ def _run_iterations(
     k = len(record["settings"]["temperatures"])
     accepted, proposed = np.zeros((k, k)), np.zeros((k, k))
     wall0, cpu0, last_write = time.perf_counter(), time.process_time(), time.perf_counter()
+    last_backup = -math.inf
     bar = tqdm(total=target, initial=first, unit="it", desc="remd", disable=True if not progress or rank else None,
                dynamic_ncols=True)
     try:
@@ -512,6 +519,9 @@ def _run_iterations(
             if rank == 0 and time.perf_counter() - last_write > _RECORD_INTERVAL_S:
                 write_json_atomic(out / RUN_RECORD_NAME, record)
                 last_write = time.perf_counter()
+            if rank == 0 and time.perf_counter() - last_backup > _BACKUP_INTERVAL_S:
+                _backup_storage(sampler._reporter, out / STORAGE_NAME)
+                last_backup = time.perf_counter()
             if callback is not None and rank == 0:
                 callback(int(sampler.iteration))
     finally:
@@ -563,6 +573,46 @@ def _checkpoint_path(storage: Path) -> Path:
     return storage.with_name(f"{storage.stem}_checkpoint{storage.suffix}")
 
 
+def _backup_storage(reporter: Any, storage: Path) -> None:
+    """Copy both storage files, flushed at an iteration boundary, into ``BACKUP_NAME/`` beside them. The copy is
+    made in a temporary folder and swapped in by renames, so a complete copy exists at every moment."""
+    reporter.sync()
+    backup = storage.with_name(BACKUP_NAME)
+    fresh, old = backup.with_name(BACKUP_NAME + ".tmp"), backup.with_name(BACKUP_NAME + ".old")
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir()
+    for path in (storage, _checkpoint_path(storage)):
+        shutil.copy2(path, fresh / path.name)
+    if backup.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        backup.rename(old)
+    fresh.rename(backup)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_storage(storage: Path) -> dict[str, Any] | None:
+    """:func:`_storage_fingerprint` of ``storage``; when the storage is unreadable (a process killed while writing
+    it) and a backup exists, the damaged files move to ``damaged-<time>/`` and the backup takes their place (logged
+    as a warning: the iterations after the backup are run again)."""
+    try:
+        return _storage_fingerprint(storage)
+    except InputError as error:
+        backup = storage.with_name(BACKUP_NAME)
+        if not backup.is_dir():
+            backup = storage.with_name(BACKUP_NAME + ".old")  # a crash between the two renames of a backup swap
+        if not all((backup / path.name).is_file() for path in (storage, _checkpoint_path(storage))):
+            raise InputError(f"{error}; there is no backup to resume from (rerun trade-md remd)") from None
+        damaged = storage.with_name(f"damaged-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        damaged.mkdir()
+        for path in (storage, _checkpoint_path(storage)):
+            if path.exists():
+                path.rename(damaged / path.name)
+            shutil.copy2(backup / path.name, path)
+        logger.warning("%s; resuming from the backup in %s (damaged files kept in %s); the iterations after the "
+                       "backup run again", error, backup, damaged)
+        return _storage_fingerprint(storage)
+
+
 def _storage_fingerprint(storage: Path) -> dict[str, Any] | None:
     """The system fingerprint trade-md stored in the storage's metadata (None if absent), after checking that
     both NetCDF files exist and open (openmmtools itself retries a bad file for ~10 s before failing)."""
@@ -582,6 +632,8 @@ def _storage_fingerprint(storage: Path) -> dict[str, Any] | None:
     try:
         reporter.open(mode="r")
         metadata = reporter.read_dict("metadata")
+        reporter.read_mcmc_moves()
+        reporter.read_sampler_states(reporter.read_last_iteration(last_checkpoint=True))
     except Exception as error:
         raise InputError(f"cannot read {storage} as openmmtools storage ({type(error).__name__}: {error}); "
                          "the file is damaged or not a replica-exchange storage") from None
