@@ -998,7 +998,7 @@ def analyse_reference(
         phi, psi = _dihedral_angles(samples.positions, quadruplets)
     errors = estimator.block_bootstrap(samples.block, observables={"energy": samples.energies},
                                        indicators={} if phi is None else {"phi_positive": phi > 0},
-                                       n_bootstrap=int(n_bootstrap), strata=samples.run if len(runs) > 1 else None,
+                                       n_bootstrap=int(n_bootstrap), strata=samples.run,
                                        progress=progress)
     f = estimator.f_k
     mean_u, _ = estimator.expectations(samples.energies)
