@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from trade_md.errors import InputError
-from trade_md.io import atomic_write_path, write_json_atomic
+from trade_md.formats.files import atomic_write_path, write_json_atomic
 from trade_md.train import CHECKPOINT_NAME, TrainConfig, read_checkpoint
 
 DEFAULT_CONFIG = REPO / "systems" / "alanine_dipeptide" / "trade.yaml"
@@ -321,7 +321,7 @@ def evaluate(args: argparse.Namespace) -> int:
     )
     from trade_md.sampler import Sampler, parse_mixture
     from trade_md.train import load_generator
-    from trade_md.units import kT
+    from trade_md.thermo import kT
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

@@ -33,7 +33,7 @@ import openmm
 import openmm.unit as unit
 
 from trade_md.energy import EnergyBridge
-from trade_md.io import write_json_atomic
+from trade_md.formats.files import write_json_atomic
 from trade_md.systems import load_system
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "energy_throughput.json"

@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trade_md.io import write_json_atomic
+from trade_md.formats.files import write_json_atomic
 
 TOLERANCE = 1e-4
 

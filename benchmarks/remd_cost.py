@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from trade_md.io import write_json_atomic
+from trade_md.formats.files import write_json_atomic
 from trade_md.replica import analyse_reference, read_storage
 
 TARGET_SIGMA_KT = 0.1

@@ -14,7 +14,7 @@ from trade_md.annealing import Annealing, anneal
 from trade_md.errors import InputError
 from trade_md.sampler import Sampler
 from trade_md.toys import DoubleWell2D, toy_generator
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 TEMPERATURE = 150.0
 

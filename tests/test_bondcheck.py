@@ -9,7 +9,7 @@ from trade_md.bondcheck import bond_stretch_ratios, hydrogen_bonds
 from trade_md.energy import EnergyBridge
 from trade_md.errors import InputError
 from trade_md.systems import load_system
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 TEMPERATURE = 600.0
 GRID = 31

@@ -10,7 +10,7 @@ import pytest
 
 import trade_md
 
-MODULES = sorted(info.name for info in pkgutil.iter_modules(trade_md.__path__, "trade_md."))
+MODULES = sorted(info.name for info in pkgutil.walk_packages(trade_md.__path__, "trade_md."))
 
 
 @pytest.mark.parametrize("name", MODULES)

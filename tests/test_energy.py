@@ -20,7 +20,7 @@ import torch
 from trade_md import energy as energy_module
 from trade_md.energy import EnergyBridge
 from trade_md.errors import InputError, WorkerError
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 REPO = Path(__file__).resolve().parents[1]
 

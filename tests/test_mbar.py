@@ -14,7 +14,7 @@ from scipy.stats import norm
 
 from trade_md.errors import InputError
 from trade_md.mbar import MBAREstimator, decorrelate, tempering_reduced_potentials
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 N_SIGMA = 4.0
 DIM = 3

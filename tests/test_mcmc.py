@@ -12,7 +12,7 @@ from scipy.stats import norm
 
 from trade_md.flows import BoxCoordinates, ConditionalSplineFlow, Generator
 from trade_md.mcmc import GeneratorMove, frame_of, place_in_frame
-from trade_md.units import kT
+from trade_md.thermo import kT
 
 SPRING = 200.0  # kJ/mol/nm²
 

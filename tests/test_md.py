@@ -22,7 +22,7 @@ from trade_md.md import (
     run_md,
 )
 from trade_md.systems import SYSTEMS_DIR, MolecularSystem, load_system
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 pytestmark = pytest.mark.filterwarnings("ignore::trade_md.md.ConvergenceWarning")
 

@@ -7,7 +7,7 @@ import pytest
 
 from trade_md import metrics
 from trade_md.errors import InputError
-from trade_md.units import kT
+from trade_md.thermo import kT
 
 
 def test_ess_uniform_weights_is_one() -> None:

@@ -544,7 +544,7 @@ def test_maxwell_boltzmann_velocities_have_the_equipartition_variance():
     import openmm
 
     from trade_md.replica import maxwell_boltzmann
-    from trade_md.units import kT
+    from trade_md.thermo import kT
 
     system = openmm.System()
     masses = np.array([1.008, 12.01, 0.0] * 4000)
@@ -561,7 +561,7 @@ def _synthetic_run(system, ladder: tuple[float, ...], n_iterations: int, dims: i
     (U / k_BT ~ Gamma(dims/2)), replicas shuffled over the states as exchanges would; each draw is held for
     ``hold`` iterations (a statistical inefficiency of about ``hold``)."""
     from trade_md.replica import ReplicaData
-    from trade_md.units import kT
+    from trade_md.thermo import kT
 
     rng = np.random.default_rng(seed)
     k, n_draws = len(ladder), -(-(n_iterations + 1) // hold)
@@ -583,7 +583,7 @@ def test_pooled_runs_with_different_ladders_match_the_harmonic_well(ala2, monkey
     # Neither run alone covers 300 and 1000 K.
     from trade_md import replica
     from trade_md.mbar import MBAREstimator
-    from trade_md.units import kT
+    from trade_md.thermo import kT
 
     monkeypatch.setattr(replica, "_backbone_dihedrals", lambda system: None)  # positions are placeholders
     strata_given = []

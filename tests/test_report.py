@@ -27,7 +27,7 @@ from trade_md.report import (
 )
 from trade_md.sampler import OutOfRangeWarning, SampleSet
 from trade_md.train import load_generator
-from trade_md.units import kT
+from trade_md.thermo import kT
 
 SHIPPED = default_reference("alanine-dipeptide")
 PER_TEMPERATURE_KEYS = {

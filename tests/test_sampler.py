@@ -26,7 +26,7 @@ from trade_md.sampler import OutOfRangeWarning, Sampler, SampleSet, reduced_pote
 from trade_md.systems import load_system
 from trade_md.toys import DoubleWell1D
 from trade_md.train import SystemRecord, Trainer, TrainConfig
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 T0 = 300.0
 

@@ -15,14 +15,13 @@ import pytest
 
 from trade_md import systems
 from trade_md.errors import InputError
+from trade_md.cli.common import add_system_arguments, system_from_args
 from trade_md.systems import (
     MolecularSystem,
-    add_system_arguments,
     builtin_config,
     from_amber,
     from_openmm,
     load_system,
-    system_from_args,
 )
 
 ALA2_PDB = systems.SYSTEMS_DIR / "alanine_dipeptide" / "ala2.pdb"

@@ -20,7 +20,7 @@ from trade_md.toys import (
     toy_from_spec,
     toy_generator,
 )
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 ALL_TOYS = [DoubleWell1D(), DoubleWell2D(), HarmonicOscillator()]
 

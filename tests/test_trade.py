@@ -27,7 +27,7 @@ from trade_md.trade import (
     sample_log_uniform,
     trade_residual,
 )
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 T0 = 300.0
 

@@ -31,7 +31,7 @@ from trade_md.umbrella import (
     unbias_windows,
     wrapped_angle,
 )
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 N_SIGMA = 4.0
 TEMPERATURE = 300.0

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from trade_md.errors import InputError
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 __all__ = ["Annealing", "AnnealedDraws", "anneal"]
 

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.io import read_json, write_json_atomic
-from trade_md.units import KB, to_kelvin
+from trade_md.formats.files import read_json, write_json_atomic
+from trade_md.thermo import KB, to_kelvin
 
 __all__ = ["BasinFeature", "BasinCalibration", "peptide_features", "features_for", "feature_matrix", "tilt",
            "model_fingerprint", "calibrate", "CALIBRATION_FILE"]

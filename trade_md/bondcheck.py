@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trade_md.errors import InputError
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 __all__ = ["BondStretchRatio", "hydrogen_bonds", "bond_stretch_ratios"]
 

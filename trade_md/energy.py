@@ -46,7 +46,7 @@ import openmm
 import openmm.unit as unit
 
 from trade_md.errors import InputError, WorkerError
-from trade_md.units import KB, temperature_array, to_kelvin, to_nm
+from trade_md.thermo import KB, temperature_array, to_kelvin, to_nm
 
 __all__ = ["PLATFORMS", "EnergyBridge"]
 

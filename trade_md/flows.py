@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from trade_md.errors import InputError
-from trade_md.units import to_kelvin
+from trade_md.thermo import to_kelvin
 
 __all__ = [
     "ADDABLE_FLOW_PARTS",

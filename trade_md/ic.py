@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from trade_md.errors import InputError
 from trade_md.flows import ConditionalSplineFlow, Domain, Generator
-from trade_md.units import to_kelvin, to_nm
+from trade_md.thermo import to_kelvin, to_nm
 
 __all__ = [
     "DEFAULT_WIDTH_SIGMAS",

@@ -28,7 +28,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from trade_md.errors import InputError
-from trade_md.units import KB, temperature_array
+from trade_md.thermo import KB, temperature_array
 
 __all__ = [
     "tempering_reduced_potentials",

@@ -27,7 +27,7 @@ import torch
 from openmmtools.mcmc import MCMCMove
 
 from trade_md.errors import InputError
-from trade_md.units import to_kelvin
+from trade_md.thermo import to_kelvin
 
 __all__ = ["GeneratorMove", "frame_of", "place_in_frame"]
 

@@ -48,9 +48,11 @@ import openmm.unit as unit
 from tqdm.auto import tqdm
 
 from trade_md.errors import InputError, SystemMismatchError, WorkerError
-from trade_md.io import atomic_write_path, package_versions, read_json, write_json_atomic
-from trade_md.systems import MolecularSystem, add_system_arguments, builtin_config, system_from_args
-from trade_md.units import KB, to_kelvin
+from trade_md.formats.dataset import DATASET_FORMAT, Dataset, load_dataset, write_dataset
+from trade_md.formats.files import atomic_write_path, package_versions, read_json, write_json_atomic
+from trade_md.cli.common import add_system_arguments, system_from_args
+from trade_md.systems import MolecularSystem, builtin_config
+from trade_md.thermo import KB, to_kelvin
 
 __all__ = [
     "Dataset",
@@ -75,7 +77,6 @@ DEFAULT_NS: float = 30.0
 gave 63 entries into φ > 0 and a population of 0.060 ± 0.011 (18 %; 0.062 ± 0.010 over 50 ns); the Reference
 platform runs ~28,000 steps/s per free core, so the default job takes ~9 min on 2 free cores."""
 
-DATASET_FORMAT = "trade-md-md/1"
 MIN_MINOR_ENTRIES = 20
 MAX_RELATIVE_ERROR = 0.2
 MIN_RUNS_FOR_SPREAD = 4  # the spread of K run means has K - 1 degrees of freedom: too noisy to judge below 4 runs
@@ -85,32 +86,6 @@ _PLATFORMS = ("Reference", "CPU", "CUDA", "OpenCL")
 
 class ConvergenceWarning(UserWarning):
     """The MD data visit the backbone basins too rarely for a reliable population."""
-
-
-@dataclass
-class Dataset:
-    """Frames of a finished ``trade-md md`` run.
-
-    positions: [n, atoms, 3] nm float64; energies: [n] potential energies kJ/mol; temperature: K;
-    metadata: the contents of run.json; times: [n] ps in each run; run: [n] replica index (zeros by default);
-    path: the dataset directory, when read from disk.
-    """
-
-    positions: np.ndarray
-    energies: np.ndarray
-    temperature: float
-    system: MolecularSystem
-    metadata: dict[str, Any]
-    times: np.ndarray | None = None
-    run: np.ndarray | None = None
-    path: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.run is None:
-            self.run = np.zeros(len(self.positions), dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.positions)
 
 
 # ----------------------------------------------------------------------------------------------------- platforms
@@ -220,6 +195,17 @@ def block_standard_error(series: list[np.ndarray], min_blocks: int = 16) -> floa
         estimates.append(float(np.std(means, ddof=1) / math.sqrt(means.size)))
         length *= 2
     return max(estimates) if estimates else float("nan")
+
+
+def dataset_convergence(system: MolecularSystem, positions: np.ndarray, run: np.ndarray,
+                        remedy: str = "increase --ns or --replicas") -> dict[str, Any]:
+    """The :func:`convergence_report` of a dataset's frames (``positions [n, atoms, 3]`` nm, ``run [n]``); each of
+    its warnings is also issued as a :class:`ConvergenceWarning` whose last words say ``remedy``."""
+    _, labels, phi = backbone_phi(system, positions)
+    report = convergence_report(phi, run, labels, remedy=remedy)
+    for line in report["warnings"]:
+        warnings.warn(line, ConvergenceWarning, stacklevel=3)
+    return report
 
 
 def convergence_report(phi: np.ndarray, run: np.ndarray, labels: list[str] | None = None, *,
@@ -600,95 +586,16 @@ def _finish(out: Path, plan: dict[str, Any], wall_s: float) -> Dataset:
         "replica_seconds": [float(c["compute_s"]) for c in checkpoints],
         "wall_seconds_last_session": float(wall_s),
     }
+    positions = np.concatenate([c["positions"] for c in checkpoints])
+    run = np.concatenate([np.full(len(c["times"]), k, dtype=np.int64) for k, c in enumerate(checkpoints)])
     dataset = write_dataset(
-        out, system, plan["temperature"],
-        positions=np.concatenate([c["positions"] for c in checkpoints]),
+        out, system, plan["temperature"], positions=positions,
         energies=np.concatenate([c["potential_energies"] for c in checkpoints]),
-        times=np.concatenate([c["times"] for c in checkpoints]),
-        run=np.concatenate([np.full(len(c["times"]), k, dtype=np.int64) for k, c in enumerate(checkpoints)]),
-        record=record, kinetic_energies=kinetic)
+        times=np.concatenate([c["times"] for c in checkpoints]), run=run,
+        record=record, kinetic_energies=kinetic, convergence=dataset_convergence(system, positions, run))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     (out / "plan.json").unlink(missing_ok=True)
     return dataset
-
-
-def write_dataset(
-    out: Path, system: MolecularSystem, temperature: float, *, positions: np.ndarray, energies: np.ndarray,
-    times: np.ndarray, run: np.ndarray, record: dict[str, Any], kinetic_energies: np.ndarray | None = None,
-    remedy: str = "increase --ns or --replicas",
-) -> Dataset:
-    """Write frames at ``temperature`` (K) as a dataset directory that :func:`load_dataset` reads.
-
-    positions: [n, atoms, 3] nm; energies, kinetic_energies: [n] kJ/mol; times: [n] ps within each run; run: [n]
-    index of the independent run each frame comes from (a run's frames contiguous, in time order). ``record`` adds
-    provenance to run.json, which is written last (a directory without it is incomplete). ``remedy``: the advice
-    of the convergence warning.
-    """
-    import mdtraj
-
-    positions = np.asarray(positions, dtype=np.float32)
-    _, labels, phi = backbone_phi(system, positions)
-    report = convergence_report(phi, run, labels, remedy=remedy)
-    for line in report["warnings"]:
-        warnings.warn(line, ConvergenceWarning, stacklevel=3)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "system.json", system.serialize())
-    arrays = {"positions": positions, "potential_energies": energies, "times": times, "run": run}
-    if kinetic_energies is not None:
-        arrays["kinetic_energies"] = kinetic_energies
-    with atomic_write_path(out / "data.npz") as temp, open(temp, "wb") as handle:
-        np.savez(handle, **arrays)
-    with atomic_write_path(out / "topology.pdb") as temp:
-        temp.write_text(system.pdb_text(positions[0]))
-    with atomic_write_path(out / "trajectory.dcd") as temp:
-        mdtraj.Trajectory(positions, mdtraj.Topology.from_openmm(system.topology)).save_dcd(str(temp))
-    metadata = {
-        **record,
-        "format": DATASET_FORMAT,
-        "temperature": float(temperature),
-        "complete": True,
-        "system": system.fingerprint(),
-        "n_frames": int(len(times)),
-        "mean_potential_energy": float(np.mean(energies)),
-        "convergence": report,
-        "files": {"topology": "topology.pdb", "trajectory": "trajectory.dcd", "arrays": "data.npz",
-                  "system": "system.json"},
-        "versions": package_versions("openmm", "mdtraj", "numpy"),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json_atomic(out / "run.json", metadata)
-    return Dataset(positions.astype(np.float64), np.asarray(energies, dtype=np.float64), float(temperature), system,
-                   metadata, np.asarray(times), np.asarray(run), out)
-
-
-# ----------------------------------------------------------------------------------------------------- loading
-
-
-def load_dataset(path: str | os.PathLike) -> Dataset:
-    """Read a complete ``trade-md md`` output directory; an incomplete or damaged one raises InputError."""
-    root = Path(path)
-    if not root.is_dir():
-        raise InputError(f"MD dataset {root} does not exist; run `trade-md md ... --out {root}` first")
-    if not (root / "run.json").is_file():
-        if (root / "plan.json").is_file():
-            raise InputError(f"MD dataset {root} is incomplete (no run.json: the run was interrupted); finish it by "
-                             f"repeating the `trade-md md` command with --resume --out {root}")
-        raise InputError(f"{root} is not a trade-md MD dataset (no run.json); pass the --out directory of `trade-md md`")
-    metadata = read_json(root / "run.json")
-    if metadata.get("format") != DATASET_FORMAT or not metadata.get("complete"):
-        raise InputError(f"{root}/run.json is not a complete {DATASET_FORMAT} record; regenerate the dataset")
-    system = MolecularSystem.deserialize(read_json(root / "system.json"))
-    try:
-        with np.load(root / "data.npz") as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"{root}/data.npz is missing or damaged ({error}); regenerate the dataset") from None
-    positions = arrays["positions"].astype(np.float64)
-    if positions.shape != (metadata["n_frames"], system.n_atoms, 3):
-        raise InputError(f"{root}/data.npz holds positions {positions.shape}, run.json expects "
-                         f"({metadata['n_frames']}, {system.n_atoms}, 3); the files do not belong together")
-    return Dataset(positions, arrays["potential_energies"], float(metadata["temperature"]), system, metadata,
-                   arrays["times"], arrays["run"], root)
 
 
 # ----------------------------------------------------------------------------------------------------- CLI

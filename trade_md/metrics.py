@@ -22,7 +22,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from trade_md.errors import InputError
-from trade_md.units import kT, to_kelvin
+from trade_md.thermo import kT, to_kelvin
 
 __all__ = [
     "RAMACHANDRAN_BINS",

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from trade_md.errors import InputError
-from trade_md.io import read_json, write_json_atomic
+from trade_md.formats.files import read_json, write_json_atomic
 
 __all__ = ["FULL", "PIPELINE_FORMAT", "QUICK", "Preset", "register_cli", "run_pipeline", "train_config"]
 
@@ -179,7 +179,7 @@ def _train_stage(out: Path, preset: Preset, data: Path, device: str, progress: b
 def _write_yaml(path: Path, values: dict[str, Any]) -> None:
     import yaml
 
-    from trade_md.io import atomic_write_path
+    from trade_md.formats.files import atomic_write_path
 
     with atomic_write_path(path) as temp:
         temp.write_text("# effective TrainConfig of `trade-md run`; rerun the stage alone with\n"

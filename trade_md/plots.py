@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from trade_md.io import atomic_write_path
+from trade_md.formats.files import atomic_write_path
 
 __all__ = ["ramachandran_grid", "delta_f_plot", "ess_plot", "energy_histograms", "profile_plot", "save_figure"]
 

@@ -60,8 +60,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.io import atomic_write_path, package_versions, read_json, write_json_atomic
-from trade_md.units import KB, kT
+from trade_md.formats.files import atomic_write_path, package_versions, read_json, write_json_atomic
+from trade_md.thermo import KB, kT
 
 if TYPE_CHECKING:
     from trade_md.md import Dataset
@@ -1235,7 +1235,8 @@ def export_dataset(
     after ``discard_ps`` ps; ``run`` numbers the runs, ``times`` is ps since the run's start. An existing dataset
     at ``out`` is never overwritten.
     """
-    from trade_md.md import write_dataset
+    from trade_md.formats.dataset import write_dataset
+    from trade_md.md import dataset_convergence
 
     if not run_dirs:
         raise InputError("give at least one trade-md remd directory")
@@ -1263,11 +1264,15 @@ def export_dataset(
         sources.append({"dir": str(run_dir), "frames": int(iterations.size), "ps_per_frame": ps,
                         "ladder": [float(t) for t in data.temperatures]})
     record = {"source": "trade-md remd", "runs": sources, "discard_ps": float(discard_ps)}
+    positions = np.concatenate([p[0] for p in pieces])
+    run = np.concatenate([np.full(len(p[2]), k, dtype=np.int64) for k, p in enumerate(pieces)])
+    convergence = dataset_convergence(system, positions, run,
+                                      remedy="extend the runs (trade-md remd --resume --ns-per-replica N) or pool more "
+                                             "of them")
     return write_dataset(
-        Path(out), system, float(temperature), positions=np.concatenate([p[0] for p in pieces]),
+        Path(out), system, float(temperature), positions=positions,
         energies=np.concatenate([p[1] for p in pieces]), times=np.concatenate([p[2] for p in pieces]),
-        run=np.concatenate([np.full(len(p[2]), k, dtype=np.int64) for k, p in enumerate(pieces)]), record=record,
-        remedy="extend the runs (trade-md remd --resume --ns-per-replica N) or pool more of them")
+        run=run, record=record, convergence=convergence)
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
@@ -1275,7 +1280,7 @@ def export_dataset(
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``trade-md remd``, ``trade-md reference`` and ``trade-md remd-data``."""
-    from trade_md.systems import add_system_arguments
+    from trade_md.cli.common import add_system_arguments
 
     remd = subparsers.add_parser(
         "remd", help="parallel tempering (openmmtools) with NetCDF storage and resume",
@@ -1357,7 +1362,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _remd_command(args: argparse.Namespace) -> int:
-    from trade_md.systems import system_from_args
+    from trade_md.cli.common import system_from_args
 
     given_system = any(getattr(args, name, None) for name in ("system", "pdb", "prmtop"))
     command = " ".join(["trade-md"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("trade-md") else None

@@ -47,9 +47,9 @@ from tqdm.auto import tqdm
 from trade_md.annealing import Annealing, anneal
 from trade_md.basins import BasinCalibration, feature_matrix, tilt
 from trade_md.errors import InputError
-from trade_md.io import atomic_write_path
+from trade_md.formats.files import atomic_write_path
 from trade_md.metrics import PARETO_K_UNRELIABLE, kish_ess, normalized_weights, pareto_k
-from trade_md.units import KB, temperature_array, to_kelvin
+from trade_md.thermo import KB, temperature_array, to_kelvin
 
 __all__ = ["SampleSet", "Sampler", "reduced_potentials", "write_samples", "parse_mixture", "OutOfRangeWarning"]
 

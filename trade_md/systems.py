@@ -20,7 +20,6 @@ must treat them as constants, taken from :meth:`MolecularSystem.constrained_bond
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import math
@@ -37,7 +36,7 @@ import openmm.unit as unit
 import yaml
 
 from trade_md.errors import InputError
-from trade_md.units import to_nm
+from trade_md.thermo import to_nm
 
 __all__ = [
     "MolecularSystem",
@@ -46,8 +45,6 @@ __all__ = [
     "from_openmm",
     "builtin_systems",
     "builtin_config",
-    "add_system_arguments",
-    "system_from_args",
     "SYSTEMS_DIR",
 ]
 
@@ -305,52 +302,6 @@ def from_openmm(system: openmm.System, topology: app.Topology, positions: Any, *
     if any(isinstance(force, _GB_FORCES) for force in system.getForces()):
         _check_no_solvent(topology, "an implicit-solvent System")
     return MolecularSystem(copy.deepcopy(system), topology, coords, name, (), _constraint_kind(system, topology))
-
-
-# ----------------------------------------------------------------------------------------------------- CLI helpers
-
-
-def add_system_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the system-selection options (--system | --pdb/--forcefield | --prmtop/--inpcrd, ...) to ``parser``."""
-    group = parser.add_argument_group("molecular system (choose one of --system, --pdb, --prmtop)")
-    group.add_argument("--system", metavar="NAME", help="built-in system, e.g. alanine-dipeptide")
-    group.add_argument("--pdb", metavar="FILE", help="PDB file (one model, with hydrogens unless --add-hydrogens)")
-    group.add_argument("--forcefield", metavar="XML", action="append",
-                       help="OpenMM force-field file (repeatable), e.g. --forcefield amber99sbildn.xml "
-                            "--forcefield amber99_obc.xml")
-    group.add_argument("--prmtop", metavar="FILE", help="Amber prmtop (with --inpcrd)")
-    group.add_argument("--inpcrd", metavar="FILE", help="Amber inpcrd/rst7 coordinates (with --prmtop)")
-    group.add_argument("--implicit-solvent", choices=IMPLICIT_SOLVENT_CHOICES,
-                       help="generalized-Born model for --prmtop (default: vacuum)")
-    group.add_argument("--add-hydrogens", action="store_true", help="add missing hydrogens at pH 7 (--pdb only)")
-    group.add_argument("--constraints", choices=CONSTRAINT_CHOICES,
-                       help="constrain bonds to hydrogen (HBonds; allows 2 fs MD steps) or none "
-                            "(default: the system's own setting, none for alanine-dipeptide)")
-
-
-def system_from_args(args: argparse.Namespace) -> MolecularSystem:
-    """Build the system that the options of :func:`add_system_arguments` describe."""
-    chosen = [flag for flag, value in (("--system", args.system), ("--pdb", args.pdb), ("--prmtop", args.prmtop))
-              if value]
-    if len(chosen) != 1:
-        problem = "no system given" if not chosen else f"{' and '.join(chosen)} given together"
-        raise InputError(f"{problem}; choose exactly one of --system alanine-dipeptide, "
-                         "--pdb FILE --forcefield XML ..., or --prmtop FILE --inpcrd FILE")
-    if args.inpcrd and not args.prmtop:
-        raise InputError("--inpcrd needs --prmtop")
-    if args.prmtop:
-        if not args.inpcrd:
-            raise InputError("--prmtop needs its coordinates: add --inpcrd FILE")
-        if args.forcefield or args.add_hydrogens:
-            raise InputError("--forcefield and --add-hydrogens do not apply to --prmtop (the prmtop holds the force "
-                             "field); drop them")
-        return from_amber(args.prmtop, args.inpcrd, constraints=args.constraints,
-                          implicit_solvent=args.implicit_solvent)
-    if args.implicit_solvent:
-        raise InputError("--implicit-solvent applies to --prmtop only; for a PDB add an implicit-solvent force-field "
-                         "file, e.g. --forcefield amber99_obc.xml")
-    return load_system(args.system or args.pdb, args.forcefield, add_hydrogens=args.add_hydrogens,
-                       constraints=args.constraints)
 
 
 # ----------------------------------------------------------------------------------------------------- internals

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from trade_md.errors import InputError
 from trade_md.flows import BoxCoordinates, ConditionalSplineFlow, Generator
-from trade_md.units import KB, to_kelvin
+from trade_md.thermo import KB, to_kelvin
 
 __all__ = [
     "QUADRATURE_PANELS",

@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from trade_md.errors import InputError
-from trade_md.units import KB, to_kelvin
+from trade_md.thermo import KB, to_kelvin
 
 __all__ = [
     "DEFAULT_ENERGY_CAP",

@@ -44,7 +44,8 @@ from torch import Tensor
 from trade_md.distributed import DistributedContext, init_from_environment
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.flows import ADDABLE_FLOW_PARTS, Generator
-from trade_md.io import atomic_write_path, write_json_atomic
+from trade_md.formats.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, SystemRecord, read_checkpoint
+from trade_md.formats.files import atomic_write_path, write_json_atomic
 from trade_md.trade import (
     ExpectationGrid,
     centred_trade_residual,
@@ -56,7 +57,7 @@ from trade_md.trade import (
     sample_log_uniform,
     trade_residual,
 )
-from trade_md.units import KB
+from trade_md.thermo import KB
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -70,11 +71,8 @@ __all__ = [
     "split_frames",
 ]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-"""File name of the checkpoint inside a run directory."""
 BEST_DIR = "best"
 """Sub-directory of a run that holds the checkpoint of the grid refresh with the highest lowest-node ESS."""
-CHECKPOINT_FORMAT = "trade-md-checkpoint-1"
 MAX_CONSECUTIVE_SKIPS = 100
 """Training stops with an error after this many consecutive non-finite steps."""
 LEGACY_CONFIG: dict[str, Any] = {"expectation": "grid"}
@@ -352,76 +350,6 @@ class TrainConfig:
             if self.residual_from_model + self.residual_from_reference + self.residual_from_data <= 0:
                 raise InputError(f"{source}: residual_from_model/_reference/_data are all 0; give at least one a "
                                  "positive share")
-
-
-@dataclass(frozen=True)
-class SystemRecord:
-    """Identity of the system a model is trained for, stored in checkpoints (no physics).
-
-    kind: ``"molecule"`` (``MolecularSystem``) or ``"toy"`` (:mod:`trade_md.toys`); name: for messages;
-    serialized: ``MolecularSystem.serialize()`` or the toy's spec; fingerprint: compared on load.
-    """
-
-    kind: str
-    name: str
-    serialized: dict[str, Any]
-    fingerprint: dict[str, Any]
-
-    @classmethod
-    def of(cls, system: Any) -> SystemRecord:
-        """The record of a ``MolecularSystem`` or a ``ToySystem``."""
-        from trade_md.toys import ToySystem
-
-        if isinstance(system, ToySystem):
-            return cls("toy", system.name, system.spec(), system.fingerprint())
-        return cls("molecule", system.name, system.serialize(), system.fingerprint())
-
-    def build(self) -> Any:
-        """Rebuild the ``MolecularSystem`` or ``ToySystem``."""
-        if self.kind == "toy":
-            from trade_md.toys import toy_from_spec
-
-            return toy_from_spec(self.serialized)
-        from trade_md.systems import MolecularSystem
-
-        return MolecularSystem.deserialize(self.serialized)
-
-    def check_same(self, other: SystemRecord, where: str) -> None:
-        """Raise :class:`SystemMismatchError` naming both systems when the fingerprints differ."""
-        if _canonical(self.fingerprint) != _canonical(other.fingerprint):
-            mine, theirs = _describe(self), _describe(other)
-            raise SystemMismatchError(f"{where} was trained for {mine}, but the given system is {theirs}; use the "
-                                      "checkpoint with its own system, or train a new model in another directory")
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _describe(record: SystemRecord) -> str:
-    fp = record.fingerprint
-    details = [f"{fp['n_atoms']} atoms"] if "n_atoms" in fp else []
-    if fp.get("forcefield"):
-        details.append("force field " + "+".join(fp["forcefield"]))
-    if record.kind == "toy":
-        details.append(f"parameters {fp.get('params')}")
-    return f"{record.kind} {record.name!r}" + (f" ({', '.join(details)})" if details else "")
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint from a run directory (or the ``checkpoint.pt`` file itself)."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / CHECKPOINT_NAME
-    if not file.is_file():
-        raise InputError(f"no checkpoint at {file}; pass the --out directory of `trade-md train`")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:  # a damaged or foreign file
-        raise InputError(f"{file} is not a readable trade-md checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{file} is not a {CHECKPOINT_FORMAT} checkpoint; it was written by another program")
-    return checkpoint
 
 
 def load_generator(

@@ -62,11 +62,11 @@ from tqdm.auto import tqdm
 from trade_md.basins import peptide_features
 from trade_md.errors import InputError, SystemMismatchError, WorkerError
 from trade_md.ic import chiral_centres, handedness
-from trade_md.io import atomic_write_path, package_versions, read_json, write_json_atomic
+from trade_md.formats.files import atomic_write_path, package_versions, read_json, write_json_atomic
 from trade_md.md import openmm_seed
 from trade_md.report import backbone_dihedrals
 from trade_md.systems import MolecularSystem
-from trade_md.units import KB, to_kelvin
+from trade_md.thermo import KB, to_kelvin
 
 __all__ = [
     "UmbrellaSettings",
@@ -630,7 +630,7 @@ def analyse_umbrella(out: str | os.PathLike, *, block_ps: float = 25.0, stride_p
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``trade-md umbrella``."""
-    from trade_md.systems import add_system_arguments
+    from trade_md.cli.common import add_system_arguments
 
     parser = subparsers.add_parser(
         "umbrella", help="umbrella sampling along φ with MBAR: ΔF(φ>0 vs φ<0) and F(φ) without barrier crossings",
@@ -669,7 +669,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from trade_md.systems import system_from_args
+    from trade_md.cli.common import system_from_args
 
     out = Path(args.out)
     if args.analyse:

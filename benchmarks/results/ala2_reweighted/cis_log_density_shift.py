@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # benchmarks/
 from ala2_transfer import cis_peptide_bonds  # noqa: E402
 
 from trade_md.train import load_generator  # noqa: E402
-from trade_md.units import beta  # noqa: E402
+from trade_md.thermo import beta  # noqa: E402
 
 T0 = 600.0
 

@@ -14,7 +14,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from trade_md.io import write_json_atomic
+from trade_md.formats.files import write_json_atomic
 from trade_md.md import load_dataset
 
 
