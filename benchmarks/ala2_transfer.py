@@ -14,10 +14,10 @@ Steps (subcommands):
   in k_BT with a bootstrap error, its difference to the MBAR reference (k_BT and in combined standard errors),
   JS and KL divergences of the reweighted 36×36 Ramachandran histogram to the reference's, the fraction of
   wrong-chirality samples, the cis peptide-bond fractions (raw and reweighted) with their share of the squared
-  weights; the ESS split by basin (φ sign × cis/trans of each peptide bond, :func:`trade_md.metrics.ess_by_stratum`:
+  weights; the ESS split by basin (φ sign × cis/trans of each peptide bond, :func:`trade_md.analysis.metrics.ess_by_stratum`:
   each basin's mass in q and p, its in-basin ESS and share of Σw²) and the ESS the same model would reach with
-  every basin's mass exact (:func:`trade_md.metrics.ess_with_exact_masses`), which says whether a miss is the
-  basins' weights or the shapes within them; the weights' tail shape (:func:`trade_md.metrics.pareto_k`: above
+  every basin's mass exact (:func:`trade_md.analysis.metrics.ess_with_exact_masses`), which says whether a miss is the
+  basins' weights or the shapes within them; the weights' tail shape (:func:`trade_md.analysis.metrics.pareto_k`: above
   0.7 one draw's ESS is unreliable); plus energy evaluations and wall time of training. Prints a table,
   writes JSON. ``--calibration FILE`` draws from the basin-calibrated proposal (:mod:`trade_md.basins`, made by
   ``trade-md calibrate``) instead of ``q(x | T)``; its energy evaluations are reported with it. ``--anneal
@@ -25,7 +25,7 @@ Steps (subcommands):
   sampling, :mod:`trade_md.annealing`); each temperature's ``energy_evaluations`` counts its cost.
 - ``tilt``: what TRADE can reach from a boundary before any TRADE training: samples the model at T0 and reports,
   per temperature, the Kish ESS of the exact Boltzmann tilt q0 · exp(−(β − β0) U), TRADE's fixed point
-  (:func:`trade_md.metrics.tilted_ess`), with the fraction of T0 samples the estimate rests on.
+  (:func:`trade_md.analysis.metrics.tilted_ess`), with the fraction of T0 samples the estimate rests on.
 - ``export``: a copy of a checkpoint without optimiser state (smaller; still loads with ``load_generator``).
 - ``history``: a run's training history (losses, validation NLL, ESS at each validation) and config as JSON.
 
@@ -311,7 +311,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from trade_md.annealing import Annealing
     from trade_md.basins import BasinCalibration
     from trade_md.energy import EnergyBridge
-    from trade_md.metrics import (
+    from trade_md.analysis.metrics import (
         bootstrap_delta_f,
         ess_by_stratum,
         ess_with_exact_masses,
@@ -489,7 +489,7 @@ def print_table(report: dict[str, Any]) -> None:
               f"{_energy_difference(r)}")
     print("cis% q / p: cis ACE-ALA / ALA-NME peptide bonds among the samples / reweighted to Boltzmann; cis w2: "
           "their share of the sum of squared weights; ESS%m: the ESS with every basin's (phi sign x cis/trans) "
-          "mass exact; k: tail shape of the weights (trade_md.metrics.pareto_k; above 0.7 one draw's ESS is "
+          "mass exact; k: tail shape of the weights (trade_md.analysis.metrics.pareto_k; above 0.7 one draw's ESS is "
           "unreliable); dU: the weighted <U> minus the reference's, kJ/mol, +- both errors combined")
     labels = {True: "MET", False: "MISSED", None: "not evaluated"}
     print("goals:", ", ".join(f"{k} {labels[v]}" for k, v in report["goals"].items()))
@@ -501,7 +501,7 @@ def print_table(report: dict[str, Any]) -> None:
 def tilt(args: argparse.Namespace) -> int:
     """Print and write the ESS of the exact tilt of the model at T0 (TRADE's fixed point) at each temperature."""
     from trade_md.energy import EnergyBridge
-    from trade_md.metrics import kish_ess, tilted_ess
+    from trade_md.analysis.metrics import kish_ess, tilted_ess
     from trade_md.sampler import Sampler
     from trade_md.train import load_generator
 

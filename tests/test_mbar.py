@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import norm
 
 from trade_md.errors import InputError
-from trade_md.mbar import MBAREstimator, decorrelate, tempering_reduced_potentials
+from trade_md.analysis.mbar import MBAREstimator, decorrelate, tempering_reduced_potentials
 from trade_md.thermo import KB
 
 N_SIGMA = 4.0
@@ -132,7 +132,7 @@ def test_unconverged_solution_is_a_logged_warning(monkeypatch, caplog, rng):
 
     monkeypatch.setattr(pymbar, "MBAR", Perturbed)
     energies = rng.gamma(1.5, KB * 300.0, size=400)
-    with caplog.at_level(logging.WARNING, logger="trade_md.mbar"):
+    with caplog.at_level(logging.WARNING, logger="trade_md.analysis.mbar"):
         estimator = MBAREstimator(tempering_reduced_potentials(energies, [300.0, 400.0]), np.array([200, 200]))
     assert not estimator.converged and estimator.residual > 0.1
     assert "did not converge" in estimator.warnings[0]

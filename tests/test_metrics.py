@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trade_md import metrics
+from trade_md.analysis import metrics
 from trade_md.errors import InputError
 from trade_md.thermo import kT
 

@@ -582,7 +582,7 @@ def test_pooled_runs_with_different_ladders_match_the_harmonic_well(ala2, monkey
     # draws), pooled into one MBAR: <U>(T) = (d/2)k_BT and ln Z(T) - ln Z(300 K) = (d/2) ln(T/300) exactly.
     # Neither run alone covers 300 and 1000 K.
     from trade_md import replica
-    from trade_md.mbar import MBAREstimator
+    from trade_md.analysis.mbar import MBAREstimator
     from trade_md.thermo import kT
 
     monkeypatch.setattr(replica, "_backbone_dihedrals", lambda system: None)  # positions are placeholders

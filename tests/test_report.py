@@ -14,7 +14,7 @@ from tiny_model import make_reference_with_frames, make_tiny_model
 
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.md import load_dataset
-from trade_md.metrics import basin_delta_f, ramachandran_histogram
+from trade_md.analysis.metrics import basin_delta_f, ramachandran_histogram
 from trade_md.report import (
     Reference,
     _evaluate_temperature,
@@ -239,7 +239,7 @@ def test_calibrated_evaluation_needs_and_records_the_calibration(tiny: dict[str,
 
 
 def test_energy_axis_follows_the_boltzmann_weighted_series() -> None:
-    from trade_md.plots import energy_histograms
+    from trade_md.analysis.plots import energy_histograms
     from trade_md.report import _energy_limits, _weighted_quantiles
 
     values = np.array([0.0, 1.0, 2.0, 3.0])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trade_md.errors import InputError
-from trade_md.metrics import kish_ess as numpy_kish_ess
+from trade_md.analysis.metrics import kish_ess as numpy_kish_ess
 from trade_md.toys import DoubleWell1D, DoubleWell2D, HarmonicOscillator, ToySystem
 from trade_md.trade import (
     NONFINITE_EXCESS,

@@ -65,7 +65,7 @@ from trade_md.thermo import KB, kT
 
 if TYPE_CHECKING:
     from trade_md.md import Dataset
-    from trade_md.mbar import MBAREstimator
+    from trade_md.analysis.mbar import MBAREstimator
     from trade_md.systems import MolecularSystem
 
 __all__ = [
@@ -847,7 +847,7 @@ def _pooled_samples(data: ReplicaData, phi: np.ndarray | None) -> tuple[PooledSa
     larger of that series' and (given φ [(T + 1) R] radians of every stored frame) of the mean φ > 0 indicator over
     states, the slowest observable here (a replica keeps its basin while it travels the ladder).
     """
-    from trade_md.mbar import decorrelate
+    from trade_md.analysis.mbar import decorrelate
 
     k = data.temperatures.size
     betas = 1.0 / (KB * data.temperatures)
@@ -958,8 +958,8 @@ def analyse_reference(
     ``summary["warnings"]``. sources: a label per run for the summary (default "run 0", "run 1", ...); progress: a
     progress bar over the bootstrap re-solves.
     """
-    from trade_md.mbar import MBAREstimator, tempering_reduced_potentials
-    from trade_md.metrics import RAMACHANDRAN_BINS, ramachandran_histogram
+    from trade_md.analysis.mbar import MBAREstimator, tempering_reduced_potentials
+    from trade_md.analysis.metrics import RAMACHANDRAN_BINS, ramachandran_histogram
 
     runs = [data] if isinstance(data, ReplicaData) else list(data)
     if not runs:

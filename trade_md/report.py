@@ -6,10 +6,10 @@ with a ``trade-md reference`` analysis:
 
 - Kish ESS of the importance weights (fraction of the samples), split by φ basin (each basin's mass in the
   generator and reweighted, its in-basin ESS and share of Σw²) with the ESS the same shapes would give with exact
-  basin masses (:func:`trade_md.metrics.ess_by_stratum`), fraction of wrong-handed chiral centres;
+  basin masses (:func:`trade_md.analysis.metrics.ess_by_stratum`), fraction of wrong-handed chiral centres;
 - NLL of the reference frames (nats, and per degree of freedom), MBAR-weighted to the temperature, when the
   reference has frames (``frames/`` with ``frames_all.dcd`` + ``weights.npz``);
-- reweighted φ/ψ histograms (36 × 36 bins on [−π, π)², :func:`trade_md.metrics.ramachandran_histogram`) with
+- reweighted φ/ψ histograms (36 × 36 bins on [−π, π)², :func:`trade_md.analysis.metrics.ramachandran_histogram`) with
   KL(reference ‖ generator) and Jensen–Shannon divergence (nats) to the reference histogram;
 - ΔF = F(φ > 0) − F(φ < 0) (kJ/mol and k_BT) with a bootstrap standard error, beside the reference's MBAR value;
 - ⟨U⟩ and energy histograms; Wasserstein-1 distance (kJ/mol) to the reference frames' energies when they exist.
@@ -38,7 +38,7 @@ import numpy as np
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.formats.reference import Reference, ReferenceFrames, default_reference, load_reference
 from trade_md.formats.files import atomic_write_path, read_json, write_json_atomic
-from trade_md.metrics import (
+from trade_md.analysis.metrics import (
     basin_populations,
     bootstrap_delta_f,
     energy_wasserstein,
@@ -311,7 +311,7 @@ def _figures(out: Path, per_temperature: list[dict[str, Any]], arrays: dict[floa
     """Draw and save the four figures; returns ``{name: {"png": file, "svg": file}}`` relative to ``out``."""
     import matplotlib.pyplot as plt
 
-    from trade_md.plots import (
+    from trade_md.analysis.plots import (
         delta_f_plot,
         energy_histograms,
         ess_plot,

@@ -48,7 +48,7 @@ from trade_md.annealing import Annealing, anneal
 from trade_md.basins import BasinCalibration, feature_matrix, tilt
 from trade_md.errors import InputError
 from trade_md.formats.files import atomic_write_path
-from trade_md.metrics import PARETO_K_UNRELIABLE, kish_ess, normalized_weights, pareto_k
+from trade_md.analysis.metrics import PARETO_K_UNRELIABLE, kish_ess, normalized_weights, pareto_k
 from trade_md.thermo import KB, temperature_array, to_kelvin
 
 __all__ = ["SampleSet", "Sampler", "reduced_potentials", "write_samples", "parse_mixture", "OutOfRangeWarning"]
@@ -109,7 +109,7 @@ class SampleSet:
 
     @property
     def pareto_k(self) -> float:
-        """Tail shape of the weights (:func:`trade_md.metrics.pareto_k`); above 0.7 this draw's ESS is unreliable."""
+        """Tail shape of the weights (:func:`trade_md.analysis.metrics.pareto_k`); above 0.7 this draw's ESS is unreliable."""
         return pareto_k(self.log_weights)
 
     def resample(self, n: int, seed: int | None = None) -> np.ndarray:

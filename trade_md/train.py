@@ -126,7 +126,7 @@ class TrainConfig:
         in groups that share a temperature, as trade_temperatures does). Same fixed point as the TRADE residual,
         without derivatives in the loss; with trainable "temperature" its target is fixed. At T > T0 the exact
         tilt multiplies the boundary's high-energy samples by exp((β0 − β) U): use it below T0, or with
-        kl_range_weight (``trade_md.metrics.tilted_ess`` says what the tilt is worth at each T).
+        kl_range_weight (``trade_md.analysis.metrics.tilted_ess`` says what the tilt is worth at each T).
         fkl_range_weight: weight of the forward KL from the Boltzmann density at T to q(x | T) (ramped in with the
         TRADE term; default 0), estimated like the tilt term with the target exp(−u_T(x)): mass-covering where the
         reverse KL is mode-seeking, so it raises q where p/q is large (a mode the model under-weights, such as cis
@@ -135,7 +135,7 @@ class TrainConfig:
         ``exp(−(β − β0) U(x))`` (ramped in with the TRADE term; default 0; needs data): the T0 data reweighted to T
         is a sample of the Boltzmann density at T exactly, the TRADE identity integrated on the data, so this term
         is mass-covering where the model's own samples miss a mode its data holds (cis peptide bonds). Its
-        effective number of frames falls fast away from T0 (:func:`trade_md.metrics.reweighted_frames`): keep
+        effective number of frames falls fast away from T0 (:func:`trade_md.analysis.metrics.reweighted_frames`): keep
         ``reweighted_nll_span`` where it is in the hundreds or more, or the model learns those few frames.
         kl_range_span, tilt_span, fkl_range_span, reweighted_nll_span: ``[low, high]`` K inside the trained range
         where the range KL, the tilt term, the forward range KL and the reweighted NLL draw their temperatures

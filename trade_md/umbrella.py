@@ -430,7 +430,7 @@ def _write_outputs(out: Path, summary: dict[str, Any]) -> None:
     """``summary.json`` and the figure ``profile.png``/``.svg`` (F(φ) at every temperature)."""
     import matplotlib.pyplot as plt
 
-    from trade_md.plots import profile_plot
+    from trade_md.analysis.plots import profile_plot
 
     write_json_atomic(out / "summary.json", _finite_or_null(summary))
     figure = profile_plot({f"{r['temperature']:g} K": (r["pmf_bin_edges"], r["pmf_kT"], r["pmf_sem_kT"])
@@ -465,8 +465,8 @@ def unbias_windows(phi_windows: Sequence[np.ndarray], centres: np.ndarray, force
     windows' frames of a time interval together (otherwise blocks are resampled within each window). ΔF and F(φ)
     in k_B T; errors are block-bootstrap standard errors.
     """
-    from trade_md.mbar import MBAREstimator
-    from trade_md.metrics import ramachandran_histogram
+    from trade_md.analysis.mbar import MBAREstimator
+    from trade_md.analysis.metrics import ramachandran_histogram
 
     beta = 1.0 / (KB * temperature)
     phi = np.concatenate([np.asarray(p, dtype=np.float64) for p in phi_windows])

@@ -14,7 +14,7 @@ sys.path.insert(0, "benchmarks")
 from ala2_transfer import cis_peptide_bonds  # noqa: E402
 
 from trade_md.energy import EnergyBridge  # noqa: E402
-from trade_md.metrics import ess_by_stratum, ess_with_exact_masses  # noqa: E402
+from trade_md.analysis.metrics import ess_by_stratum, ess_with_exact_masses  # noqa: E402
 from trade_md.sampler import Sampler  # noqa: E402
 from trade_md.train import load_generator  # noqa: E402
 
