@@ -65,7 +65,7 @@ def test_doctests() -> None:
 
 
 def test_builtin_alanine_dipeptide_matches_an_independent_openmm_build(ala2: MolecularSystem) -> None:
-    assert systems.builtin_systems() == ["alanine-dipeptide"]
+    assert systems.builtin_systems() == ["alanine-dipeptide", "alanine-tetrapeptide"]
     assert ala2.n_atoms == 22 and ala2.positions.shape == (22, 3) and ala2.positions.dtype == np.float64
     assert [r.name for r in ala2.topology.residues()] == ["ACE", "ALA", "NME"]
     assert ala2.forcefield == ("amber99sbildn.xml", "amber99_obc.xml") and ala2.constraints is None

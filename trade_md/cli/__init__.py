@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trade_md.basins",
     "trade_md.report",
     "trade_md.pipeline",
+    "trade_md.cli.peptide",
 )
 
 
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trade-md {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register_cli(subparsers)
+        module = importlib.import_module(name)
+        (getattr(module, "register", None) or module.register_cli)(subparsers)
     return parser
 
 
