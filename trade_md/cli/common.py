@@ -1,4 +1,4 @@
-"""Options shared by several commands: the molecular system (``--system`` | ``--pdb`` | ``--prmtop``) and temperatures."""
+"""Options shared by several commands: the molecular system (--system | --pdb | --prmtop) and temperatures."""
 
 from __future__ import annotations
 
