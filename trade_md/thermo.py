@@ -61,7 +61,7 @@ def to_kelvin(temperature: Any) -> float:
     except (TypeError, ValueError):
         raise InputError(f"temperature {temperature!r} is not a number; pass kelvin as a float, e.g. 300.0") from None
     if not math.isfinite(value) or value <= 0.0:
-        raise InputError(f"temperature must be a finite number of kelvin > 0, got {value}")
+        raise InputError(f"temperature must be a finite number of kelvin > 0, got {value}; e.g. 300.0")
     return value
 
 
@@ -196,7 +196,8 @@ def parse_temperatures(spec: str | Sequence[float], *, ladder: bool = False,
                 "temperature use `trade-md md`, otherwise give e.g. 300:1000:9"
             )
         if any(b <= a for a, b in itertools.pairwise(values)):
-            raise InputError(f"temperatures {list(values)} are not strictly increasing; sort them and drop duplicates")
+            raise InputError(f"temperatures {list(values)} in {what} are not strictly increasing; sort them and drop "
+                             "duplicates, e.g. 300,450,600")
     return np.asarray(values, dtype=np.float64)
 
 
