@@ -27,15 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openmm
+import openmm.unit as unit
+import torch
+
+from trade_md.bondcheck import bond_stretch_ratios
+from trade_md.energy import EnergyBridge
+from trade_md.formats.dataset import load_dataset
+from trade_md.sampler import Sampler
 
 SCHEMES = ("langevin", "langevin-redraw", "ghmc-redraw")
 
 
 def simulate(scheme: str, system: Any, start: np.ndarray, temperature: float, ns: float, seed: int) -> np.ndarray:
     """Frames ``[ns * 2000, atoms, 3]`` nm, one per 0.5 ps after 10 ps of equilibration (1 fs steps, 1/ps)."""
-    import openmm
-    import openmm.unit as unit
-
     t = temperature * unit.kelvin
     if scheme == "ghmc-redraw":
         from openmmtools.integrators import GHMCIntegrator
@@ -58,9 +63,6 @@ def simulate(scheme: str, system: Any, start: np.ndarray, temperature: float, ns
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trade_md.bondcheck import bond_stretch_ratios
-    from trade_md.energy import EnergyBridge
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     data = sub.add_parser("data")
@@ -80,9 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--frames", type=int, default=6000, help="frames checked (evenly spaced; default 6000)")
         p.add_argument("--out", required=True, help="JSON file")
     args = parser.parse_args(argv)
-
-    from trade_md.md import load_dataset
-
     start = time.perf_counter()
     weights = None
     if args.mode == "data":
@@ -93,10 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         system, temperature = dataset.system, args.temperature
         positions = simulate(args.scheme, system, dataset.positions[args.seed * 1000], temperature, args.ns, args.seed)
     else:
-        import torch
-
-        from trade_md.sampler import Sampler
-
         torch.manual_seed(args.seed)
         with Sampler.from_checkpoint(args.run) as sampler:
             samples = sampler.sample(args.samples, args.temperature, progress=False)

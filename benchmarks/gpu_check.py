@@ -3,7 +3,8 @@
 - ``energies``: CUDA energies/forces against the Reference platform on alanine dipeptide frames (MD frames at
   600 K plus perturbed copies); relative errors per frame, pass at 1e-4: |ΔU| / max(|U_ref|, 1 kJ/mol) and
   ‖ΔF‖ / ‖F_ref‖ (a strict test: U of alanine dipeptide crosses zero, so per-frame relative energy errors of
-  frames with |U| of a few kJ/mol are large; ``energy_abs_max_over_rms_energy`` gives the scale-relative error). Also the energy+force throughput of the CUDA platform and of a Reference worker pool.
+  frames with |U| of a few kJ/mol are large; ``energy_abs_max_over_rms_energy`` gives the scale-relative error).
+  Also the energy+force throughput of the CUDA platform and of a Reference worker pool.
 - ``flow``: sampling and log_prob throughput of the trained generator on the device (samples/s), and the training
   figures of the run (steps/s, energy evaluations/s) read from its ``benchmark_train.json``.
 
@@ -26,7 +27,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trade_md.formats.files import write_json_atomic
+from trade_md.energy import EnergyBridge  # noqa: E402 - after the path insert
+from trade_md.formats.checkpoint import load_generator  # noqa: E402
+from trade_md.formats.dataset import load_dataset  # noqa: E402
+from trade_md.formats.files import write_json_atomic  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -40,8 +44,6 @@ def merge(out: Path, key: str, value: Any) -> None:
 
 
 def _frames(data: str, n: int, seed: int) -> tuple[Any, np.ndarray]:
-    from trade_md.md import load_dataset
-
     dataset = load_dataset(data)
     rng = np.random.default_rng(seed)
     index = rng.choice(dataset.positions.shape[0], size=n // 2, replace=False)
@@ -62,8 +64,6 @@ def _rate(bridge: Any, positions: np.ndarray, repeats: int = 3) -> float:
 
 def energies(args: argparse.Namespace) -> int:
     """Compare the device platform with Reference; throughput of both."""
-    from trade_md.energy import EnergyBridge
-
     out = Path(args.out)
     system, positions = _frames(args.data, args.frames, args.seed)
     report: dict[str, Any] = {"frames": int(positions.shape[0]), "tolerance": TOLERANCE,
@@ -133,14 +133,14 @@ def _sample_rate(generator: Any, n: int, temperature: float, device: torch.devic
 
 def flow(args: argparse.Namespace) -> int:
     """Flow throughput on the device and the training figures of the run."""
-    from trade_md.train import load_generator
-
     out = Path(args.out)
     device = torch.device(args.device)
-    generator, _, config = load_generator(args.run, device=args.device)
+    model = load_generator(args.run, device=args.device)  # imports no training code
+    generator = model.generator
     report: dict[str, Any] = {"device": str(device),
                               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                              "flow": config.flow, "n_parameters": sum(p.numel() for p in generator.parameters())}
+                              "flow": model.config.get("flow"),
+                              "n_parameters": sum(p.numel() for p in generator.parameters())}
     info_path = Path(args.run) / "benchmark_train.json"
     if info_path.exists():
         info = json.loads(info_path.read_text())

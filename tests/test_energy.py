@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from trade_md import energy as energy_module
+from trade_md import energy_workers, platforms
 from trade_md.energy import EnergyBridge
 from trade_md.errors import InputError, WorkerError
 from trade_md.thermo import KB
@@ -170,8 +171,8 @@ def test_public_force_reader_matches_fast_reader(alanine) -> None:
     context.setPositions(alanine.positions)
     state = context.getState(getForces=True)
     fast, public = np.empty((22, 3)), np.empty((22, 3))
-    energy_module._read_forces_fast(state, fast)
-    energy_module._read_forces_public(state, public)
+    energy_workers._read_forces_fast(state, fast)
+    energy_workers._read_forces_public(state, public)
     assert np.array_equal(fast, public)
 
 
@@ -326,7 +327,7 @@ def available() -> list[str]:
 
 
 def test_unavailable_platform_is_an_input_error(alanine) -> None:
-    missing = [name for name in energy_module.PLATFORMS if name not in available()]
+    missing = [name for name in platforms.PLATFORMS if name not in available()]
     if not missing:
         pytest.skip("every OpenMM platform is available here")
     with pytest.raises(InputError, match=rf"platform '{missing[0]}' is not available.*install"):

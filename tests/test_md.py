@@ -1,4 +1,4 @@
-"""Tests of trade_md.md: thermostat physics, convergence analysis, dataset files, resume, replicas, CLI."""
+"""Tests of trade_md.md: thermostat physics, dataset files, resume, replicas, CLI (trade_md.cli.md)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,15 @@ import numpy as np
 import pytest
 
 from trade_md import md
+from trade_md.cli import md as md_cli
+from trade_md.convergence import block_standard_error
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.md import (
-    Dataset,
-    basin_entries,
-    block_standard_error,
-    convergence_report,
-    degrees_of_freedom,
-    load_dataset,
-    run_md,
-)
+from trade_md.formats.dataset import Dataset, load_dataset
+from trade_md.md import degrees_of_freedom, run_md
 from trade_md.systems import SYSTEMS_DIR, MolecularSystem, load_system
 from trade_md.thermo import KB
 
-pytestmark = pytest.mark.filterwarnings("ignore::trade_md.md.ConvergenceWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::trade_md.convergence.ConvergenceWarning")
 
 # Short runs: Reference platform (no timing probe), one in-process replica.
 QUICK = {"replicas": 1, "platform": "Reference", "progress": False}
@@ -93,65 +88,6 @@ def test_hbond_constraints_two_femtoseconds(tmp_path: Path) -> None:
     for i, j, length in constrained.constrained_bonds():
         distances = np.linalg.norm(dataset.positions[:, i] - dataset.positions[:, j], axis=-1)
         np.testing.assert_allclose(distances, length, rtol=1e-4)
-
-
-# ----------------------------------------------------------------------------------------------------- analysis
-
-
-def test_basin_entries_ignore_boundary_noise() -> None:
-    noise_at_zero = np.tile([-0.1, 0.1], 50)
-    noise_at_pi = np.tile([3.1, -3.1], 50)
-    phi = np.concatenate([np.full(10, -1.5), noise_at_zero, noise_at_pi, np.full(10, -1.2), np.full(10, 1.0),
-                          noise_at_zero, np.full(5, 1.1), np.full(10, -2.0), np.full(3, 1.2)])
-    assert basin_entries(phi) == (1, 2)
-    assert basin_entries(np.full(20, 1.0)) == (0, 0)
-    assert basin_entries(noise_at_zero) == (0, 0)
-
-
-def test_block_standard_error_for_correlated_series(rng: np.random.Generator) -> None:
-    white = rng.normal(size=2**15)
-    assert block_standard_error([white]) == pytest.approx(1.0 / math.sqrt(white.size), rel=0.25)
-    # AR(1) with rho = 0.9: SE = sigma/sqrt(n) * sqrt((1 + rho)/(1 - rho)) = sqrt(19)/sqrt(n) for sigma = 1.
-    rho, n = 0.9, 2**16
-    noise = rng.normal(scale=math.sqrt(1 - rho**2), size=n)
-    series = np.empty(n)
-    series[0] = rng.normal()
-    for t in range(1, n):
-        series[t] = rho * series[t - 1] + noise[t]
-    expected = math.sqrt((1 + rho) / (1 - rho) / n)
-    assert block_standard_error([series]) == pytest.approx(expected, rel=0.3)
-    assert block_standard_error([series[:4]]) != block_standard_error([series[:4]])  # NaN with too few frames
-
-
-def test_convergence_report_counts_and_warns() -> None:
-    # Two runs of 4,000 frames; each alternates 100 frames in φ<0 (−1.2) and 25 frames in φ>0 (+1.0).
-    one_run = np.tile(np.r_[np.full(100, -1.2), np.full(25, 1.0)], 32)
-    phi = np.concatenate([one_run, one_run])[:, None]
-    run = np.repeat([0, 1], one_run.size)
-    report = convergence_report(phi, run, ["ALA 2"])
-    entry = report["dihedrals"][0]
-    assert entry["entries_phi_positive"] == 64 and entry["entries_phi_negative"] == 62
-    assert entry["population_phi_positive"] == pytest.approx(0.2)
-    assert entry["relative_error"] < 0.2 and report["converged"] is True and report["warnings"] == []
-    short = convergence_report(phi[:500], run[:500], ["ALA 2"])
-    assert short["converged"] is False
-    assert any("only 4 entries into the φ>0 basin" in line for line in short["warnings"])
-    none = convergence_report(np.empty((10, 0)), np.zeros(10, dtype=int), [])
-    assert none["converged"] is None and "no backbone φ" in none["warnings"][0]
-
-def test_spread_of_run_means_is_judged_from_four_runs() -> None:
-    def run_with(positive: int) -> np.ndarray:  # 32 visits, ``positive`` % of the frames at φ > 0
-        return np.tile(np.r_[np.full(100 - positive, -1.2), np.full(positive, 1.0)], 32)
-
-    for fractions in ((15, 25), (15, 25, 15, 25)):
-        phi = np.concatenate([run_with(f) for f in fractions])[:, None]
-        run = np.repeat(np.arange(len(fractions)), 3200)
-        entry = convergence_report(phi, run)["dihedrals"][0]
-        assert entry["across_runs_standard_error"] == pytest.approx(
-            np.std(np.array(fractions) / 100, ddof=1) / math.sqrt(len(fractions)))
-        assert entry["block_standard_error"] < entry["across_runs_standard_error"]
-        judged = entry["block_standard_error"] if len(fractions) < 4 else entry["across_runs_standard_error"]
-        assert entry["standard_error"] == judged
 
 
 # ----------------------------------------------------------------------------------------------------- datasets
@@ -297,18 +233,12 @@ def test_invalid_md_settings(ala2: MolecularSystem, tmp_path: Path) -> None:
         run_md(ala2, 600.0, tmp_path / "e", **QUICK)
 
 
-def test_platform_measurement(ala2: MolecularSystem) -> None:
-    rates = md.measure_platforms(ala2, seconds=0.05)
-    assert {"Reference", "CPU"} <= set(rates) and all(rate > 0 for rate in rates.values())
-    assert md.choose_platform(ala2) in rates
-
-
 # ----------------------------------------------------------------------------------------------------- CLI
 
 
 def test_cli_md_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="trade-md")
-    md.register_cli(parser.add_subparsers())
+    md_cli.register(parser.add_subparsers())
     out = tmp_path / "cli"
     args = parser.parse_args(["md", "--system", "alanine-dipeptide", "--ns", "0.005", "--frame-interval", "0.5",
                               "--equilibration", "1", "--replicas", "1", "--platform", "Reference", "--seed", "2",

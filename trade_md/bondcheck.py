@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import openmm
+import openmm.unit as unit
 
 from trade_md.errors import InputError
-from trade_md.thermo import KB
+from trade_md.thermo import kT, reduced_potential
 
 __all__ = ["BondStretchRatio", "hydrogen_bonds", "bond_stretch_ratios"]
 
@@ -38,17 +40,14 @@ class BondStretchRatio:
 
 def hydrogen_bonds(system: object) -> list[tuple[int, int, float, float]]:
     """``(hydrogen, partner, r0 nm, k kJ/mol/nm²)`` of every harmonic X–H bond of a ``MolecularSystem``."""
-    import openmm
-
     atoms = list(system.topology.atoms())  # type: ignore[attr-defined]
     bonds = []
     for force in system.system.getForces():  # type: ignore[attr-defined]
         if isinstance(force, openmm.HarmonicBondForce):
             for index in range(force.getNumBonds()):
                 i, j, r0, k = force.getBondParameters(index)
-                r0 = r0.value_in_unit(openmm.unit.nanometer) if hasattr(r0, "value_in_unit") else float(r0)
-                k = (k.value_in_unit(openmm.unit.kilojoule_per_mole / openmm.unit.nanometer**2)
-                     if hasattr(k, "value_in_unit") else float(k))
+                r0 = r0.value_in_unit(unit.nanometer) if unit.is_quantity(r0) else float(r0)
+                k = k.value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2) if unit.is_quantity(k) else float(k)
                 symbols = (atoms[i].element.symbol if atoms[i].element else "",
                            atoms[j].element.symbol if atoms[j].element else "")
                 if symbols[0] == "H" and symbols[1] != "H":
@@ -86,7 +85,7 @@ def bond_stretch_ratios(
     bonds = hydrogen_bonds(system)
     if not bonds:
         raise InputError("the system has no harmonic X-H bonds (constrained hydrogens cannot be checked this way)")
-    kt = KB * temperature
+    kt = kT(temperature)
     atoms = list(system.topology.atoms())  # type: ignore[attr-defined]
     results = []
     for hydrogen, partner, r0, k in bonds:
@@ -96,7 +95,7 @@ def bond_stretch_ratios(
         moved = np.repeat(x[:, None], grid_points, axis=1)
         moved[:, :, hydrogen] = x[:, None, partner] + grid[None, :, None] * (vector / r[:, None])[:, None, :]
         u = np.asarray(energy(moved.reshape(-1, *x.shape[1:])), dtype=np.float64).reshape(len(x), grid_points)
-        log_p = 2.0 * np.log(grid)[None] - u / kt
+        log_p = 2.0 * np.log(grid)[None] - reduced_potential(u, temperature)
         p = np.exp(log_p - log_p.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         mean = p @ grid

@@ -9,11 +9,11 @@ Non-finite values never crash a call: a conformation with a NaN or infinite coor
 force, or one for which OpenMM raises (e.g. "Particle coordinate is NaN"), gets U = +inf and F = 0. The caller
 decides what to do with it (cap, drop, or reweight to zero).
 
-Parallelism: ``n_workers`` spawned processes, each with its own Context built from the System's XML, evaluate
-contiguous chunks of a batch; positions go out and energies/forces come back as raw float64 bytes over pipes.
-With one worker the default is to evaluate in-process (no copies). Results are identical for any number of
-workers on the same platform and precision: Reference is deterministic, and CPU and CUDA get
-``DeterministicForces=true`` (checked: Reference and CPU in the tests, CUDA on an H200).
+Parallelism: ``n_workers`` spawned processes (:mod:`trade_md.energy_workers`), each with its own Context built
+from the System's XML, evaluate contiguous chunks of a batch. With one worker the default is to evaluate
+in-process (no copies). Platform properties follow the energy policy of :mod:`trade_md.platforms` (double
+precision on GPUs, one thread per CPU worker, deterministic force sums), so results are identical for any number
+of workers on the same platform and precision (checked: Reference and CPU in the tests, CUDA on an H200).
 
 >>> import openmm
 >>> system = openmm.System(); _ = system.addParticle(1.0)
@@ -27,276 +27,26 @@ workers on the same platform and precision: Reference is deterministic, and CPU 
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
-import signal
 import sys
 import threading
-import time
-import traceback
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from multiprocessing.connection import Connection
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import openmm
 import openmm.unit as unit
 
+from trade_md import platforms
+from trade_md.energy_workers import Evaluator, WorkerPool, shutdown_workers
 from trade_md.errors import InputError, WorkerError
-from trade_md.thermo import KB, temperature_array, to_kelvin, to_nm
+from trade_md.thermo import reduced_potential, temperature_array, to_kelvin, to_nm
 
-__all__ = ["PLATFORMS", "EnergyBridge"]
+__all__ = ["EnergyBridge"]
 
-PLATFORMS: tuple[str, ...] = ("Reference", "CPU", "OpenCL", "CUDA")
-"""OpenMM platforms the bridge accepts by name, besides ``"auto"``."""
-
-# Properties each platform gets unless the caller sets them: one thread per worker on CPU (the workers are the
-# parallelism), double precision on GPUs, and bitwise-reproducible force sums wherever the platform offers them.
-# Double, because importance weights need accurate total energies: on an H200, alanine dipeptide's CUDA energies
-# differed from Reference by 3.6e-4 relative in mixed precision and by 5.5e-5 in double (benchmarks/gpu_check.sh),
-# at 6.5k instead of 10k calls/s. Pass {"Precision": "mixed"} to trade accuracy for speed.
-_DEFAULT_PROPERTIES: dict[str, dict[str, str]] = {
-    "CPU": {"Threads": "1", "DeterministicForces": "true"},
-    "CUDA": {"Precision": "double", "DeterministicForces": "true"},
-    "OpenCL": {"Precision": "double"},
-}
-_AUTO_CALLS = 50  # calls timed per candidate platform when platform="auto" chooses
-_AUTO_BUDGET_S = 0.5  # ... or fewer, once a platform has used this many seconds
-_CLOSE_TIMEOUT_S = 5.0  # how long close() waits for workers to exit before terminating them
-
-
-def _read_forces_fast(state: openmm.State, out: np.ndarray) -> None:
-    # OpenMM's own numpy fast path: writes kJ/mol/nm straight into `out` without a unit round trip.
-    state._getVectorAsNumpy(openmm.State.Forces, out)
-
-
-def _read_forces_public(state: openmm.State, out: np.ndarray) -> None:
-    out[...] = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
-
-
-# The fast path saves ~17 µs of a ~57 µs call at 22 atoms; the public path keeps other OpenMM versions working.
-_read_forces = _read_forces_fast if hasattr(openmm.State, "_getVectorAsNumpy") else _read_forces_public
-
-
-class _Evaluator:
-    """One OpenMM Context that evaluates conformations one after another (in-process or inside a worker)."""
-
-    def __init__(self, system_xml: str, platform_name: str, properties: Mapping[str, str]) -> None:
-        system = openmm.XmlSerializer.deserialize(system_xml)
-        self.n_atoms = system.getNumParticles()
-        self._virtual_sites = any(system.isVirtualSite(i) for i in range(self.n_atoms))
-        self._integrator = openmm.VerletIntegrator(0.001)  # never stepped; a Context needs one
-        platform = openmm.Platform.getPlatformByName(platform_name)
-        self._context = openmm.Context(system, self._integrator, platform, dict(properties))
-        self.properties = {name: platform.getPropertyValue(self._context, name) for name in platform.getPropertyNames()}
-
-    def evaluate(self, positions: np.ndarray, energies: np.ndarray, forces: np.ndarray | None) -> None:
-        """Fill energies ``[m]`` kJ/mol and, unless None, forces ``[m, atoms, 3]`` kJ/mol/nm for positions
-        ``[m, atoms, 3]`` nm (float64, C-contiguous). Non-finite samples and OpenMM errors give U=+inf, F=0."""
-        finite = np.isfinite(positions).all(axis=(1, 2))
-        context = self._context
-        with_forces = forces is not None
-        for i in range(len(positions)):
-            if not finite[i]:
-                energies[i] = np.inf
-                continue
-            try:
-                context.setPositions(positions[i])
-                if self._virtual_sites:
-                    context.computeVirtualSites()
-                state = context.getState(getEnergy=True, getForces=with_forces)
-            except openmm.OpenMMException:
-                energies[i] = np.inf
-                continue
-            energies[i] = state.getPotentialEnergy()._value  # a State reports kJ/mol; skip a 1.7 µs conversion
-            if with_forces:
-                _read_forces(state, forces[i])
-        bad = ~np.isfinite(energies)
-        if with_forces:
-            bad |= ~np.isfinite(forces).all(axis=(1, 2))
-            forces[bad] = 0.0
-        energies[bad] = np.inf
-
-    def seconds_per_call(self, positions: np.ndarray) -> float:
-        """Mean wall time (s) of one energy+force call at ``positions`` [atoms, 3] nm, after 3 warm-up calls."""
-        batch = np.ascontiguousarray(np.broadcast_to(positions, (_AUTO_CALLS, self.n_atoms, 3)))
-        energies, forces = np.empty(_AUTO_CALLS), np.empty_like(batch)
-        self.evaluate(batch[:3], energies[:3], forces[:3])  # warm-up: first calls build kernels and lists
-        calls, start = 0, time.perf_counter()
-        while calls < _AUTO_CALLS and time.perf_counter() - start < _AUTO_BUDGET_S:
-            self.evaluate(batch[calls : calls + 1], energies[calls : calls + 1], forces[calls : calls + 1])
-            calls += 1
-        return (time.perf_counter() - start) / calls
-
-
-def _worker_main(connection: Connection, system_xml: str, platform_name: str, properties: dict[str, str]) -> None:
-    """Entry point of a worker process: build a Context, then serve evaluation requests until told to close.
-
-    Protocol (parent -> worker): ``("eval", m, with_forces)`` followed by the positions' bytes, or ``("close",)``.
-    Replies: ``("ok",)`` followed by the energies' bytes (and the forces' bytes), or ``("error", traceback)``.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then ends the workers
-    try:
-        _serve(connection, system_xml, platform_name, properties)
-    except (EOFError, OSError):
-        return  # the parent is gone (or its pipe broke): exit rather than linger as an orphan
-
-
-def _serve(connection: Connection, system_xml: str, platform_name: str, properties: dict[str, str]) -> None:
-    try:
-        evaluator = _Evaluator(system_xml, platform_name, properties)
-    except Exception:
-        connection.send(("error", traceback.format_exc()))
-        return
-    connection.send(("ready", evaluator.properties))
-    while (message := connection.recv())[0] != "close":
-        _, m, with_forces = message
-        payload = connection.recv_bytes()
-        try:
-            positions = np.frombuffer(payload, dtype=np.float64).reshape(m, evaluator.n_atoms, 3)
-            energies = np.empty(m)
-            forces = np.empty((m, evaluator.n_atoms, 3)) if with_forces else None
-            evaluator.evaluate(positions, energies, forces)
-        except Exception:
-            connection.send(("error", traceback.format_exc()))
-            continue
-        connection.send(("ok",))
-        connection.send_bytes(energies)
-        if forces is not None:
-            connection.send_bytes(forces)
-
-
-def _shutdown_workers(processes: list, connections: list[Connection], graceful: bool = True) -> None:
-    """Stop worker processes: ask them to close (if graceful), then terminate, then kill what is left."""
-    if graceful:
-        for connection in connections:
-            with suppress(OSError, ValueError):  # already gone or closed
-                connection.send(("close",))
-        deadline = time.monotonic() + _CLOSE_TIMEOUT_S
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    for process in processes:
-        process.join(1.0)
-        if process.is_alive():
-            process.kill()
-            process.join()
-    for connection in connections:
-        connection.close()
-    processes.clear()
-    connections.clear()
-
-
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT while workers are launched, so they start with it ignored (the disposition survives exec)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _exit_description(process: Any) -> str:
-    process.join(1.0)
-    code = process.exitcode
-    if code is None:
-        return "stopped answering"
-    if code < 0:
-        return f"was killed by signal {signal.Signals(-code).name}"
-    return f"exited with status {code}"
-
-
-class _WorkerPool:
-    """Worker processes (spawned, one Context each) that evaluate contiguous chunks of a batch."""
-
-    def __init__(self, system_xml: str, platform_name: str, properties: Sequence[dict[str, str]]) -> None:
-        context = multiprocessing.get_context("spawn")  # never fork: torch/OpenMM threads do not survive it
-        self.processes: list = []
-        self.connections: list[Connection] = []
-        self.properties: list[dict[str, str]] = []
-        self.broken = False  # a worker died or the protocol lost step: the pool must not be used again
-        try:
-            with _sigint_ignored():
-                for index, worker_properties in enumerate(properties):
-                    parent_end, child_end = context.Pipe(duplex=True)
-                    process = context.Process(
-                        target=_worker_main,
-                        args=(child_end, system_xml, platform_name, worker_properties),
-                        name=f"trade-md-energy-{index}",
-                        daemon=True,
-                    )
-                    process.start()
-                    child_end.close()  # the worker holds the only other end: its exit reads as EOF here
-                    self.processes.append(process)
-                    self.connections.append(parent_end)
-            for index in range(len(self.processes)):
-                reply = self._receive(index, "while starting")
-                if reply[0] == "error":
-                    raise WorkerError(
-                        f"energy worker {index} could not create its OpenMM Context on platform {platform_name!r} "
-                        f"with properties {properties[index]}; check `platform` and `platform_properties`. "
-                        f"Worker traceback:\n{reply[1]}"
-                    )
-                self.properties.append(reply[1])
-        except BaseException:
-            _shutdown_workers(self.processes, self.connections, graceful=False)
-            raise
-
-    def _died(self, index: int, doing: str) -> WorkerError:
-        self.broken = True
-        process = self.processes[index]
-        return WorkerError(
-            f"energy worker {index} (pid {process.pid}) {_exit_description(process)} {doing}; the bridge is closed. "
-            "Causes: out of memory, a crash inside OpenMM or its GPU driver, the process being killed, or (at "
-            "start-up) a script that creates workers without an `if __name__ == '__main__':` guard. "
-            "Create a new EnergyBridge (fewer workers or another platform if it happens again)."
-        )
-
-    def _receive(self, index: int, doing: str) -> tuple:
-        try:
-            return self.connections[index].recv()
-        except (EOFError, OSError):
-            raise self._died(index, doing) from None
-
-    def evaluate(self, positions: np.ndarray, energies: np.ndarray, forces: np.ndarray | None) -> None:
-        """Split ``positions`` [n, atoms, 3] into contiguous chunks, one per worker, and gather the results."""
-        n, k = len(positions), len(self.processes)
-        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        active = [i for i in range(k) if sizes[i] > 0]
-        doing = f"while evaluating a batch of {n} conformations"
-        for i in active:
-            try:
-                self.connections[i].send(("eval", sizes[i], forces is not None))
-                self.connections[i].send_bytes(positions[bounds[i] : bounds[i + 1]])
-            except OSError:
-                raise self._died(i, doing) from None
-        errors = []
-        for i in active:
-            reply = self._receive(i, doing)
-            if reply[0] == "error":
-                errors.append(f"energy worker {i} (pid {self.processes[i].pid}) raised:\n{reply[1]}")
-                continue
-            try:
-                self.connections[i].recv_bytes_into(energies[bounds[i] : bounds[i + 1]])
-                if forces is not None:
-                    self.connections[i].recv_bytes_into(forces[bounds[i] : bounds[i + 1]].reshape(-1))
-            except (EOFError, OSError):
-                raise self._died(i, doing) from None
-        if errors:
-            raise WorkerError(
-                "an energy worker failed; the batch has no result (the other workers are still usable). "
-                "Report the traceback below if it is not a resource problem:\n" + "\n".join(errors)
-            )
+_AUTO_CANDIDATES = ("CUDA", "Reference", "CPU")  # platforms "auto" times, where a Context can be made
 
 
 def _resolve_system(system: Any) -> tuple[openmm.System, np.ndarray | None]:
@@ -356,29 +106,11 @@ def _gpu_sharing_warning(platform_name: str, properties: Sequence[Mapping[str, s
     )
 
 
-def _canonical_platform(platform: str) -> str:
-    names = {name.lower(): name for name in (*PLATFORMS, "auto")}
-    if not isinstance(platform, str) or platform.lower() not in names:
-        raise InputError(f"unknown platform {platform!r}; choose one of {', '.join((*PLATFORMS, 'auto'))}")
-    name = names[platform.lower()]
-    if name != "auto":
-        try:
-            openmm.Platform.getPlatformByName(name)
-        except openmm.OpenMMException:
-            available = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-            failures = [f for f in openmm.Platform.getPluginLoadFailures() if f"/libOpenMM{name}.so:" in f]
-            reason = "; ".join(failures) if failures else "no plugin for it was found"
-            raise InputError(
-                f"OpenMM platform {name!r} is not available here ({reason}; available: {', '.join(available)}); "
-                "install its OpenMM plugin and driver (e.g. pip install openmm[cuda12]) or use platform='auto'"
-            ) from None
-    return name
-
-
 def _with_defaults(platform_name: str, properties: dict[str, str], known_only: bool) -> dict[str, str]:
-    """The caller's properties over the platform's defaults; ``known_only`` drops names the platform lacks."""
+    """The caller's properties over the platform's energy defaults (:func:`trade_md.platforms.platform_properties`);
+    ``known_only`` drops names the platform lacks."""
     known = set(openmm.Platform.getPlatformByName(platform_name).getPropertyNames())
-    merged = {**_DEFAULT_PROPERTIES.get(platform_name, {}), **properties}
+    merged = {**platforms.platform_properties(platform_name, purpose="energy"), **properties}
     return {name: value for name, value in merged.items() if name in known or not known_only}
 
 
@@ -396,10 +128,11 @@ class EnergyBridge:
         one core per CPU worker and one GPU per distinct ``DeviceIndex``. Measured for alanine dipeptide (22
         atoms) on an H200 machine: Reference 24,000 calls/s per core, CUDA 8,600/s (launch-bound), CPU ~2,000/s,
         so auto picks Reference there; CUDA wins for larger systems.
-    platform_properties: OpenMM platform properties; defaults are ``Threads=1`` on CPU (the workers are the
-        parallelism) and ``Precision=double`` on GPUs, plus ``DeterministicForces=true`` where offered. A list or
-        tuple value gives one value per worker, e.g. ``{"DeviceIndex": ["0", "1"]}``. With ``"auto"``, names the
-        chosen platform does not know are dropped.
+    platform_properties: OpenMM platform properties over the energy policy of
+        :func:`trade_md.platforms.platform_properties` (``Threads=1`` on CPU, the workers being the parallelism;
+        ``Precision=double`` on GPUs; ``DeterministicForces=true`` where offered); pass ``{"Precision": "mixed"}``
+        to trade accuracy for speed. A list or tuple value gives one value per worker, e.g.
+        ``{"DeviceIndex": ["0", "1"]}``. With ``"auto"``, names the chosen platform does not know are dropped.
     in_process: evaluate in this process instead of a worker; only for ``n_workers=1``, and the default there
         (no inter-process copies). A worker process instead isolates crashes inside OpenMM.
 
@@ -434,10 +167,10 @@ class EnergyBridge:
         requested = _string_properties(platform_properties, self.n_workers)
         self.auto_timings: dict[str, float] | None = None
         self._lock = threading.Lock()
-        self._evaluator: _Evaluator | None = None
-        self._pool: _WorkerPool | None = None
+        self._evaluator: Evaluator | None = None
+        self._pool: WorkerPool | None = None
 
-        name = _canonical_platform(platform)
+        name = platforms.check_platform(platform)
         if name == "auto":
             name, evaluator = self._choose_platform(system_xml, requested, positions)
             properties = [_with_defaults(name, worker, known_only=True) for worker in requested]
@@ -452,32 +185,32 @@ class EnergyBridge:
         if in_process:
             if self._evaluator is None:
                 try:
-                    self._evaluator = _Evaluator(system_xml, name, properties[0])
+                    self._evaluator = Evaluator(system_xml, name, properties[0])
                 except openmm.OpenMMException as error:
                     raise WorkerError(
                         f"could not create an OpenMM Context on platform {name!r} with properties {properties[0]}: "
                         f"{error}; check `platform` and `platform_properties`"
                     ) from None
             self.properties = [self._evaluator.properties]
-            self._finalizer = weakref.finalize(self, _shutdown_workers, [], [])
+            self._finalizer = weakref.finalize(self, shutdown_workers, [], [])
         else:
-            self._pool = _WorkerPool(system_xml, name, properties)
+            self._pool = WorkerPool(system_xml, name, properties)
             self.properties = self._pool.properties
-            self._finalizer = weakref.finalize(self, _shutdown_workers, self._pool.processes, self._pool.connections)
+            self._finalizer = weakref.finalize(self, shutdown_workers, self._pool.processes, self._pool.connections)
 
     def _choose_platform(
         self, system_xml: str, requested: list[dict[str, str]], positions: np.ndarray | None
-    ) -> tuple[str, _Evaluator]:
+    ) -> tuple[str, Evaluator]:
         """'auto': time CUDA (where a Context can be made), Reference and CPU; pick the fastest pool.
 
         A CPU platform's pool rate grows with the workers (one core each, up to the usable cores); CUDA's grows
         only with distinct devices, because workers sharing a GPU take turns on it.
         """
-        candidates: dict[str, _Evaluator] = {}
-        for name in ("CUDA", "Reference", "CPU"):
+        candidates: dict[str, Evaluator] = {}
+        for name in _AUTO_CANDIDATES:
             try:
                 properties = _with_defaults(name, requested[0], known_only=True)
-                candidates[name] = _Evaluator(system_xml, name, properties)
+                candidates[name] = Evaluator(system_xml, name, properties)
             except openmm.OpenMMException:
                 continue
         if not candidates:
@@ -596,13 +329,13 @@ class EnergyBridge:
                 f"temperature has shape {tuple(kelvin.shape)} but x holds {energies.shape[0]} conformations; "
                 "pass one temperature (float K) or one per conformation ([n])"
             )
-        return energies / (KB * kelvin)
+        return reduced_potential(energies, kelvin)
 
     # -------------------------------------------------------------------------------------------- lifecycle
 
     def _shutdown(self, graceful: bool) -> None:
         if self._pool is not None and not graceful:
-            _shutdown_workers(self._pool.processes, self._pool.connections, graceful=False)
+            shutdown_workers(self._pool.processes, self._pool.connections, graceful=False)
         self._finalizer()
         self._evaluator = None
 

@@ -80,7 +80,10 @@ def dihedral_angles(positions: Any, quadruplets: Sequence[Sequence[int]] | np.nd
 # ----------------------------------------------------------------------------------------------- backbone
 
 
-def _residues(topology: Any) -> list[tuple[str, int, dict[str, int]]]:
+_Residue = tuple[str, int, dict[str, int]]  # name, sequence number, {atom name: atom index}
+
+
+def _residues(topology: Any) -> list[_Residue]:
     """``(name, sequence number, {atom name: index})`` of each residue, for openmm or mdtraj topologies."""
     residues = topology.residues() if callable(getattr(topology, "residues", None)) else topology.residues
     out = []
@@ -93,11 +96,19 @@ def _residues(topology: Any) -> list[tuple[str, int, dict[str, int]]]:
     return out
 
 
+def _neighbours(topology: Any) -> list[tuple[int, _Residue, _Residue]]:
+    """``(index of the first, residue i, residue i + 1)`` for each pair of consecutive residues of one chain (as
+    mdtraj pairs them: no pair spans two chains)."""
+    residues = topology.residues() if callable(getattr(topology, "residues", None)) else topology.residues
+    chains = [residue.chain.index for residue in residues]
+    described = _residues(topology)
+    return [(i, described[i], described[i + 1]) for i in range(len(described) - 1) if chains[i] == chains[i + 1]]
+
+
 def phi_dihedrals(topology: Any) -> list[Dihedral]:
     """Backbone φ = C(i−1)–N–CA–C of every residue that has one, in chain order (mdtraj's definition)."""
-    residues = _residues(topology)
     out = []
-    for (_, _, previous), (name, number, own) in zip(residues, residues[1:]):
+    for _, (_, _, previous), (name, number, own) in _neighbours(topology):
         if "C" in previous and all(key in own for key in ("N", "CA", "C")):
             out.append(Dihedral(f"{name} {number}", (previous["C"], own["N"], own["CA"], own["C"])))
     return out
@@ -105,9 +116,8 @@ def phi_dihedrals(topology: Any) -> list[Dihedral]:
 
 def psi_dihedrals(topology: Any) -> list[Dihedral]:
     """Backbone ψ = N–CA–C–N(i+1) of every residue that has one, in chain order (mdtraj's definition)."""
-    residues = _residues(topology)
     out = []
-    for (name, number, own), (_, _, following) in zip(residues, residues[1:]):
+    for _, (name, number, own), (_, _, following) in _neighbours(topology):
         if "N" in following and all(key in own for key in ("N", "CA", "C")):
             out.append(Dihedral(f"{name} {number}", (own["N"], own["CA"], own["C"], following["N"])))
     return out
@@ -180,9 +190,8 @@ def basin_entries(phi: np.ndarray, margin: float = BASIN_MARGIN) -> tuple[int, i
 def peptide_bonds(topology: Any) -> list[Dihedral]:
     """ω of every peptide bond: CA/CH3(i)–C(i)–N(i+1)–CA/CH3/C(i+1) (caps ACE and NME included), labelled
     ``"ACE1-ALA2"``."""
-    residues = _residues(topology)
     out = []
-    for i, ((left_name, _, left), (right_name, _, right)) in enumerate(zip(residues, residues[1:])):
+    for i, (left_name, _, left), (right_name, _, right) in _neighbours(topology):
         if "C" not in left or "N" not in right:
             continue
         outer_left = left.get("CA", left.get("CH3"))

@@ -12,7 +12,8 @@ True
 
 Bad input (a missing file, an unparsable PDB, missing hydrogens, a residue the force field does not know,
 waters or ions in implicit solvent, non-finite coordinates, several models) raises
-:class:`~trade_md.errors.InputError` naming the problem and the fix.
+:class:`~trade_md.errors.InputError` naming the problem and the fix (the checks live in
+:mod:`trade_md.system_inputs`).
 
 With ``constraints="HBonds"`` the bonds to hydrogen have fixed lengths (MD may then use 2 fs steps); a generator
 must treat them as constants, taken from :meth:`MolecularSystem.constrained_bonds`.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,17 +36,31 @@ import openmm.unit as unit
 import yaml
 
 from trade_md.errors import InputError
+from trade_md.system_inputs import (
+    check_finite,
+    check_no_solvent,
+    check_templates,
+    constraint_kind,
+    existing_file,
+    load_forcefield,
+    normalise_constraints,
+    read_pdb,
+    with_hydrogens,
+)
 from trade_md.thermo import to_nm
 
 __all__ = [
+    "CONSTRAINT_CHOICES",
+    "IMPLICIT_SOLVENT_CHOICES",
+    "SYSTEMS_DIR",
     "MolecularSystem",
-    "load_system",
+    "builtin_config",
+    "builtin_systems",
     "from_amber",
     "from_openmm",
-    "builtin_systems",
-    "builtin_config",
-    "SYSTEMS_DIR",
+    "load_system",
 ]
+
 
 def _systems_dir() -> Path:
     """``systems/`` of a source checkout, else the copy a wheel installs as ``trade_md/builtin_systems``."""
@@ -63,9 +77,6 @@ IMPLICIT_SOLVENT_CHOICES = ("HCT", "OBC1", "OBC2", "GBn", "GBn2")
 # Force-field files whose names contain one of these define a generalized-Born implicit solvent.
 _IMPLICIT_MARKERS = ("obc", "gbn", "hct", "gbsa", "implicit")
 _GB_FORCES = (openmm.GBSAOBCForce, openmm.CustomGBForce)
-_WATER_NAMES = frozenset({"HOH", "WAT", "H2O", "SOL", "TIP", "TIP3", "TIP4", "TIP5", "T3P", "T4P", "SPC", "DOD"})
-_ION_ELEMENTS = frozenset({"Li", "Na", "K", "Rb", "Cs", "Mg", "Ca", "Zn", "F", "Cl", "Br", "I"})
-_ION_NAMES = frozenset({"LI", "NA", "K", "RB", "CS", "MG", "CA", "ZN", "F", "CL", "BR", "IOD", "NA+", "CL-", "K+"})
 
 
 @dataclass
@@ -181,7 +192,7 @@ def builtin_config(name: str) -> dict[str, Any]:
         config = yaml.safe_load(config_path.read_text())
         if config.get("name") == name:
             config["pdb"] = str(config_path.parent / config["pdb"])
-            config["constraints"] = _normalise_constraints(config.get("constraints"))
+            config["constraints"] = normalise_constraints(config.get("constraints"))
             return config
     if not SYSTEMS_DIR.is_dir():
         raise InputError(
@@ -212,7 +223,7 @@ def load_system(
     if not path.exists() and source_text in builtin_systems():
         config = builtin_config(source_text)
         files = tuple(forcefield) if forcefield else tuple(config["forcefield"])
-        chosen = _normalise_constraints(constraints) if constraints is not None else config["constraints"]
+        chosen = normalise_constraints(constraints) if constraints is not None else config["constraints"]
         return _from_pdb(Path(config["pdb"]), files, add_hydrogens, chosen, name=source_text)
     if not path.exists():
         raise InputError(
@@ -226,7 +237,7 @@ def load_system(
             f"no force field given for {path}; pass force-field files, e.g. "
             "--forcefield amber99sbildn.xml --forcefield amber99_obc.xml"
         )
-    return _from_pdb(path, tuple(forcefield), add_hydrogens, _normalise_constraints(constraints), name=path.stem)
+    return _from_pdb(path, tuple(forcefield), add_hydrogens, normalise_constraints(constraints), name=path.stem)
 
 
 def from_amber(
@@ -240,8 +251,8 @@ def from_amber(
 
     implicit_solvent: ``None`` (vacuum) or one of "HCT", "OBC1", "OBC2", "GBn", "GBn2".
     """
-    prmtop_path, inpcrd_path = _existing(prmtop, "prmtop"), _existing(inpcrd, "inpcrd")
-    chosen = _normalise_constraints(constraints)
+    prmtop_path, inpcrd_path = existing_file(prmtop, "prmtop"), existing_file(inpcrd, "inpcrd")
+    chosen = normalise_constraints(constraints)
     if implicit_solvent is not None and implicit_solvent not in IMPLICIT_SOLVENT_CHOICES:
         raise InputError(f"implicit solvent {implicit_solvent!r} unknown; choose one of {IMPLICIT_SOLVENT_CHOICES}")
     try:
@@ -260,9 +271,9 @@ def from_amber(
             f"{inpcrd_path} has {positions.shape[0]} atoms but {prmtop_path} has {parm.topology.getNumAtoms()}; "
             "pass the coordinates that belong to this prmtop"
         )
-    _check_finite(positions, parm.topology, str(inpcrd_path))
+    check_finite(positions, parm.topology, str(inpcrd_path))
     if implicit_solvent is not None:
-        _check_no_solvent(parm.topology, f"implicit solvent {implicit_solvent}")
+        check_no_solvent(parm.topology, f"implicit solvent {implicit_solvent}")
     try:
         system = parm.createSystem(
             nonbondedMethod=app.NoCutoff,
@@ -276,7 +287,8 @@ def from_amber(
     return MolecularSystem(system, parm.topology, positions, prmtop_path.stem, forcefield, chosen)
 
 
-def from_openmm(system: openmm.System, topology: app.Topology, positions: Any, *, name: str = "custom") -> MolecularSystem:
+def from_openmm(system: openmm.System, topology: app.Topology, positions: Any, *,
+                name: str = "custom") -> MolecularSystem:
     """Wrap an existing OpenMM System, Topology and positions (nm array or quantity), e.g. an openmmtools testsystem.
 
     The System is copied. Rejected: a barostat, periodic boundary conditions, waters or ions with implicit solvent,
@@ -292,7 +304,7 @@ def from_openmm(system: openmm.System, topology: app.Topology, positions: Any, *
             f"System has {n_atoms} particles, Topology {topology.getNumAtoms()} atoms, positions shape "
             f"{coords.shape}; pass matching objects with positions [atoms, 3] nm"
         )
-    _check_finite(coords, topology, "positions")
+    check_finite(coords, topology, "positions")
     for force in system.getForces():
         if "Barostat" in type(force).__name__:
             raise InputError(f"the System has a {type(force).__name__}; remove it (trade-md samples at fixed volume)")
@@ -300,39 +312,24 @@ def from_openmm(system: openmm.System, topology: app.Topology, positions: Any, *
         raise InputError("the System uses periodic boundary conditions; build it in vacuum or implicit solvent "
                          "(nonbondedMethod=NoCutoff or CutoffNonPeriodic)")
     if any(isinstance(force, _GB_FORCES) for force in system.getForces()):
-        _check_no_solvent(topology, "an implicit-solvent System")
-    return MolecularSystem(copy.deepcopy(system), topology, coords, name, (), _constraint_kind(system, topology))
+        check_no_solvent(topology, "an implicit-solvent System")
+    return MolecularSystem(copy.deepcopy(system), topology, coords, name, (), constraint_kind(system, topology))
 
 
 # ----------------------------------------------------------------------------------------------------- internals
 
 
-def _normalise_constraints(constraints: str | None) -> str | None:
-    if constraints is None or str(constraints).lower() == "none":
-        return None
-    if str(constraints).lower() == "hbonds":
-        return "HBonds"
-    raise InputError(f"constraints {constraints!r} not supported; choose 'none' or 'HBonds'")
-
-
-def _existing(path: str | os.PathLike, what: str) -> Path:
-    result = Path(path)
-    if not result.is_file():
-        raise InputError(f"{what} file {result} does not exist; check the path")
-    return result
-
-
 def _from_pdb(path: Path, forcefield: tuple[str, ...], add_hydrogens: bool, constraints: str | None,
               name: str) -> MolecularSystem:
-    pdb = _read_pdb(path)
+    pdb = read_pdb(path)
     topology, positions = pdb.topology, to_nm(pdb.getPositions(asNumpy=True))
-    ff = _load_forcefield(forcefield)
+    ff = load_forcefield(forcefield)
     implicit = any(marker in Path(f).name.lower() for f in forcefield for marker in _IMPLICIT_MARKERS)
     if implicit:
-        _check_no_solvent(topology, f"the implicit-solvent force field {list(forcefield)}")
+        check_no_solvent(topology, f"the implicit-solvent force field {list(forcefield)}")
     if add_hydrogens:
-        topology, positions = _add_hydrogens(topology, positions, ff, path)
-    _check_templates(topology, positions, ff, forcefield, add_hydrogens, path)
+        topology, positions = with_hydrogens(topology, positions, ff, path)
+    check_templates(topology, positions, ff, forcefield, add_hydrogens, path)
     try:
         system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff,
                                  constraints=app.HBonds if constraints == "HBonds" else None, rigidWater=False)
@@ -340,134 +337,8 @@ def _from_pdb(path: Path, forcefield: tuple[str, ...], add_hydrogens: bool, cons
         raise InputError(f"OpenMM cannot build a system for {path} with {list(forcefield)} "
                          f"({type(error).__name__}: {error}); check the residues and force-field files") from None
     if any(isinstance(force, _GB_FORCES) for force in system.getForces()):
-        _check_no_solvent(topology, f"the implicit-solvent force field {list(forcefield)}")
+        check_no_solvent(topology, f"the implicit-solvent force field {list(forcefield)}")
     return MolecularSystem(system, topology, positions, name, forcefield, constraints)
-
-
-def _read_pdb(path: Path) -> app.PDBFile:
-    """Parse a PDB after checking the things OpenMM reports badly: models, coordinate columns, finiteness."""
-    if not path.is_file():
-        raise InputError(f"PDB file {path} does not exist; check the path")
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read {path} as text ({error}); pass a PDB file") from None
-    n_models = sum(1 for line in lines if line.startswith("MODEL"))
-    if n_models > 1:
-        raise InputError(f"{path} holds {n_models} models (MODEL records); keep one, e.g. "
-                         "mdtraj.load(path)[0].save_pdb('one_model.pdb')")
-    n_atoms = 0
-    for number, line in enumerate(lines, start=1):
-        if not line.startswith(("ATOM  ", "HETATM")):
-            continue
-        n_atoms += 1
-        try:
-            xyz = [float(line[start:start + 8]) for start in (30, 38, 46)]
-        except ValueError:
-            raise InputError(f"{path}, line {number}: cannot read x, y, z (columns 31-54, in Å) from {line!r}; "
-                             "fix the line (PDB is a fixed-column format)") from None
-        if not all(math.isfinite(v) for v in xyz):
-            raise InputError(f"{path}, line {number}: non-finite coordinates in {line!r}; "
-                             "replace them with real positions")
-    if n_atoms == 0:
-        raise InputError(f"{path} has no ATOM/HETATM records; pass a PDB file with atoms")
-    try:
-        return app.PDBFile(str(path))
-    except Exception as error:
-        raise InputError(f"cannot parse {path} as PDB ({type(error).__name__}: {error}); fix the file") from None
-
-
-def _load_forcefield(files: tuple[str, ...]) -> app.ForceField:
-    for name in files:
-        try:
-            app.ForceField(name)
-        except Exception as error:
-            raise InputError(f"cannot load force-field file {name!r} ({type(error).__name__}: {error}); pass an "
-                             "OpenMM XML file name (e.g. amber99sbildn.xml) or path") from None
-    return app.ForceField(*files)
-
-
-def _add_hydrogens(topology: app.Topology, positions: np.ndarray, ff: app.ForceField,
-                   path: Path) -> tuple[app.Topology, np.ndarray]:
-    modeller = app.Modeller(topology, positions * unit.nanometer)
-    try:
-        modeller.addHydrogens(ff, pH=7.0)
-    except Exception as error:
-        raise InputError(f"cannot add hydrogens to {path} ({type(error).__name__}: {error}); add them with a "
-                         "structure tool (e.g. pdbfixer) and load without --add-hydrogens") from None
-    return modeller.topology, to_nm(modeller.getPositions())
-
-
-def _check_templates(topology: app.Topology, positions: np.ndarray, ff: app.ForceField, files: tuple[str, ...],
-                     add_hydrogens: bool, path: Path) -> None:
-    unmatched = ff.getUnmatchedResidues(topology)
-    if not unmatched:
-        return
-    if not add_hydrogens:
-        trial = app.Modeller(topology, positions * unit.nanometer)
-        try:
-            trial.addHydrogens(ff, pH=7.0)
-            fixed = not ff.getUnmatchedResidues(trial.topology)
-        except Exception:
-            fixed = False
-        if fixed:
-            names = ", ".join(f"{r.name} {r.id}" for r in unmatched[:5])
-            raise InputError(f"{path} lacks hydrogens (residues {names} do not match {list(files)} without them); "
-                             "pass add_hydrogens=True / --add-hydrogens")
-    listed = ", ".join(f"{r.name} {r.id} (chain {r.chain.id})" for r in unmatched[:8])
-    more = f" and {len(unmatched) - 8} more" if len(unmatched) > 8 else ""
-    no_hydrogens = not add_hydrogens and not any(
-        atom.element is not None and atom.element.symbol == "H" for r in unmatched for atom in r.atoms())
-    hint = " They have no hydrogens: if they are standard residues, add them with --add-hydrogens." if no_hydrogens else ""
-    raise InputError(
-        f"{path}: {len(unmatched)} residue(s) match no template of {list(files)}: {listed}{more}. The force "
-        "field does not know a residue of that name, or its atoms differ from the template (missing or extra atoms, "
-        "or a missing bond to an unknown neighbour). Add a force-field file that defines it (--forcefield XML) or "
-        f"rename/repair the residue.{hint}"
-    )
-
-
-def _solvent_residues(topology: app.Topology) -> tuple[list[app.Residue], list[app.Residue]]:
-    """Water residues (by name, or exactly one O and two H) and ion residues (one ion atom, or an ion name)."""
-    waters, ions = [], []
-    for residue in topology.residues():
-        symbols = sorted(a.element.symbol if a.element is not None else "" for a in residue.atoms())
-        name = residue.name.upper()
-        if name in _WATER_NAMES or symbols == ["H", "H", "O"]:
-            waters.append(residue)
-        elif name in _ION_NAMES or (len(symbols) == 1 and symbols[0] in _ION_ELEMENTS):
-            ions.append(residue)
-    return waters, ions
-
-
-def _check_no_solvent(topology: app.Topology, setup: str) -> None:
-    waters, ions = _solvent_residues(topology)
-    if waters or ions:
-        first = (waters + ions)[0]
-        raise InputError(
-            f"found {len(waters)} water and {len(ions)} ion residues (first: {first.name} {first.id}) in {setup}; "
-            "implicit solvent replaces them: remove waters and ions (e.g. modeller.deleteWater(), or drop the HOH/ion "
-            "lines from the PDB)"
-        )
-
-
-def _check_finite(positions: np.ndarray, topology: app.Topology, source: str) -> None:
-    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
-    if bad.size:
-        atom = list(topology.atoms())[bad[0]]
-        raise InputError(f"{source}: non-finite coordinates for {bad.size} atoms (first: atom {bad[0]} {atom.name} "
-                         f"of {atom.residue.name} {atom.residue.id}); replace them with real positions")
-
-
-def _constraint_kind(system: openmm.System, topology: app.Topology) -> str | None:
-    if system.getNumConstraints() == 0:
-        return None
-    hydrogen = [atom.element is not None and atom.element.symbol == "H" for atom in topology.atoms()]
-    for k in range(system.getNumConstraints()):
-        i, j, _ = system.getConstraintParameters(k)
-        if not (hydrogen[i] or hydrogen[j]):
-            return "custom"
-    return "HBonds"
 
 
 def _topology_to_dict(topology: app.Topology) -> dict[str, Any]:

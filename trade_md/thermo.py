@@ -37,6 +37,7 @@ __all__ = [
     "flow_input",
     "geometric_ladder",
     "kT",
+    "kinetic_temperature",
     "parse_temperatures",
     "reduced_potential",
     "temperature_array",
@@ -60,7 +61,7 @@ def to_kelvin(temperature: Any) -> float:
     except (TypeError, ValueError):
         raise InputError(f"temperature {temperature!r} is not a number; pass kelvin as a float, e.g. 300.0") from None
     if not math.isfinite(value) or value <= 0.0:
-        raise InputError(f"temperature must be a finite number of kelvin > 0, got {value}")
+        raise InputError(f"temperature must be a finite number of kelvin > 0, got {value}; e.g. 300.0")
     return value
 
 
@@ -80,6 +81,11 @@ def beta(temperature: Any) -> float:
 def kT(temperature: Any) -> float:
     """Thermal energy k_B T in kJ/mol."""
     return KB * to_kelvin(temperature)
+
+
+def kinetic_temperature(kinetic_energy: float, degrees_of_freedom: int) -> float:
+    """Equipartition temperature T = 2K / (n_dof k_B) in K of a (mean) kinetic energy K in kJ/mol."""
+    return float(2.0 * kinetic_energy / (degrees_of_freedom * KB))
 
 
 def to_nm(positions: Any) -> np.ndarray:
@@ -156,7 +162,8 @@ def geometric_ladder(t_min: float, t_max: float, n: int) -> np.ndarray:
     return np.geomspace(float(t_min), float(t_max), int(n))
 
 
-def parse_temperatures(spec: str | Sequence[float], *, ladder: bool = False, what: str = "--temperatures") -> np.ndarray:
+def parse_temperatures(spec: str | Sequence[float], *, ladder: bool = False,
+                       what: str = "--temperatures") -> np.ndarray:
     """Temperatures [K] from ``"T1,T2,..."``, a geometric ``"Tmin:Tmax:K"`` or a sequence of floats/quantities.
 
     ``ladder=True`` (replica exchange) also requires at least two temperatures in strictly increasing order.
@@ -172,7 +179,8 @@ def parse_temperatures(spec: str | Sequence[float], *, ladder: bool = False, wha
         try:
             n = int(parts[2])
         except ValueError:
-            raise InputError(f"the number of temperatures in {what} {spec!r} must be an integer, e.g. 300:1000:9") from None
+            raise InputError(f"the number of temperatures in {what} {spec!r} must be an integer, "
+                             "e.g. 300:1000:9") from None
         values = geometric_ladder(t_min, t_max, n).tolist()
     else:
         values = [_number(p.strip(), spec, what) for p in spec.split(",") if p.strip()]
@@ -188,7 +196,8 @@ def parse_temperatures(spec: str | Sequence[float], *, ladder: bool = False, wha
                 "temperature use `trade-md md`, otherwise give e.g. 300:1000:9"
             )
         if any(b <= a for a, b in itertools.pairwise(values)):
-            raise InputError(f"temperatures {list(values)} are not strictly increasing; sort them and drop duplicates")
+            raise InputError(f"temperatures {list(values)} in {what} are not strictly increasing; sort them and drop "
+                             "duplicates, e.g. 300,450,600")
     return np.asarray(values, dtype=np.float64)
 
 

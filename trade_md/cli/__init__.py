@@ -19,7 +19,7 @@ __all__ = ["main", "build_parser"]
 
 # Modules that contribute subcommands, in the order `trade-md --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "trade_md.md",
+    "trade_md.cli.md",
     "trade_md.train",
     "trade_md.replica",
     "trade_md.umbrella",

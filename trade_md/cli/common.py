@@ -1,4 +1,4 @@
-"""Options shared by several commands: the molecular system, temperatures, platforms, progress."""
+"""Options shared by several commands: the molecular system (--system | --pdb | --prmtop) and temperatures."""
 
 from __future__ import annotations
 
@@ -60,8 +60,6 @@ def system_from_args(args: argparse.Namespace) -> MolecularSystem:
                          "file, e.g. --forcefield amber99_obc.xml")
     return load_system(args.system or args.pdb, args.forcefield, add_hydrogens=args.add_hydrogens,
                        constraints=args.constraints)
-
-
 
 
 def temperatures_from_text(text: str, option: str = "--temperatures", *, ladder: bool = False) -> np.ndarray:

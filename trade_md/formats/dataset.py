@@ -51,7 +51,6 @@ class Dataset:
         return len(self.positions)
 
 
-
 def write_dataset(
     out: Path, system: MolecularSystem, temperature: float, *, positions: np.ndarray, energies: np.ndarray,
     times: np.ndarray, run: np.ndarray, record: dict[str, Any], kinetic_energies: np.ndarray | None = None,
@@ -62,7 +61,7 @@ def write_dataset(
     positions: [n, atoms, 3] nm; energies, kinetic_energies: [n] kJ/mol; times: [n] ps within each run; run: [n]
     index of the independent run each frame comes from (a run's frames contiguous, in time order). ``record`` adds
     provenance to run.json, which is written last (a directory without it is incomplete). ``convergence``: the
-    basin-convergence report of the frames (:func:`trade_md.md.convergence_report`), stored in run.json.
+    basin-convergence report of the frames (:func:`trade_md.convergence.convergence_report`), stored in run.json.
     """
     import mdtraj
 
@@ -97,7 +96,6 @@ def write_dataset(
                    metadata, np.asarray(times), np.asarray(run), out)
 
 
-
 def load_dataset(path: str | os.PathLike) -> Dataset:
     """Read a complete ``trade-md md`` output directory; an incomplete or damaged one raises InputError."""
     root = Path(path)
@@ -107,7 +105,8 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         if (root / "plan.json").is_file():
             raise InputError(f"MD dataset {root} is incomplete (no run.json: the run was interrupted); finish it by "
                              f"repeating the `trade-md md` command with --resume --out {root}")
-        raise InputError(f"{root} is not a trade-md MD dataset (no run.json); pass the --out directory of `trade-md md`")
+        raise InputError(f"{root} is not a trade-md MD dataset (no run.json); pass the --out directory of "
+                         "`trade-md md`")
     metadata = read_json(root / "run.json")
     if metadata.get("format") != DATASET_FORMAT or not metadata.get("complete"):
         raise InputError(f"{root}/run.json is not a complete {DATASET_FORMAT} record; regenerate the dataset")

@@ -5,6 +5,8 @@
 >>> write_json_atomic(target, {"beta": 0.4})
 >>> read_json(target)
 {'beta': 0.4}
+>>> json_safe({"se": float("nan"), "counts": np.arange(3)})
+{'se': None, 'counts': [0, 1, 2]}
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import tempfile
@@ -19,9 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from trade_md.errors import InputError
 
-__all__ = ["atomic_write_path", "write_json_atomic", "read_json", "package_versions"]
+__all__ = ["atomic_write_path", "json_safe", "package_versions", "read_json", "write_json_atomic"]
 
 
 @contextlib.contextmanager
@@ -44,6 +49,24 @@ def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` for strict JSON, recursively: numpy arrays and scalars as Python lists and numbers, tuples as
+    lists, and ±inf/NaN as None (JSON has no Infinity or NaN; a reader sees null for "undefined")."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def _to_jsonable(value: Any) -> Any:

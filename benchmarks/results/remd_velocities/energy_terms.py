@@ -14,8 +14,8 @@ import numpy as np
 import openmm
 from openmm import unit
 
+from trade_md.formats.dataset import load_dataset
 from trade_md.formats.files import write_json_atomic
-from trade_md.md import load_dataset
 
 
 def energy_terms(directory: str, n_frames: int) -> dict[str, object]:
