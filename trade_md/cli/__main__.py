@@ -1,0 +1,5 @@
+import sys
+
+from trade_md.cli import main
+
+sys.exit(main())
