@@ -6,7 +6,7 @@ conditioner would otherwise hold at their T0 widths at every temperature. Differ
 
 >>> layer = ThermalScaling([Domain.circular(), Domain.interval(0.0, 1.0)])
 >>> z = torch.tensor([[0.3, 0.2]])
->>> torch.equal(layer(z, torch.zeros(1, 1))[0], z)  # the identity until initialised (and always at T0)
+>>> torch.allclose(layer(z, torch.zeros(1, 1))[0], z)  # the identity at T0 (context 0)
 True
 """
 
