@@ -57,7 +57,7 @@ from trade_md.progress import progress_bar
 from trade_md.samples import SampleSet
 from trade_md.thermo import reduced_potential, to_kelvin
 
-__all__ = ["OutOfRangeWarning", "SampleSet", "Sampler", "write_samples"]
+__all__ = ["OutOfRangeWarning", "Sampler", "write_samples"]
 
 EnergyFunction = Callable[[np.ndarray], np.ndarray]
 """positions ``[n, ...]`` (nm) → potential energies ``[n]`` (kJ/mol, +inf where undefined)."""

@@ -23,11 +23,16 @@ import numpy as np
 import torch
 
 import trade_md
-from trade_md.energy import EnergyBridge
-from trade_md.flows import molecule_generator
-from trade_md.md import ConvergenceWarning, load_dataset, run_md
-from trade_md.systems import load_system
-from trade_md.train import SystemRecord, TrainConfig, Trainer, load_generator, split_frames
+
+if (Path(trade_md.__file__).parent / "thermo.py").exists():  # added by the restructure
+    raise SystemExit(f"trade_md comes from {trade_md.__file__}, which is newer than 4361c9f; put a checkout of that "
+                     "commit first on PYTHONPATH")
+
+from trade_md.energy import EnergyBridge  # noqa: E402  (the legacy API of 4361c9f)
+from trade_md.flows import molecule_generator  # noqa: E402
+from trade_md.md import ConvergenceWarning, load_dataset, run_md  # noqa: E402
+from trade_md.systems import load_system  # noqa: E402
+from trade_md.train import SystemRecord, TrainConfig, Trainer, load_generator, split_frames  # noqa: E402
 
 LOG_Q_TEMPERATURES = (300.0, 600.0, 1000.0)
 """K, where log q of the frames is recorded."""
@@ -46,8 +51,6 @@ TRAIN = {
 
 
 def main(out: Path) -> None:
-    if "legacy" not in trade_md.__file__ and "4361c9f" not in trade_md.__file__:
-        print(f"warning: trade_md comes from {trade_md.__file__}; is that a checkout of 4361c9f?", file=sys.stderr)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
