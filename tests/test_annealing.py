@@ -101,7 +101,8 @@ def test_base_random_walk_keeps_the_uniform_base_invariant(toy: tuple) -> None:
 
 
 def test_wrapping_of_circular_coordinates() -> None:
-    from trade_md.flows import ConditionalSplineFlow, Domain
+    from trade_md.flows import ConditionalSplineFlow
+    from trade_md.splines import Domain
 
     flow = ConditionalSplineFlow([Domain.circular(), Domain.interval(-1.0, 1.0)], n_layers=2, hidden=8)
     folded = flow.fold_into_base(torch.tensor([[math.pi + 0.1, 0.5], [-math.pi - 0.3, 0.2]], dtype=torch.float64))

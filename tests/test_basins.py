@@ -15,7 +15,6 @@ import pytest
 from trade_md.basins import (
     BasinCalibration,
     BasinFeature,
-    _dihedrals,
     feature_matrix,
     features_for,
     peptide_features,
@@ -23,6 +22,7 @@ from trade_md.basins import (
     tilt,
 )
 from trade_md.errors import InputError
+from trade_md.features import dihedral_angles
 from trade_md.systems import load_system
 from trade_md.toys import DoubleWell1D, HarmonicOscillator
 
@@ -40,7 +40,7 @@ def test_peptide_features_of_alanine_dipeptide_match_mdtraj(rng: np.random.Gener
     trajectory = mdtraj.Trajectory(positions.astype(np.float32), mdtraj.Topology.from_openmm(system.topology))
     angles = mdtraj.compute_dihedrals(trajectory, [list(f.atoms) for f in features])
     for k, feature in enumerate(features):
-        np.testing.assert_allclose(_dihedrals(positions, feature.atoms), angles[:, k], atol=1e-4)
+        np.testing.assert_allclose(dihedral_angles(positions, [feature.atoms])[:, 0], angles[:, k], atol=1e-4)
     s = feature_matrix(features, positions)
     np.testing.assert_array_equal(s[:, 0], np.abs(angles[:, 0]) < np.pi / 2)
     np.testing.assert_array_equal(s[:, 2], angles[:, 2] > 0)

@@ -1,4 +1,5 @@
-"""Tests of trade_md.flows: splines, coupling layers, the conditional flow and the Generator."""
+"""Tests of the flow stack: splines (trade_md.splines), coupling layers and the conditional flow (trade_md.flows),
+the thermal scaling layer (trade_md.thermal_scaling) and the Generator (trade_md.generator)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,10 @@ import torch
 from scipy import stats
 
 from trade_md.errors import InputError
-from trade_md.flows import (
-    BoxCoordinates,
-    ConditionalSplineFlow,
-    Domain,
-    Generator,
-    ThermalScaling,
-    rational_quadratic_spline,
-)
+from trade_md.flows import ConditionalSplineFlow
+from trade_md.generator import BoxCoordinates, Generator
+from trade_md.splines import Domain, rational_quadratic_spline
+from trade_md.thermal_scaling import ThermalScaling
 
 MIXED = [Domain.circular(), Domain.interval(-1.0, 2.0), Domain.circular()]
 

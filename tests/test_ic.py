@@ -1,4 +1,5 @@
-"""Tests of trade_md.ic: Z-matrix, Cartesian <-> internal coordinates with exact log-det, chirality, generator."""
+"""Tests of trade_md.zmatrix and trade_md.ic: Z-matrix, Cartesian <-> internal coordinates with exact log-det, chirality,
+the molecule generator (trade_md.generator)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest
 import torch
 
 from trade_md.errors import InputError
-from trade_md.flows import Generator
-from trade_md.ic import InternalCoordinates, ZMatrix, canonical_frame, chiral_centres, molecule_generator
+from trade_md.features import chiral_centres
+from trade_md.generator import Generator, molecule_generator
+from trade_md.ic import InternalCoordinates, canonical_frame
 from trade_md.systems import MolecularSystem, load_system
+from trade_md.zmatrix import ZMatrix
 
 
 @pytest.fixture(scope="module")
@@ -256,11 +259,9 @@ def test_chirality_flags_mirror_images_and_accepts_native(alanine, zmatrix: ZMat
 
 
 def test_molecule_generator_sample_log_prob_and_checkpoint(alanine, native: torch.Tensor) -> None:
-    from trade_md import flows
-
     data = perturbed(native, 64).numpy()
     model = molecule_generator(alanine, data, 600.0, n_layers=4, hidden=32)
-    assert flows.molecule_generator(alanine, data, 600.0, n_layers=4, hidden=32).config() == model.config()
+    assert molecule_generator(alanine, data, 600.0, n_layers=4, hidden=32).config() == model.config()
     assert model.n_dof == 48 and model.dtype == torch.float32
     assert model.coordinates.chiral_centres[:, 0].tolist() == [atom(alanine, "ALA", "CA")]
     model = model.double()

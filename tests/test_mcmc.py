@@ -10,7 +10,8 @@ import torch
 from openmmtools import cache, states
 from scipy.stats import norm
 
-from trade_md.flows import BoxCoordinates, ConditionalSplineFlow, Generator
+from trade_md.flows import ConditionalSplineFlow
+from trade_md.generator import BoxCoordinates, Generator
 from trade_md.mcmc import GeneratorMove, frame_of, place_in_frame
 from trade_md.thermo import kT
 

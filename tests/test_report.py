@@ -1,4 +1,5 @@
-"""Tests of trade_md.report (`trade-md evaluate`) on a tiny alanine-dipeptide model (tests/tiny_model.py)."""
+"""Tests of trade_md.analysis.evaluation and its report (`trade-md evaluate`, trade_md.cli.evaluate) on a tiny
+alanine-dipeptide model (tests/tiny_model.py)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,17 @@ import numpy as np
 import pytest
 from tiny_model import make_reference_with_frames, make_tiny_model
 
+from trade_md.analysis.evaluation import _evaluate_temperature, evaluate
+from trade_md.analysis.metrics import ramachandran_histogram
+from trade_md.cli.common import temperatures_from_text
+from trade_md.cli.evaluate import register
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.md import load_dataset
-from trade_md.analysis.metrics import basin_delta_f, ramachandran_histogram
-from trade_md.report import (
-    Reference,
-    _evaluate_temperature,
-    backbone_dihedrals,
-    default_reference,
-    evaluate,
-    load_reference,
-    parse_temperatures,
-    register_cli,
-)
-from trade_md.sampler import OutOfRangeWarning, SampleSet
-from trade_md.train import load_generator
+from trade_md.features import basin_delta_f, ramachandran
+from trade_md.formats.checkpoint import load_generator
+from trade_md.formats.dataset import load_dataset
+from trade_md.formats.reference import Reference, default_reference, load_reference
+from trade_md.sampler import OutOfRangeWarning
+from trade_md.samples import SampleSet
 from trade_md.thermo import kT
 
 SHIPPED = default_reference("alanine-dipeptide")
@@ -119,9 +116,10 @@ def test_figures_and_summary_are_written(with_frames: dict) -> None:
 def test_metrics_of_a_perfect_generator_are_exact(tiny: dict[str, Path]) -> None:
     """Samples that ARE the reference (same frames, equal weights) give zero divergences and the same ΔF."""
     dataset = load_dataset(tiny["data"])
-    generator, system, _ = load_generator(tiny["model"])
+    trained = load_generator(tiny["model"])
+    generator, system = trained.generator, trained.system
     temperature = 600.0
-    phi, psi = backbone_dihedrals(system.topology, dataset.positions)
+    phi, psi = ramachandran(system.topology, dataset.positions)
     n = len(dataset)
     histogram = ramachandran_histogram(phi, psi)
     p_positive = float(np.mean(phi > 0))
@@ -187,15 +185,15 @@ def test_bad_references_and_temperatures_raise_input_errors(tmp_path: Path) -> N
     (tmp_path / "x.json").write_text('{"format": "something else"}')
     with pytest.raises(InputError, match="not a `trade-md reference` summary"):
         load_reference(tmp_path / "x.json")
-    assert parse_temperatures("300, 450,1000") == [300.0, 450.0, 1000.0]
+    assert temperatures_from_text("300, 450,1000").tolist() == [300.0, 450.0, 1000.0]
     for text in ("300,abc", "", "300,-5"):
         with pytest.raises(InputError, match="--temperatures"):
-            parse_temperatures(text)
+            temperatures_from_text(text)
 
 
 def test_cli_writes_the_report(tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="trade-md")
-    register_cli(parser.add_subparsers())
+    register(parser.add_subparsers())
     out = tmp_path / "cli"
     args = parser.parse_args(["evaluate", "--model", str(tiny["model"]), "--reference", str(tiny["reference"]),
                               "--temperatures", "300,1200", "--out", str(out), "--n-samples", "100",
@@ -239,8 +237,8 @@ def test_calibrated_evaluation_needs_and_records_the_calibration(tiny: dict[str,
 
 
 def test_energy_axis_follows_the_boltzmann_weighted_series() -> None:
+    from trade_md.analysis.evaluation_report import _energy_limits, _weighted_quantiles
     from trade_md.analysis.plots import energy_histograms
-    from trade_md.report import _energy_limits, _weighted_quantiles
 
     values = np.array([0.0, 1.0, 2.0, 3.0])
     np.testing.assert_allclose(_weighted_quantiles(values, np.array([0.0, 0.0, 1.0, 0.0]), (0.2, 0.8)), [2.0, 2.0])

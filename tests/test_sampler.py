@@ -15,17 +15,20 @@ import pytest
 import torch
 from openmmtools import cache, mcmc, states
 
+from trade_md.analysis.mbar import tempering_reduced_potentials
 from trade_md.annealing import Annealing
 from trade_md.basins import CALIBRATION_FILE, BasinCalibration, calibrate, features_for
 from trade_md.cli import main
 from trade_md.energy import EnergyBridge
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.flows import molecule_generator
+from trade_md.formats.checkpoint import SystemRecord
+from trade_md.generator import molecule_generator
 from trade_md.mcmc import GeneratorMove
-from trade_md.sampler import OutOfRangeWarning, Sampler, SampleSet, reduced_potentials, write_samples
+from trade_md.sampler import OutOfRangeWarning, Sampler, write_samples
+from trade_md.samples import SampleSet
 from trade_md.systems import load_system
 from trade_md.toys import DoubleWell1D
-from trade_md.train import SystemRecord, Trainer, TrainConfig
+from trade_md.train import Trainer, TrainConfig
 from trade_md.thermo import KB
 
 T0 = 300.0
@@ -241,7 +244,7 @@ def test_cli_sample_annealed(toy_run: Path, tmp_path: Path, capsys: pytest.Captu
 
 
 def test_reduced_potentials_for_mbar() -> None:
-    u_kn = reduced_potentials(np.array([10.0, -20.0]), [300.0, 600.0 * unit.kelvin])
+    u_kn = tempering_reduced_potentials(np.array([10.0, -20.0]), [300.0, 600.0 * unit.kelvin])
     np.testing.assert_allclose(u_kn, np.array([[10.0, -20.0], [5.0, -10.0]]) / (KB * 300.0))
 
 

@@ -39,9 +39,10 @@ def make_tiny_dataset(directory: Path) -> Path:
 def make_tiny_model(directory: Path) -> Path:
     """Train the tiny model on a fresh tiny dataset; returns the run directory (``directory / "model"``)."""
     from trade_md.energy import EnergyBridge
-    from trade_md.flows import molecule_generator
-    from trade_md.md import load_dataset
-    from trade_md.train import SystemRecord, TrainConfig, Trainer, split_frames
+    from trade_md.formats.checkpoint import SystemRecord
+    from trade_md.formats.dataset import load_dataset
+    from trade_md.generator import molecule_generator
+    from trade_md.train import TrainConfig, Trainer, split_frames
 
     dataset = load_dataset(make_tiny_dataset(directory / "data"))
     out = directory / "model"
@@ -63,7 +64,7 @@ def make_reference_with_frames(summary: Path, dataset_dir: Path, directory: Path
 
     import mdtraj
 
-    from trade_md.md import load_dataset
+    from trade_md.formats.dataset import load_dataset
 
     dataset = load_dataset(dataset_dir)
     frames = directory / "frames"

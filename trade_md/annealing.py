@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from trade_md.errors import InputError
-from trade_md.thermo import KB
+from trade_md.thermo import beta
 
 __all__ = ["Annealing", "AnnealedDraws", "anneal"]
 
@@ -107,16 +107,16 @@ def anneal(
 ) -> AnnealedDraws:
     """``n`` annealed importance samples of the Boltzmann density at ``temperature`` K (module docstring).
 
-    generator: a :class:`trade_md.flows.Generator`; energy: positions ``[n, ...]`` nm → U ``[n]`` kJ/mol. Random
+    generator: a :class:`trade_md.generator.Generator`; energy: positions ``[n, ...]`` nm → U ``[n]`` kJ/mol. Random
     numbers come from torch's global generator (``torch.manual_seed`` makes a draw reproducible).
     """
-    beta = 1.0 / (KB * temperature)
+    beta_t = beta(temperature)
 
     def log_w(u: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray]:
         x, log_q = generator.from_base(u, temperature)
         wrong = generator.chirality_flags(x).cpu().numpy().astype(bool)
         energies = np.asarray(energy(x.detach().cpu().double().numpy()), dtype=np.float64)
-        values = -beta * energies - log_q.detach().cpu().double().numpy()
+        values = -beta_t * energies - log_q.detach().cpu().double().numpy()
         dropped = ~np.isfinite(values) | (wrong if drop_wrong_chirality else False)
         return np.where(dropped, -np.inf, values), x, energies, wrong
 

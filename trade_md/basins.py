@@ -31,7 +31,6 @@ weights do not depend on it. ``|a_f|`` is capped at ``log(max_ratio)``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import os
@@ -44,8 +43,9 @@ import numpy as np
 import torch
 
 from trade_md.errors import InputError, SystemMismatchError
+from trade_md.features import dihedral_angles, peptide_bonds, phi_dihedrals
 from trade_md.formats.files import read_json, write_json_atomic
-from trade_md.thermo import KB, to_kelvin
+from trade_md.thermo import beta, to_kelvin
 
 __all__ = ["BasinFeature", "BasinCalibration", "peptide_features", "features_for", "feature_matrix", "tilt",
            "model_fingerprint", "calibrate", "CALIBRATION_FILE"]
@@ -59,16 +59,6 @@ MIN_FEATURE_SAMPLES = 20
 MIN_EFFECTIVE_SAMPLES = 50.0
 """A grid node whose calibration draw has a smaller Kish ESS (in samples) is left uncalibrated (a = 0): its
 reweighted shares would rest on a handful of weights."""
-
-
-def _dihedrals(positions: np.ndarray, atoms: tuple[int, ...]) -> np.ndarray:
-    """Dihedral angles ``[n]`` (radians, −π..π) of four atoms in ``positions [n, atoms, 3]``."""
-    p0, p1, p2, p3 = (positions[:, i] for i in atoms)
-    b0, b1, b2 = p0 - p1, p2 - p1, p3 - p2
-    b1 = b1 / np.linalg.norm(b1, axis=-1, keepdims=True)
-    v = b0 - np.sum(b0 * b1, axis=-1, keepdims=True) * b1
-    w = b2 - np.sum(b2 * b1, axis=-1, keepdims=True) * b1
-    return np.arctan2(np.sum(np.cross(b1, v) * w, axis=-1), np.sum(v * w, axis=-1))
 
 
 @dataclass(frozen=True)
@@ -95,31 +85,20 @@ class BasinFeature:
         positions = np.asarray(positions, dtype=np.float64)
         if self.kind == "positive_coordinate":
             return positions[:, self.atoms[0]] > 0.0
-        angle = _dihedrals(positions, self.atoms)
+        angle = dihedral_angles(positions, [self.atoms])[:, 0]
         return np.abs(angle) < 0.5 * math.pi if self.kind == "cis" else angle > 0.0
 
 
 def peptide_features(topology: Any) -> list[BasinFeature]:
-    """The basin features of a peptide: every peptide bond's ω cis (CA/CH3–C–N–CA/CH3 of consecutive residues)
-    and every residue's φ > 0 (C–N–CA–C). topology: ``openmm.app.Topology``."""
-    residues = list(topology.residues())
-    names = [{atom.name: atom.index for atom in residue.atoms()} for residue in residues]
-    features = []
-    for i in range(len(residues) - 1):
-        left, right = names[i], names[i + 1]
-        if "C" not in left or "N" not in right:
-            continue
-        outer_left = left.get("CA", left.get("CH3"))
-        outer_right = right.get("CA", right.get("CH3", right.get("C")))
-        if outer_left is not None and outer_right is not None:
-            features.append(BasinFeature(f"{residues[i].name}{i + 1}-{residues[i + 1].name}{i + 2} cis", "cis",
-                                         (outer_left, left["C"], right["N"], outer_right)))
-    for i in range(1, len(residues)):
-        own, previous = names[i], names[i - 1]
-        if all(key in own for key in ("N", "CA", "C")) and "C" in previous:
-            features.append(BasinFeature(f"{residues[i].name}{i + 1} phi > 0", "positive_dihedral",
-                                         (previous["C"], own["N"], own["CA"], own["C"])))
-    return features
+    """The basin features of a peptide: every peptide bond's ω cis (:func:`trade_md.features.peptide_bonds`, named
+    e.g. ``"ACE1-ALA2 cis"``) and every residue's φ > 0 (:func:`trade_md.features.phi_dihedrals`, named e.g.
+    ``"ALA2 phi > 0"`` after the residue's name and position in the chain). topology: ``openmm.app.Topology``."""
+    residue_of = {atom.index: f"{residue.name}{i + 1}" for i, residue in enumerate(topology.residues())
+                  for atom in residue.atoms()}
+    cis = [BasinFeature(f"{bond.label} cis", "cis", bond.atoms) for bond in peptide_bonds(topology)]
+    phi = [BasinFeature(f"{residue_of[phi.atoms[2]]} phi > 0", "positive_dihedral", phi.atoms)
+           for phi in phi_dihedrals(topology)]
+    return cis + phi
 
 
 def features_for(system: Any) -> list[BasinFeature]:
@@ -172,12 +151,12 @@ class BasinCalibration:
     def at(self, temperature: float) -> tuple[np.ndarray, float]:
         """``(a [F], log Z)`` at ``temperature`` K, linear in β between grid nodes, constant outside
         (the tilt's cap is ``C = max(0, max a)``)."""
-        betas = 1.0 / (KB * np.asarray(self.temperatures, dtype=np.float64))
+        betas = np.array([beta(t) for t in self.temperatures])
         order = np.argsort(betas)
-        beta = 1.0 / (KB * to_kelvin(temperature))
+        target = beta(temperature)
         log_odds = np.asarray(self.log_odds, dtype=np.float64)[order]
-        a = np.array([np.interp(beta, betas[order], log_odds[:, f]) for f in range(log_odds.shape[1])])
-        log_z = float(np.interp(beta, betas[order], np.asarray(self.log_normalizer, dtype=np.float64)[order]))
+        a = np.array([np.interp(target, betas[order], log_odds[:, f]) for f in range(log_odds.shape[1])])
+        log_z = float(np.interp(target, betas[order], np.asarray(self.log_normalizer, dtype=np.float64)[order]))
         return a, log_z
 
     def log_tilt(self, positions: np.ndarray, temperature: float) -> np.ndarray:
@@ -291,40 +270,3 @@ def calibrate(
                       "p_share": targets.tolist(), "calibrated": active.tolist()})
     return BasinCalibration(features, grid, log_odds, log_normalizer, model_fingerprint(sampler.generator), int(n),
                             float(max_ratio), int(n * len(grid)), nodes)
-
-
-def register_cli(subparsers: Any) -> None:
-    """``trade-md calibrate``: basin calibration of a trained generator."""
-    parser = subparsers.add_parser(
-        "calibrate", help="correct a trained generator's basin masses at every temperature",
-        description="Estimate, with the generator's own importance weights, the Boltzmann share of every basin "
-                    "feature (cis peptide bonds, phi > 0) on a temperature grid, and write the log-odds that tilt "
-                    "q(x | T) to those shares. `trade-md sample --calibrated` then draws from the tilted proposal "
-                    "(exact weights either way).",
-    )
-    parser.add_argument("--model", required=True, help="run directory written by `trade-md train`")
-    parser.add_argument("--temperatures", type=float, nargs="+", default=None,
-                        help="grid in K (default: 8 nodes log-spaced over the trained range)")
-    parser.add_argument("--n", type=int, default=50000, help="samples per grid temperature (default %(default)s)")
-    parser.add_argument("--max-ratio", type=float, default=20.0,
-                        help="largest factor by which a feature's odds may change (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    parser.add_argument("--out", default=None, help=f"output JSON (default: MODEL/{CALIBRATION_FILE})")
-    parser.add_argument("--workers", type=int, default=1, help="energy worker processes (default %(default)s)")
-    parser.add_argument("--platform", default="auto", help="OpenMM platform for energies (default %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_main, command="calibrate")
-
-
-def _main(args: argparse.Namespace) -> int:
-    from trade_md.sampler import Sampler
-
-    with Sampler.from_checkpoint(args.model, n_workers=args.workers, platform=args.platform) as sampler:
-        low, high = sampler.temperature_range
-        grid = args.temperatures or np.geomspace(low, high, 8 if high > low else 1).tolist()
-        calibration = calibrate(sampler, features_for(sampler.system), grid, args.n, max_ratio=args.max_ratio,
-                                seed=args.seed, progress=not args.no_progress)
-    out = calibration.save(args.out or Path(args.model) / CALIBRATION_FILE)
-    print("\n".join(calibration.describe()))
-    print(f"{calibration.energy_evaluations} energy evaluations -> {out}")
-    return 0

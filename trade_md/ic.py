@@ -1,12 +1,6 @@
-"""Internal coordinates: a Z-matrix from any bonded topology and the Cartesian <-> feature map with exact log|det J|.
+"""Internal coordinates: the Cartesian <-> feature map of a molecule with exact log|det J|.
 
-Z-matrix (:class:`ZMatrix`): the longest heavy-atom path (the backbone; ends chosen deterministically, the path
-starts at its lower-index end) is placed first, then the remaining heavy atoms breadth first, then the hydrogens in
-the order of their heavy atoms. Atom ``i`` is placed by a bond to an earlier atom ``j``, an angle ``i-j-k`` with
-``k`` an earlier neighbour of ``j`` (the earliest), and a dihedral ``i-j-k-l``: ``l`` is an earlier neighbour of
-``j`` other than ``k`` when one exists (a stiff, improper-like torsion, e.g. the second and third methyl hydrogen, or
-Cβ against the backbone, which encodes the chirality of Cα), otherwise an earlier neighbour of ``k`` (a proper
-torsion such as φ, ψ or a methyl rotor). For alanine dipeptide φ and ψ are features.
+The placement order comes from a Z-matrix (:class:`trade_md.zmatrix.ZMatrix`).
 
 Rigid-body convention: the first three atoms ``a0, a1, a2`` (a bonded chain) fix the frame; ``a0`` is at the origin,
 ``a1`` on the +x axis, ``a2`` in the xy-plane with y > 0. Their coordinates are two bond lengths and one angle,
@@ -39,15 +33,14 @@ its constant log-det is part of every log-det. Dihedrals stay on ``[-pi, pi)``.
 
 Chirality: a chiral centre is an atom with four bonded neighbours whose substituent branches differ (Cα of all
 amino acids but glycine). Its handedness is the sign of the triple product of the first three neighbours' bond
-vectors (neighbours sorted by atom index); the reference signs come from the input structure.
+vectors (neighbours sorted by atom index; :func:`trade_md.features.chiral_centres` and
+:func:`trade_md.features.handedness`); the reference signs come from the input structure.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -55,152 +48,17 @@ import torch
 from torch import Tensor, nn
 
 from trade_md.errors import InputError
-from trade_md.flows import ConditionalSplineFlow, Domain, Generator
-from trade_md.thermo import to_kelvin, to_nm
+from trade_md.features import chiral_centres, handedness
+from trade_md.splines import Domain
+from trade_md.thermo import to_nm
+from trade_md.zmatrix import ZMatrix
 
-__all__ = [
-    "DEFAULT_WIDTH_SIGMAS",
-    "InternalCoordinates",
-    "ZMatrix",
-    "canonical_frame",
-    "chiral_centres",
-    "handedness",
-    "molecule_generator",
-]
+__all__ = ["DEFAULT_WIDTH_SIGMAS", "InternalCoordinates", "canonical_frame"]
 
 DEFAULT_WIDTH_SIGMAS = 6.0
 """Half width of the normalisation interval of bonds and angles, in training-data standard deviations."""
 _MIN_BOND_STD = 1e-5
 """A bond that fluctuates less than this (nm) in the training data was constrained in the MD."""
-
-
-# ------------------------------------------------------------------ Z-matrix
-
-
-def _bfs(start: int, adjacency: dict[int, list[int]]) -> dict[int, int | None]:
-    parents: dict[int, int | None] = {start: None}
-    queue = deque([start])
-    while queue:
-        atom = queue.popleft()
-        for other in adjacency[atom]:
-            if other not in parents:
-                parents[other] = atom
-                queue.append(other)
-    return parents
-
-
-def _farthest(start: int, adjacency: dict[int, list[int]]) -> tuple[int, dict[int, int | None]]:
-    parents = _bfs(start, adjacency)
-    depth = {start: 0}
-    for atom in parents:  # insertion order is BFS order
-        if parents[atom] is not None:
-            depth[atom] = depth[parents[atom]] + 1
-    far = min(parents, key=lambda a: (-depth[a], a))
-    return far, parents
-
-
-@dataclass(frozen=True)
-class ZMatrix:
-    """Placement order of a molecule: ``rows[m] = (atom, j, k, l)``, ``-1`` where a seed atom has no reference.
-
-    Row 0 is ``(a0, -1, -1, -1)``, row 1 ``(a1, a0, -1, -1)``, row 2 ``(a2, j, k, -1)`` with ``{j, k} = {a0, a1}``;
-    later rows have all four atoms. ``n_atoms`` equals the number of rows.
-    """
-
-    rows: tuple[tuple[int, int, int, int], ...]
-
-    @property
-    def n_atoms(self) -> int:
-        return len(self.rows)
-
-    @property
-    def order(self) -> list[int]:
-        """Atom indices in placement order."""
-        return [row[0] for row in self.rows]
-
-    @classmethod
-    def from_bonds(cls, n_atoms: int, bonds: Iterable[tuple[int, int]], heavy: Sequence[bool]) -> ZMatrix:
-        """Build the Z-matrix of one connected molecule from its bond list; heavy[i] is False for hydrogens."""
-        if n_atoms < 3:
-            raise InputError(f"internal coordinates need at least 3 atoms, got {n_atoms}")
-        adjacency: dict[int, list[int]] = {i: [] for i in range(n_atoms)}
-        for a, b in bonds:
-            a, b = int(a), int(b)
-            if a == b or not (0 <= a < n_atoms and 0 <= b < n_atoms):
-                raise InputError(f"bond ({a}, {b}) is not between two distinct atoms of {n_atoms}")
-            if b not in adjacency[a]:
-                adjacency[a].append(b)
-                adjacency[b].append(a)
-        for neighbours in adjacency.values():
-            neighbours.sort()
-        if len(_bfs(0, adjacency)) != n_atoms:
-            raise InputError("the topology is not one connected molecule (missing bonds or several molecules); "
-                             "internal coordinates need a single bonded molecule, e.g. a PDB with CONECT records "
-                             "or a topology from a force-field template, without solvent")
-        heavy_atoms = [i for i in range(n_atoms) if heavy[i]]
-        heavy_adjacency = {i: [j for j in adjacency[i] if heavy[j]] for i in heavy_atoms}
-        if heavy_atoms:
-            end, _ = _farthest(min(heavy_atoms), heavy_adjacency)
-            other, parents = _farthest(end, heavy_adjacency)
-            path = [other]
-            while parents[path[-1]] is not None:
-                path.append(parents[path[-1]])
-            if path[-1] < path[0]:
-                path.reverse()
-        else:
-            path = [0]
-        order = list(path)
-        placed = set(order)
-        queue = deque(order)
-        while queue:  # remaining heavy atoms, breadth first from the backbone
-            atom = queue.popleft()
-            for other in heavy_adjacency.get(atom, []):
-                if other not in placed:
-                    placed.add(other)
-                    order.append(other)
-                    queue.append(other)
-        queue = deque(order)
-        while queue:  # hydrogens (and anything reachable only through them)
-            atom = queue.popleft()
-            for other in adjacency[atom]:
-                if other not in placed:
-                    placed.add(other)
-                    order.append(other)
-                    queue.append(other)
-        rank = {atom: position for position, atom in enumerate(order)}
-        rows: list[tuple[int, int, int, int]] = []
-        for position, atom in enumerate(order):
-            earlier = sorted((a for a in adjacency[atom] if rank[a] < position), key=rank.__getitem__)
-            if position == 0:
-                rows.append((atom, -1, -1, -1))
-                continue
-            j = earlier[0]
-            if position == 1:
-                rows.append((atom, j, -1, -1))
-                continue
-            j_neighbours = sorted((a for a in adjacency[j] if rank[a] < position and a != atom), key=rank.__getitem__)
-            k = j_neighbours[0]
-            if position == 2:
-                rows.append((atom, j, k, -1))
-                continue
-            siblings = [a for a in j_neighbours if a != k]
-            if siblings:
-                l = siblings[0]
-            else:
-                l = min((a for a in adjacency[k] if rank[a] < position and a != j), key=rank.__getitem__)
-            rows.append((atom, j, k, l))
-        return cls(tuple(rows))
-
-    @classmethod
-    def from_topology(cls, topology: Any) -> ZMatrix:
-        """Build from an ``openmm.app.Topology`` (bonds from the topology, hydrogens from the elements)."""
-        atoms = list(topology.atoms())
-        bonds = [(bond[0].index, bond[1].index) for bond in topology.bonds()]
-        if not bonds:
-            raise InputError("the topology has no bonds; load the molecule through a force-field template or a "
-                             "PDB with CONECT records so that bonds are known")
-        heavy = [atom.element is None or atom.element.symbol != "H" for atom in atoms]
-        return cls.from_bonds(len(atoms), bonds, heavy)
 
 
 # ------------------------------------------------------------------ geometry (torch, batched)
@@ -252,47 +110,6 @@ def canonical_frame(x: Tensor, seeds: Sequence[int]) -> Tensor:
     e3 = torch.linalg.cross(e1, e2)
     rotation = torch.stack([e1, e2, e3], dim=-1)  # [n, 3, 3], columns are the new axes
     return (x - origin.unsqueeze(1)) @ rotation
-
-
-# ------------------------------------------------------------------ chirality
-
-
-def _branch_signature(start: int, parent: int, adjacency: dict[int, list[int]], labels: Sequence[str],
-                      depth: int) -> str:
-    """Canonical string of the substituent rooted at ``start`` (away from ``parent``), ``depth`` bonds deep."""
-    if depth == 0:
-        return labels[start]
-    children = sorted(
-        _branch_signature(child, start, adjacency, labels, depth - 1) for child in adjacency[start] if child != parent
-    )
-    return f"{labels[start]}({','.join(children)})"
-
-
-def chiral_centres(n_atoms: int, bonds: Iterable[tuple[int, int]], elements: Sequence[str],
-                   depth: int = 6) -> list[tuple[int, int, int, int]]:
-    """Stereocentres ``(centre, n1, n2, n3)``: atoms with four neighbours whose substituents differ within ``depth``
-    bonds; ``n1 < n2 < n3`` are the three lowest-index neighbours that define the handedness."""
-    adjacency: dict[int, list[int]] = {i: [] for i in range(n_atoms)}
-    for a, b in bonds:
-        adjacency[int(a)].append(int(b))
-        adjacency[int(b)].append(int(a))
-    centres = []
-    for atom in range(n_atoms):
-        neighbours = sorted(set(adjacency[atom]))
-        if len(neighbours) != 4:
-            continue
-        signatures = {_branch_signature(n, atom, adjacency, elements, depth) for n in neighbours}
-        if len(signatures) == 4:
-            centres.append((atom, neighbours[0], neighbours[1], neighbours[2]))
-    return centres
-
-
-def handedness(x: Tensor, centres: Tensor) -> Tensor:
-    """Sign of the triple product at each centre: ``[n, centres]`` of +-1 (0 for a flat centre)."""
-    c = x[:, centres[:, 0]]
-    a, b, d = x[:, centres[:, 1]] - c, x[:, centres[:, 2]] - c, x[:, centres[:, 3]] - c
-    return torch.sign((a * torch.linalg.cross(b, d)).sum(dim=-1))
-
 
 # ------------------------------------------------------------------ the transform
 
@@ -434,6 +251,29 @@ class InternalCoordinates(nn.Module):
             width_sigmas,
         )
 
+    @classmethod
+    def of_system(
+        cls, system: Any, training_positions: Any, *, width_sigmas: float = DEFAULT_WIDTH_SIGMAS
+    ) -> InternalCoordinates:
+        """The transform of a molecule: its Z-matrix, its bond constraints, its stereocentres (reference signs from
+        ``system.positions``) and the normalisation of ``training_positions [n, atoms, 3]`` nm (:meth:`from_data`).
+
+        system: anything with ``.topology`` (openmm Topology) and ``.positions`` ([atoms, 3] nm or a quantity), plus
+        ``.constrained_bonds()`` (a ``MolecularSystem``) or ``.system`` (an ``openmm.System``) for bond constraints.
+        """
+        topology = system.topology
+        atoms = list(topology.atoms())
+        bonds = [(bond[0].index, bond[1].index) for bond in topology.bonds()]
+        elements = [atom.element.symbol if atom.element is not None else atom.name for atom in atoms]
+        return cls.from_data(
+            ZMatrix.from_topology(topology),
+            training_positions,
+            _constrained_bonds(system),
+            reference_positions=to_nm(system.positions).reshape(len(atoms), 3),
+            centres=chiral_centres(len(atoms), bonds, elements),
+            width_sigmas=width_sigmas,
+        )
+
     def config(self) -> dict[str, Any]:
         """JSON-able description; :meth:`from_config` rebuilds the transform (the state dict holds the same ranges)."""
         return {
@@ -561,9 +401,6 @@ def _count_matched(zmatrix: ZMatrix, constrained_bonds: Sequence[tuple[int, int,
     return sum(frozenset((int(i), int(j))) in bonds for i, j, _ in constrained_bonds)
 
 
-# ------------------------------------------------------------------ molecules
-
-
 def _constrained_bonds(system: Any) -> list[tuple[int, int, float]]:
     """``(i, j, nm)`` from ``system.constrained_bonds()`` or the constraints of an ``openmm.System``."""
     if hasattr(system, "constrained_bonds"):
@@ -576,42 +413,3 @@ def _constrained_bonds(system: Any) -> list[tuple[int, int, float]]:
         i, j, length = openmm_system.getConstraintParameters(index)
         constraints.append((int(i), int(j), float(to_nm(length))))
     return constraints
-
-
-def molecule_generator(
-    system: Any,
-    training_positions: Any,
-    reference_temperature: float,
-    *,
-    width_sigmas: float = DEFAULT_WIDTH_SIGMAS,
-    **flow_kwargs: Any,
-) -> Generator:
-    """A :class:`~trade_md.flows.Generator` over the internal coordinates of ``system``.
-
-    system: anything with ``.topology`` (openmm Topology) and ``.positions`` ([atoms, 3] nm or a quantity), plus
-    ``.constrained_bonds()`` (a ``MolecularSystem``) or ``.system`` (an ``openmm.System``) for bond constraints;
-    training_positions: ``[n, atoms, 3]`` nm (normalisation statistics); reference_temperature: ``T0`` in K;
-    flow_kwargs: :class:`~trade_md.flows.ConditionalSplineFlow` arguments (n_layers, hidden, n_hidden_layers,
-    n_bins, seed, thermal_scaling; the scaling layer's centres and exponents come from ``training_positions``).
-    The model is float32; call ``.double()`` for float64.
-    """
-    topology = system.topology
-    zmatrix = ZMatrix.from_topology(topology)
-    atoms = list(topology.atoms())
-    bonds = [(bond[0].index, bond[1].index) for bond in topology.bonds()]
-    elements = [atom.element.symbol if atom.element is not None else atom.name for atom in atoms]
-    centres = chiral_centres(len(atoms), bonds, elements)
-    reference = to_nm(system.positions).reshape(len(atoms), 3)
-    coordinates = InternalCoordinates.from_data(
-        zmatrix,
-        training_positions,
-        _constrained_bonds(system),
-        reference_positions=reference,
-        centres=centres,
-        width_sigmas=width_sigmas,
-    )
-    flow = ConditionalSplineFlow(coordinates.domains, context_dim=1, **flow_kwargs)
-    generator = Generator(coordinates, flow, to_kelvin(reference_temperature)).float()
-    if flow.scaling is not None:
-        generator.initialise_thermal_scaling(to_nm(training_positions))
-    return generator

@@ -27,6 +27,7 @@ import torch
 from openmmtools.mcmc import MCMCMove
 
 from trade_md.errors import InputError
+from trade_md.formats.checkpoint import load_generator
 from trade_md.thermo import to_kelvin
 
 __all__ = ["GeneratorMove", "frame_of", "place_in_frame"]
@@ -59,7 +60,7 @@ def place_in_frame(positions: np.ndarray, target: np.ndarray, atoms: tuple[int, 
 class GeneratorMove(MCMCMove):
     """Independence Metropolis–Hastings move with proposals from a generator ``q(x | T)``.
 
-    generator: a :class:`trade_md.flows.Generator`; frame_atoms: three atoms fixing the rigid-body frame, or
+    generator: a :class:`trade_md.generator.Generator`; frame_atoms: three atoms fixing the rigid-body frame, or
     None for densities that are not rotation-invariant (e.g. a particle in an external field), in which case the
     proposal replaces all coordinates; n_proposals: proposals per ``apply``; checkpoint: where the generator
     came from (recorded so openmmtools storage can rebuild the move); seed: for the acceptance draws.
@@ -89,10 +90,7 @@ class GeneratorMove(MCMCMove):
     @classmethod
     def from_checkpoint(cls, checkpoint: str, **kwargs: Any) -> GeneratorMove:
         """A move whose generator is loaded from a training checkpoint directory."""
-        from trade_md.train import load_generator
-
-        generator = load_generator(checkpoint)[0]
-        return cls(generator, checkpoint=str(checkpoint), **kwargs)
+        return cls(load_generator(checkpoint).generator, checkpoint=str(checkpoint), **kwargs)
 
     @property
     def acceptance_rate(self) -> float:
@@ -147,8 +145,6 @@ class GeneratorMove(MCMCMove):
                 "n_proposed": self.n_proposed, "n_accepted": self.n_accepted}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from trade_md.train import load_generator
-
-        self.__init__(load_generator(state["checkpoint"])[0], frame_atoms=state["frame_atoms"],
+        self.__init__(load_generator(state["checkpoint"]).generator, frame_atoms=state["frame_atoms"],
                       n_proposals=state["n_proposals"], checkpoint=state["checkpoint"])
         self.n_proposed, self.n_accepted = state["n_proposed"], state["n_accepted"]

@@ -21,18 +21,22 @@ weights with fewer heavy ones, at ``1 + (levels − 1) × steps`` energies per s
 ``−U/(k_B T) − log W`` (the log-density a plain proposal would need for the same weight ``W``). It starts from
 ``q(x | T)`` itself, so it combines with neither a mixture nor a calibration.
 
->>> import numpy as np
->>> u_kn = reduced_potentials(np.array([1.0, 2.0]), [300.0, 600.0])
->>> u_kn.shape
-(2, 2)
+Loading a trained model (:meth:`Sampler.from_checkpoint`) goes through :mod:`trade_md.formats.checkpoint` and
+imports no training code. The command ``trade-md sample`` lives in :mod:`trade_md.cli.sample`.
+
+>>> from trade_md.toys import HarmonicOscillator, toy_generator
+>>> toy = HarmonicOscillator()
+>>> sampler = Sampler(toy_generator(toy, reference_temperature=300.0, n_layers=2, hidden=8),
+...                   lambda x: toy.potential(torch.as_tensor(x)).numpy())
+>>> samples = sampler.sample(100, 300.0)
+>>> samples.positions.shape, round(float(samples.weights.sum()), 12)
+((100, 2), 1.0)
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,16 +46,18 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.special import logsumexp
-from tqdm.auto import tqdm
 
 from trade_md.annealing import Annealing, anneal
 from trade_md.basins import BasinCalibration, feature_matrix, tilt
+from trade_md.energy import EnergyBridge
 from trade_md.errors import InputError
+from trade_md.formats.checkpoint import load_generator
 from trade_md.formats.files import atomic_write_path
-from trade_md.analysis.metrics import PARETO_K_UNRELIABLE, kish_ess, normalized_weights, pareto_k
-from trade_md.thermo import KB, temperature_array, to_kelvin
+from trade_md.progress import progress_bar
+from trade_md.samples import SampleSet
+from trade_md.thermo import reduced_potential, to_kelvin
 
-__all__ = ["SampleSet", "Sampler", "reduced_potentials", "write_samples", "parse_mixture", "OutOfRangeWarning"]
+__all__ = ["OutOfRangeWarning", "Sampler", "write_samples"]
 
 EnergyFunction = Callable[[np.ndarray], np.ndarray]
 """positions ``[n, ...]`` (nm) → potential energies ``[n]`` (kJ/mol, +inf where undefined)."""
@@ -61,112 +67,10 @@ class OutOfRangeWarning(UserWarning):
     """A temperature outside the generator's trained range: its samples are an extrapolation."""
 
 
-def reduced_potentials(energies: np.ndarray, temperatures: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Reduced potentials ``u_kn [k, n] = U_n / (k_B T_k)`` for pymbar, from energies ``[n]`` kJ/mol and T ``[k]`` K.
-
-    Combine generator samples with MD in MBAR by stacking these columns with the MD frames' columns.
-    """
-    betas = 1.0 / (KB * temperature_array(temperatures))
-    return betas[:, None] * np.asarray(energies, dtype=np.float64)[None, :]
-
-
-@dataclass
-class SampleSet:
-    """Samples at one temperature with their importance weights.
-
-    positions: ``[n, atoms, 3]`` nm (``[n, d]`` for toys); energies: ``[n]`` kJ/mol; log_q: ``[n]`` nats;
-    log_weights: ``[n]`` normalised (``logsumexp = 0``, ``−inf`` for dropped samples); wrong_chirality: ``[n]``;
-    mixture: the proposal's other components ``(T_j K, fraction f_j)`` (empty: ``q(x | T)`` alone), in which case
-    ``log_q`` is the mixture's log density; calibrated: drawn from the basin-calibrated proposal (``log_q`` is its
-    log density, see :mod:`trade_md.basins`); annealing: drawn by annealed importance sampling (``log_q`` is
-    ``−U/(k_B T) − log W``, see :mod:`trade_md.annealing`) with the Metropolis acceptance rate of each intermediate
-    level in ``acceptance`` ``[levels − 1]``.
-    """
-
-    positions: np.ndarray
-    energies: np.ndarray
-    log_q: np.ndarray
-    log_weights: np.ndarray
-    wrong_chirality: np.ndarray
-    temperature: float
-    mixture: tuple[tuple[float, float], ...] = ()
-    calibrated: bool = False
-    annealing: Annealing | None = None
-    acceptance: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(self.energies.shape[0])
-
-    @property
-    def weights(self) -> np.ndarray:
-        """Normalised importance weights ``[n]`` summing to 1."""
-        return normalized_weights(self.log_weights)
-
-    @property
-    def ess(self) -> float:
-        """Kish effective sample size as a fraction of ``n``."""
-        return kish_ess(self.log_weights)
-
-    @property
-    def pareto_k(self) -> float:
-        """Tail shape of the weights (:func:`trade_md.analysis.metrics.pareto_k`); above 0.7 this draw's ESS is unreliable."""
-        return pareto_k(self.log_weights)
-
-    def resample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """``n`` positions drawn with replacement in proportion to the weights (approximately Boltzmann-distributed)."""
-        index = np.random.default_rng(seed).choice(len(self), size=n, replace=True, p=self.weights)
-        return self.positions[index]
-
-    def to_mdtraj(self, topology: Any) -> Any:
-        """An ``mdtraj.Trajectory`` of the samples; topology: ``openmm.app.Topology`` or ``mdtraj.Topology``."""
-        import mdtraj
-
-        if self.positions.ndim != 3:
-            raise InputError("only molecular samples ([n, atoms, 3]) can become an mdtraj trajectory")
-        if not isinstance(topology, mdtraj.Topology):
-            topology = mdtraj.Topology.from_openmm(topology)
-        return mdtraj.Trajectory(self.positions.astype(np.float32), topology)
-
-    def _annealing_record(self) -> dict[str, np.ndarray]:
-        if self.annealing is None:
-            return {}
-        return {"annealing_levels": np.int64(self.annealing.levels), "annealing_steps": np.int64(self.annealing.steps),
-                "annealing_step_size": np.float64(self.annealing.step_size),
-                "annealing_acceptance": np.asarray(self.acceptance, dtype=np.float64)}
-
-    def save(self, directory: str | os.PathLike, topology: Any | None = None) -> Path:
-        """Write ``samples.npz`` (energies, log q, log-weights, chirality, T) and, with a topology,
-        ``samples.dcd`` + ``topology.pdb``. Files are written atomically. Returns the directory."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        if topology is not None:
-            trajectory = self.to_mdtraj(topology)
-            with atomic_write_path(out / "topology.pdb") as temp:
-                trajectory[0].save_pdb(str(temp))
-            with atomic_write_path(out / "samples.dcd") as temp:
-                trajectory.save_dcd(str(temp))
-        with atomic_write_path(out / "samples.npz") as temp:
-            with open(temp, "wb") as handle:
-                np.savez(
-                    handle,
-                    energies_kj_per_mol=self.energies,
-                    log_q=self.log_q,
-                    log_weights=self.log_weights,
-                    wrong_chirality=self.wrong_chirality,
-                    temperature_k=np.float64(self.temperature),
-                    mixture_temperatures_k=np.array([t for t, _ in self.mixture], dtype=np.float64),
-                    mixture_fractions=np.array([f for _, f in self.mixture], dtype=np.float64),
-                    basin_calibrated=np.bool_(self.calibrated),
-                    **self._annealing_record(),
-                    **({} if topology is not None else {"positions_nm": self.positions}),
-                )
-        return out
-
-
 class Sampler:
     """Draw weighted samples from a generator at any temperature of its trained range.
 
-    generator: a :class:`trade_md.flows.Generator`; energy: positions → U (kJ/mol), e.g.
+    generator: a :class:`trade_md.generator.Generator`; energy: positions → U (kJ/mol), e.g.
     ``EnergyBridge.energies``; temperature_range: trained ``(T_min, T_max)`` in K or None (no check);
     outside the range the sampler warns (:class:`OutOfRangeWarning`) or, with ``out_of_range="error"``, refuses.
     bridge: an energy bridge the sampler owns and closes in :meth:`close`. calibration: a
@@ -223,19 +127,14 @@ class Sampler:
         """A sampler for a trained run directory: its generator, its system's energy (an :class:`EnergyBridge`
         for molecules, the analytic potential for toys) and its trained temperature range. calibrated: use the
         run's basin calibration (``MODEL/basin_calibration.json``, made by ``trade-md calibrate``)."""
-        from trade_md.train import load_generator
-
-        generator, system, config = load_generator(model, device=device)
+        trained = load_generator(model, device=device)
+        generator, system = trained.generator, trained.system
         if calibrated:
             kwargs["calibration"] = BasinCalibration.of_run(model)
         kwargs.setdefault("system", system)
-        if config.mode == "trade":
-            temperature_range = (config.temperature_min, config.temperature_max)
-        else:  # a maximum-likelihood model is trained at T0 only
-            temperature_range = (generator.reference_temperature, generator.reference_temperature)
+        t0 = generator.reference_temperature
+        temperature_range = trained.trained_range or (t0, t0)  # a model trained at T0 only
         if hasattr(system, "system"):
-            from trade_md.energy import EnergyBridge
-
             bridge = EnergyBridge(system, n_workers=n_workers, platform=platform)
             return cls(generator, bridge.energies, temperature_range=temperature_range, topology=system.topology,
                        bridge=bridge, **kwargs)
@@ -318,7 +217,7 @@ class Sampler:
                            drop_wrong_chirality=self.drop_wrong_chirality)
             with np.errstate(invalid="ignore"):
                 log_q = np.where(np.isfinite(draws.log_weights),
-                                 -draws.energies / (KB * temperature) - draws.log_weights, np.inf)
+                                 -reduced_potential(draws.energies, temperature) - draws.log_weights, np.inf)
             return (draws.positions.detach().cpu().double().numpy(), draws.energies, log_q, draws.wrong_chirality,
                     draws.acceptance)
         if calibrated:
@@ -369,7 +268,7 @@ class Sampler:
         """:meth:`iter_batches` with each batch's annealing acceptance rates (None without annealing) appended."""
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
-        with tqdm(total=n, desc=f"sampling {plan.temperature:g} K", unit="samples", disable=not progress) as bar:
+        with progress_bar(total=n, desc=f"sampling {plan.temperature:g} K", unit="samples", enabled=progress) as bar:
             for start in range(0, n, batch_size):
                 size = min(batch_size, n - start)
                 yield self._batch(size, plan.temperature, plan.mixture, plan.calibrated, plan.annealing)
@@ -379,7 +278,7 @@ class Sampler:
         self, energies: np.ndarray, log_q: np.ndarray, wrong_chirality: np.ndarray, temperature: float
     ) -> np.ndarray:
         """Normalised log-weights ``[n]``: ``−U/(k_B T) − log q``, ``−inf`` for dropped samples, logsumexp 0."""
-        log_w = -energies / (KB * temperature) - log_q
+        log_w = -reduced_potential(energies, temperature) - log_q
         dropped = ~np.isfinite(log_w)
         if self.drop_wrong_chirality:
             dropped |= wrong_chirality
@@ -464,84 +363,3 @@ def write_samples(
     return {"n": int(n), "temperature_k": plan.temperature, "ess": samples.ess, "pareto_k": samples.pareto_k,
             "wrong_chirality_fraction": float(np.mean(wrong)), "out": str(directory),
             "acceptance": None if samples.acceptance is None else samples.acceptance.tolist()}
-
-
-def register_cli(subparsers: Any) -> None:
-    """``trade-md sample``: weighted samples of a trained generator at one temperature."""
-    parser = subparsers.add_parser(
-        "sample", help="draw weighted samples from a trained generator",
-        description="Draw samples at one temperature and write samples.dcd + topology.pdb (mdtraj-readable) and "
-                    "samples.npz (energies_kj_per_mol, log_q, normalised log_weights, wrong_chirality).",
-    )
-    parser.add_argument("--model", required=True, help="run directory written by `trade-md train`")
-    parser.add_argument("--temperature", type=float, required=True, help="temperature in K")
-    parser.add_argument("--n", type=int, default=10000, help="number of samples (default %(default)s)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--batch-size", type=int, default=4096, help="samples per batch (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=1, help="energy worker processes (default %(default)s)")
-    parser.add_argument("--platform", default="auto", help="OpenMM platform for energies (default %(default)s)")
-    parser.add_argument("--mixture", action="append", default=[], metavar="T:FRACTION",
-                        help="defensive mixture component: this fraction of the samples from the generator at T K "
-                             "(repeatable; e.g. --mixture 700:0.2 for a 600 K target); exact weights either way")
-    parser.add_argument("--calibrated", action="store_true",
-                        help="draw from the basin-calibrated proposal (MODEL/basin_calibration.json, made by "
-                             "`trade-md calibrate`): rare basins at their estimated Boltzmann share")
-    parser.add_argument("--anneal", metavar="LEVELS:STEPS:STEP_SIZE",
-                        help="annealed importance sampling: move each draw through LEVELS densities towards the "
-                             "Boltzmann one, STEPS Metropolis steps each of STEP_SIZE x each coordinate's range "
-                             "(e.g. 10:2:0.03, 19 energies per sample); exact weights, fewer heavy ones")
-    parser.add_argument("--strict-range", action="store_true",
-                        help="refuse temperatures outside the trained range instead of warning")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_main, command="sample")
-
-
-def parse_mixture(items: Sequence[str], option: str = "--mixture") -> list[tuple[float, float]]:
-    """Command-line mixture components ``["700:0.2", ...]`` → ``[(700.0, 0.2), ...]`` (temperatures in K, or
-    ratios to the target temperature for ``--mixture-ratio``); a clear error naming ``option`` otherwise."""
-    components = []
-    for item in items:
-        try:
-            value, fraction = (float(part) for part in item.split(":"))
-        except ValueError:
-            raise InputError(f"{option} takes two numbers as A:FRACTION (e.g. 700:0.2), got {item!r}") from None
-        components.append((value, fraction))
-    return components
-
-
-ACCEPTANCE_RANGE = (0.1, 0.95)
-"""Annealing acceptance rates outside this range get a hint to change the step size."""
-
-
-def _main(args: argparse.Namespace) -> int:
-    mixture = parse_mixture(args.mixture)
-    annealing = None if args.anneal is None else Annealing.parse(args.anneal)
-    with Sampler.from_checkpoint(args.model, n_workers=args.workers, platform=args.platform,
-                                 calibrated=args.calibrated,
-                                 out_of_range="error" if args.strict_range else "warn") as sampler:
-        if sampler.topology is None:
-            samples = sampler.sample(args.n, args.temperature, batch_size=args.batch_size,
-                                     progress=not args.no_progress, mixture=mixture, annealing=annealing)
-            samples.save(args.out)
-            summary = {"n": args.n, "temperature_k": samples.temperature, "ess": samples.ess,
-                       "pareto_k": samples.pareto_k, "out": args.out,
-                       "acceptance": None if samples.acceptance is None else samples.acceptance.tolist()}
-        else:
-            summary = write_samples(sampler, args.n, args.temperature, args.out, batch_size=args.batch_size,
-                                    progress=not args.no_progress, mixture=mixture, annealing=annealing)
-    proposal = " from the basin-calibrated proposal" if args.calibrated else ""
-    if annealing is not None:
-        proposal = f" by {annealing.describe()}"
-    print(f"{summary['n']} samples at {summary['temperature_k']:g} K{proposal}, Kish ESS {100 * summary['ess']:.1f} %, "
-          f"tail k {summary['pareto_k']:.2f} -> {summary['out']}")
-    if summary["acceptance"]:
-        rates = np.asarray(summary["acceptance"])
-        print(f"annealing acceptance per level: {' '.join(f'{rate:.2f}' for rate in rates)}")
-        if np.nanmin(rates) < ACCEPTANCE_RANGE[0] or np.nanmax(rates) > ACCEPTANCE_RANGE[1]:
-            print(f"hint: acceptance rates outside {ACCEPTANCE_RANGE[0]}-{ACCEPTANCE_RANGE[1]} waste energy "
-                  "evaluations; a smaller STEP_SIZE raises them, a larger one lowers them", file=sys.stderr)
-    if summary["pareto_k"] > PARETO_K_UNRELIABLE:
-        print(f"warning: the weights' tail shape k = {summary['pareto_k']:.2f} exceeds {PARETO_K_UNRELIABLE}: a few "
-              "samples can dominate any estimate and this ESS is unreliable; draw more samples or improve the model",
-              file=sys.stderr)
-    return 0

@@ -22,7 +22,8 @@ import numpy as np
 from scipy.special import logsumexp
 
 from trade_md.errors import InputError
-from trade_md.thermo import kT, to_kelvin
+from trade_md.features import basin_delta_f, wrap_angle
+from trade_md.thermo import beta
 
 __all__ = [
     "RAMACHANDRAN_BINS",
@@ -33,8 +34,6 @@ __all__ = [
     "ramachandran_histogram",
     "kl_divergence",
     "js_divergence",
-    "basin_populations",
-    "basin_delta_f",
     "bootstrap_delta_f",
     "energy_wasserstein",
     "nll_per_dof",
@@ -93,10 +92,6 @@ def pareto_k(log_w: np.ndarray) -> float:
     return float(shape)
 
 
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    return (np.asarray(angle, dtype=np.float64) + np.pi) % (2.0 * np.pi) - np.pi
-
-
 def ramachandran_histogram(
     phi: np.ndarray, psi: np.ndarray, weights: np.ndarray | None = None, bins: int = RAMACHANDRAN_BINS
 ) -> np.ndarray:
@@ -104,7 +99,7 @@ def ramachandran_histogram(
 
     phi, psi: [n] radians (wrapped to [−π, π)); weights: [n] non-negative, need not be normalised.
     """
-    phi, psi = _wrap(phi), _wrap(psi)
+    phi, psi = wrap_angle(phi), wrap_angle(psi)
     if phi.shape != psi.shape:
         raise InputError(f"phi and psi must have the same shape, got {phi.shape} and {psi.shape}")
     edges = np.linspace(-np.pi, np.pi, bins + 1)
@@ -147,27 +142,6 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return max(0.5 * _kl(p) + 0.5 * _kl(q), 0.0)
 
 
-def basin_populations(phi: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
-    """Weighted populations (P(φ < 0), P(φ > 0)) of the two backbone basins; φ: [n] radians."""
-    phi = _wrap(phi)
-    w = np.ones_like(phi) if weights is None else np.asarray(weights, dtype=np.float64)
-    total = w.sum()
-    if total <= 0:
-        raise InputError("all weights are zero: basin populations are undefined")
-    positive = float(w[phi > 0].sum() / total)
-    return float(w[phi <= 0].sum() / total), positive
-
-
-def basin_delta_f(phi: np.ndarray, temperature: float, weights: np.ndarray | None = None) -> float:
-    """ΔF = −k_B T ln(P(φ > 0) / P(φ < 0)) in kJ/mol; +inf when φ > 0 is never visited."""
-    negative, positive = basin_populations(phi, weights)
-    if positive == 0.0:
-        return float("inf")
-    if negative == 0.0:
-        return float("-inf")
-    return float(-kT(to_kelvin(temperature)) * np.log(positive / negative))
-
-
 def bootstrap_delta_f(
     phi: np.ndarray,
     temperature: float,
@@ -178,9 +152,10 @@ def bootstrap_delta_f(
     """ΔF between φ basins (kJ/mol) from (reweighted) samples and its bootstrap standard error (kJ/mol).
 
     Resamples (φ, log w) pairs with replacement and renormalises the weights in each replicate, so the error
-    includes the weight noise. Replicates in which a basin is empty are skipped.
+    includes the weight noise. Replicates in which a basin is empty are skipped. Each estimate is
+    :func:`trade_md.features.basin_delta_f`.
     """
-    phi = _wrap(phi)
+    phi = wrap_angle(phi)
     log_w = np.zeros_like(phi) if log_w is None else np.asarray(log_w, dtype=np.float64)
     estimate = basin_delta_f(phi, temperature, normalized_weights(log_w))
     generator = np.random.default_rng(seed)
@@ -234,7 +209,7 @@ def tilted_ess(
     if not keep.any():
         raise InputError("no sample has a finite log-weight and energy")
     log_w, energies = log_w[keep], energies[keep]
-    log_t = -(1.0 / kT(temperature) - 1.0 / kT(reference_temperature)) * energies
+    log_t = -(beta(temperature) - beta(reference_temperature)) * energies
     ess = np.exp(2.0 * logsumexp(log_t + log_w) - logsumexp(log_t) - logsumexp(log_t + 2.0 * log_w))
     return float(ess), kish_ess(log_t)
 
@@ -247,7 +222,7 @@ def reweighted_frames(energies: np.ndarray, reference_temperature: float, temper
     if energies.ndim != 1 or energies.size == 0 or not np.all(np.isfinite(energies)):
         raise InputError(f"energies must be a non-empty 1-D array of finite kJ/mol values, got shape "
                          f"{energies.shape}")
-    log_t = -(1.0 / kT(temperature) - 1.0 / kT(reference_temperature)) * energies
+    log_t = -(beta(temperature) - beta(reference_temperature)) * energies
     return kish_ess(log_t) * energies.size
 
 

@@ -23,9 +23,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trade_md.train",
     "trade_md.replica",
     "trade_md.umbrella",
-    "trade_md.sampler",
-    "trade_md.basins",
-    "trade_md.report",
+    "trade_md.cli.sample",
+    "trade_md.cli.calibrate",
+    "trade_md.cli.evaluate",
     "trade_md.pipeline",
     "trade_md.cli.peptide",
 )

@@ -4,7 +4,7 @@ A run directory holds ``checkpoint.pt`` (``torch.save`` of a dict, format ``trad
 atomically by the trainer). Keys every reader may rely on:
 
 - ``format``: :data:`CHECKPOINT_FORMAT`; ``generator_config`` and ``model_state``: the model
-  (:meth:`trade_md.flows.Generator.from_config`); ``system``: a :class:`SystemRecord` as a dict;
+  (:meth:`trade_md.generator.Generator.from_config`); ``system``: a :class:`SystemRecord` as a dict;
 - ``config``: the training config as a dict. Checkpoints written before the restructure hold the flat
   ``TrainConfig`` (``mode``, ``temperature_min``, ``temperature_max``, ``steps``, ...); newer ones may also hold
   ``trained_range`` (``[T_min, T_max]`` K or None) and ``steps``. :func:`trained_range` reads both.
@@ -25,7 +25,9 @@ from typing import Any
 import torch
 
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.flows import Generator
+from trade_md.generator import Generator
+from trade_md.systems import MolecularSystem
+from trade_md.toys import ToySystem, toy_from_spec
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "SystemRecord", "TrainedModel", "load_generator",
            "read_checkpoint", "trained_range"]
@@ -51,8 +53,6 @@ class SystemRecord:
     @classmethod
     def of(cls, system: Any) -> SystemRecord:
         """The record of a ``MolecularSystem`` or a ``ToySystem``."""
-        from trade_md.toys import ToySystem
-
         if isinstance(system, ToySystem):
             return cls("toy", system.name, system.spec(), system.fingerprint())
         return cls("molecule", system.name, system.serialize(), system.fingerprint())
@@ -60,11 +60,7 @@ class SystemRecord:
     def build(self) -> Any:
         """Rebuild the ``MolecularSystem`` or ``ToySystem``."""
         if self.kind == "toy":
-            from trade_md.toys import toy_from_spec
-
             return toy_from_spec(self.serialized)
-        from trade_md.systems import MolecularSystem
-
         return MolecularSystem.deserialize(self.serialized)
 
     def check_same(self, other: SystemRecord, where: str) -> None:
