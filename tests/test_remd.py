@@ -249,9 +249,10 @@ def test_resume_after_sigkill_of_the_cli(tmp_path):
     from openmmtools import multistate
 
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "trade_md.cli", "remd", "--system", "alanine-dipeptide", "--temperatures",
-               "300:600:3", "--iterations", "5000", "--steps-per-iteration", "20", "--platform", "Reference",
-               "--integrator", "ghmc", "--out", str(out), "--no-progress"]
+    command = [sys.executable, "-c", "from trade_md.cli import main; raise SystemExit(main())", "remd",
+               "--system", "alanine-dipeptide", "--temperatures", "300:600:3", "--iterations", "5000",
+               "--steps-per-iteration", "20", "--platform", "Reference", "--integrator", "ghmc", "--out", str(out),
+               "--no-progress"]
     log = tmp_path / "remd.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=handle)

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openmm
+import openmm.unit as unit
 
 from trade_md.errors import InputError
 from trade_md.formats.files import package_versions, write_json_atomic
@@ -158,7 +160,6 @@ def _platform(system: MolecularSystem, name: str, cpu_threads: int) -> tuple[str
 
 def _configure_context_caches(sampler: Any, platform_name: str, properties: dict[str, str]) -> None:
     """Give the sampler its own context caches on the chosen platform (openmmtools defaults to the global one)."""
-    import openmm
     from openmmtools import cache
 
     platform = openmm.Platform.getPlatformByName(platform_name)
@@ -184,7 +185,6 @@ def run_remd(
     ``callback(iteration)`` is called after each stored iteration (rank 0). Refuses to overwrite an existing
     storage (use :func:`resume_remd`). progress: a progress bar (rank 0) when the caller enabled bars.
     """
-    from openmm import unit
     from openmmtools import mcmc, multistate, states
 
     out = Path(out_dir)
@@ -241,7 +241,6 @@ def rescaling_tempering_class() -> type:
     harmonic mode scales with T; measured against GHMC in the module docs); a replica without velocities or at
     rest (the start: openmmtools stores the minimised structure with zero velocities) gets a Maxwell-Boltzmann draw
     at its temperature."""
-    from openmm import unit
     from openmmtools import multistate
 
     class RescalingParallelTempering(multistate.ParallelTemperingSampler):
@@ -266,8 +265,6 @@ def rescaling_tempering_class() -> type:
 def maxwell_boltzmann(system: Any, temperature: float, rng: np.random.Generator | None = None) -> np.ndarray:
     """Velocities [nm/ps], shape (n_particles, 3), drawn from the Maxwell-Boltzmann law at ``temperature`` K for
     the masses of the OpenMM ``system`` (massless particles stay at rest)."""
-    from openmm import unit
-
     rng = np.random.default_rng() if rng is None else rng
     masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
     sd = np.sqrt(kT(temperature) / np.where(masses > 0, masses, np.inf))  # kJ/mol / amu = (nm/ps)^2

@@ -28,9 +28,9 @@ def export_dataset(
     """The frames that ``trade-md remd`` runs drew at one ladder temperature (K), written as a boundary dataset
     (the ``trade-md md`` format, :func:`trade_md.formats.dataset.load_dataset`) at ``out``.
 
-    One frame per iteration after ``discard_ps`` ps; ``run`` numbers the runs, ``times`` is ps since the run's start. An existing dataset
-    at ``out`` is never overwritten. Convergence problems are ``ConvergenceWarning`` warnings and are recorded in
-    the dataset's metadata.
+    One frame per iteration after ``discard_ps`` ps; ``run`` numbers the runs, ``times`` is ps since the run's
+    start. An existing dataset at ``out`` is never overwritten. Convergence problems are ``ConvergenceWarning``
+    warnings and are recorded in the dataset's metadata.
     """
     if not run_dirs:
         raise InputError("give at least one trade-md remd directory")

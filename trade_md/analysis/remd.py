@@ -9,9 +9,9 @@ states): ⟨U⟩, ln Z relative to Tmin, Ramachandran histograms (36 × 36 bins 
 2g-iteration blocks (MBAR's asymptotic errors would ignore the time correlation); diagnostics (exchange acceptance,
 round trips, MBAR overlap). Independent runs of one system pool into one MBAR (their ladders may differ; each run is
 decorrelated and block-resampled within itself); the summaries of independent runs combine with
-:func:`trade_md.formats.reference.combine_summaries`. Poor overlap, too few blocks or a failed MBAR solve is a logged warning, listed in the
-summary. The subsample spaced by g is exported with its MBAR weights (:func:`export_frames`) for evaluating a
-generator's NLL.
+:func:`trade_md.formats.reference.combine_summaries`. Poor overlap, too few blocks or a failed MBAR solve is a
+logged warning, listed in the summary. The subsample spaced by g is exported with its MBAR weights
+(:func:`export_frames`) for evaluating a generator's NLL.
 
 >>> count_round_trips(np.array([[0], [1], [2], [1], [0]]), 3).tolist()
 [1]

@@ -1,7 +1,7 @@
 """Reference summaries: what ``trade-md reference`` (replica exchange + MBAR) and ``trade-md umbrella`` (umbrella
 sampling + MBAR) write, and their exported frames, read for evaluation (``--reference``).
 
-A summary JSON holds per-temperature lists (``temperatures`` K, ``delta_f_kT``, ``mean_potential`` kJ/mol, ...;
+A summary JSON holds per-temperature lists (``temperatures`` K, ``delta_f_kT``, ``mean_energy`` kJ/mol, ...;
 null for a non-finite estimate); frames (when exported) are ``frames_all.dcd`` + ``topology.pdb`` + ``weights.npz``
 (MBAR log-weights ``[n, m]`` at the summary temperatures), written by :func:`write_frames`. Summaries are written
 as strict JSON: :func:`finite_or_none` turns non-finite numbers into null. :func:`combine_summaries` makes one
