@@ -20,8 +20,9 @@ import sys
 
 import numpy as np
 
+from trade_md.analysis.remd import analyse_reference
 from trade_md.formats.files import write_json_atomic
-from trade_md.replica import analyse_reference, read_storage
+from trade_md.formats.remd import read_storage
 
 TARGET_SIGMA_KT = 0.1
 FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)

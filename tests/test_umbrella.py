@@ -15,23 +15,15 @@ import openmm
 import openmm.unit as unit
 import pytest
 
+from trade_md.analysis.umbrella import analyse_umbrella, bias_energies, unbias_windows
 from trade_md.cli import main
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.report import backbone_dihedrals, load_reference
+from trade_md.features import ramachandran, ramachandran_atoms, wrap_angle
+from trade_md.formats.reference import load_reference
+from trade_md.formats.umbrella import UmbrellaSettings
 from trade_md.systems import load_system
-from trade_md.umbrella import (
-    BIAS_GROUP,
-    UmbrellaSettings,
-    analyse_umbrella,
-    bias_energies,
-    biased_system,
-    phi_atoms,
-    run_umbrella,
-    swap_log_acceptance,
-    unbias_windows,
-    wrapped_angle,
-)
 from trade_md.thermo import KB
+from trade_md.umbrella import BIAS_GROUP, biased_system, run_umbrella, swap_log_acceptance
 
 N_SIGMA = 4.0
 TEMPERATURE = 300.0
@@ -56,7 +48,7 @@ def window_samples(rng: np.random.Generator, centres: np.ndarray, kappa: float, 
     beta = 1.0 / (KB * TEMPERATURE)
     draws = []
     for centre in centres:
-        log_density = -beta * (potential(GRID) + 0.5 * kappa * wrapped_angle(GRID, centre) ** 2)
+        log_density = -beta * (potential(GRID) + 0.5 * kappa * wrap_angle(GRID - centre) ** 2)
         cdf = np.cumsum(np.exp(log_density - log_density.max()))
         draws.append(np.interp(rng.random(n) * cdf[-1], cdf, GRID))
     return draws
@@ -69,7 +61,7 @@ def test_wrapped_angle_and_bias_are_periodic():
     assert bias.shape == (3, 3)
     np.testing.assert_allclose(bias[0], 5.0 * np.array([math.pi - 3.1, math.pi - 3.1, math.pi - 0.5]) ** 2)
     np.testing.assert_allclose(bias[2, 0], 5.0 * (2 * math.pi - 6.1) ** 2)  # across ±π, not the long way round
-    assert np.all(np.abs(wrapped_angle(np.linspace(-10, 10, 101), 2.0)) <= math.pi)
+    assert np.all(np.abs(wrap_angle(np.linspace(-10, 10, 101) - 2.0)) <= math.pi)
 
 
 def test_unbiasing_recovers_quadrature_within_4_sigma(rng):
@@ -127,14 +119,14 @@ def ala2():
 
 
 def test_openmm_bias_matches_formula_across_the_circle(ala2, rng):
-    atoms = phi_atoms(ala2)
+    atoms = ramachandran_atoms(ala2.topology)[0]
     integrator = openmm.VerletIntegrator(1.0 * unit.femtosecond)
     plain = openmm.Context(ala2.system, integrator, openmm.Platform.getPlatformByName("Reference"))
     positions = ala2.positions + rng.normal(0.0, 0.01, size=(5,) + ala2.positions.shape)
-    phi, _ = backbone_dihedrals(ala2.topology, positions)
+    phi, _ = ramachandran(ala2.topology, positions)
     kappa = 250.0
     for centre in (-math.pi, -1.0, 0.3, 2.9, phi[0] + math.pi - 0.05):
-        system = biased_system(ala2, atoms, float(wrapped_angle(centre, 0.0)), kappa)
+        system = biased_system(ala2, atoms, float(wrap_angle(centre)), kappa)
         biased = openmm.Context(system, openmm.VerletIntegrator(1.0 * unit.femtosecond),
                                 openmm.Platform.getPlatformByName("Reference"))
         for x, angle in zip(positions, phi):
@@ -144,7 +136,7 @@ def test_openmm_bias_matches_formula_across_the_circle(ala2, rng):
             bias_only = biased.getState(getEnergy=True, groups={BIAS_GROUP}).getPotentialEnergy()
             u0 = plain.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
             expected = float(bias_energies(np.array([angle]), np.array([centre]), kappa)[0, 0])
-            # φ from float32 mdtraj coordinates: ~1e-6 rad, i.e. κ·d·1e-6 ≤ 1e-3 kJ/mol
+            # φ evaluated in float64 here and by OpenMM: far below κ·d·1e-6 rad ≤ 1e-3 kJ/mol
             assert abs(total - u0 - expected) < 1e-3
             assert abs(bias_only.value_in_unit(unit.kilojoule_per_mole) - expected) < 1e-3
 
@@ -207,7 +199,7 @@ def test_interrupted_run_resumes_to_the_same_frames(ala2, tmp_path, monkeypatch)
     settings = UmbrellaSettings(temperatures=(450.0,), n_windows=6, width_deg=20.0, ns_per_window=0.004,
                                 equilibration_ps=0.5, exchange_every_ps=0.2, chunk_ps=1.0)
     whole = run_umbrella(ala2, settings, tmp_path / "whole", progress=False, block_ps=0.4, stride_ps=0.1)
-    save = umbrella._save_progress
+    save = umbrella.save_windows
     calls = []
 
     def crash_after_two(path, progress):
@@ -216,11 +208,11 @@ def test_interrupted_run_resumes_to_the_same_frames(ala2, tmp_path, monkeypatch)
         if len(calls) == 2:  # equilibrated + one chunk written
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(umbrella, "_save_progress", crash_after_two)
+    monkeypatch.setattr(umbrella, "save_windows", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_umbrella(ala2, settings, tmp_path / "cut", progress=False)
     assert np.load(tmp_path / "cut" / "windows" / "T450K.npz")["phi"].shape == (6, 10)
-    monkeypatch.setattr(umbrella, "_save_progress", save)
+    monkeypatch.setattr(umbrella, "save_windows", save)
     # the command line resumes from the record alone: settings, system and platform
     assert main(["umbrella", "--out", str(tmp_path / "cut"), "--resume", "--no-progress", "--block-ps", "0.4",
                  "--stride-ps", "0.1"]) == 0

@@ -10,12 +10,13 @@ is caught by checking the self-consistency equations and collected in ``warnings
 which reaches stderr) for the caller to record. :meth:`MBAREstimator.overlap` gives the numbers for the caller's
 overlap check.
 
+>>> from trade_md.thermo import kT
 >>> rng = np.random.default_rng(0)
 >>> temperatures = np.array([300.0, 400.0])
->>> energies = np.concatenate([rng.gamma(1.5, KB * t, size=500) for t in temperatures])  # 3-D oscillator
+>>> energies = np.concatenate([rng.gamma(1.5, kT(t), size=500) for t in temperatures])  # 3-D oscillator
 >>> estimator = MBAREstimator(tempering_reduced_potentials(energies, temperatures), np.array([500, 500]))
 >>> mean_u, _ = estimator.expectations(energies)
->>> bool(abs(mean_u[1] / (1.5 * KB * 400.0) - 1.0) < 0.1)
+>>> bool(abs(mean_u[1] / (1.5 * kT(400.0)) - 1.0) < 0.1)
 True
 """
 
@@ -28,7 +29,8 @@ import numpy as np
 from scipy.special import logsumexp
 
 from trade_md.errors import InputError
-from trade_md.thermo import KB, temperature_array
+from trade_md.progress import progress_bar
+from trade_md.thermo import reduced_potential, temperature_array
 
 __all__ = [
     "tempering_reduced_potentials",
@@ -52,8 +54,7 @@ def tempering_reduced_potentials(energies_n: np.ndarray, temperatures_k: np.ndar
     energies_n = np.asarray(energies_n, dtype=np.float64)
     if energies_n.ndim != 1:
         raise InputError(f"energies must be a 1-D array [N] in kJ/mol, got shape {energies_n.shape}")
-    betas = 1.0 / (KB * temperature_array(temperatures_k))
-    return betas[:, None] * energies_n[None, :]
+    return reduced_potential(energies_n[None, :], temperature_array(temperatures_k)[:, None])
 
 
 @dataclass(frozen=True)
@@ -236,14 +237,14 @@ class MBAREstimator:
         are, with replacement, and re-solves MBAR. strata: optional [N] label per sample; each stratum's blocks are
         then drawn from that stratum's own (blocks must not span strata), so every stratum keeps its number of
         blocks: the state of each sample for umbrella windows that never exchange, the run of each sample for
-        independent runs pooled. progress: a progress bar over the replicates (on a terminal).
+        independent runs pooled. progress: a progress bar over the replicates (when the caller enabled bars,
+        :func:`trade_md.progress.show_progress`).
         Returns ``"f"`` (error of f_k − f_0), one entry per observable name (error of ⟨A⟩_k, A's unit) and, per
         indicator name, the error of its :meth:`indicator_free_energy` ΔF (k_B T) and of its probability (key
         ``name + "_p"``). Replicates where a region carries no weight are left
         out of that region's ΔF (NaN where fewer than two remain).
         """
         import pymbar
-        from tqdm.auto import tqdm
 
         observables = {} if observables is None else {k: np.asarray(v, dtype=np.float64) for k, v in observables.items()}
         indicators = {} if indicators is None else {k: np.asarray(v, dtype=bool) for k, v in indicators.items()}
@@ -265,34 +266,35 @@ class MBAREstimator:
         generator = np.random.default_rng(seed)
         draws: dict[str, list[np.ndarray]] = {"f": []}
         skipped = 0
-        for _ in tqdm(range(int(n_bootstrap)), desc="bootstrap", unit="MBAR", disable=None if progress else True,
-                      dynamic_ncols=True):
-            picks = np.concatenate([group[generator.integers(0, group.size, group.size)] for group in groups])
-            chosen = np.concatenate([members[b] for b in picks])
-            chosen = chosen[np.argsort(state_n[chosen], kind="stable")]
-            n_k = np.bincount(state_n[chosen], minlength=self.n_states)
-            if np.any((n_k == 0) & (self.N_k > 0)):
-                skipped += 1  # a sampled state lost all its samples: too few blocks for this replicate
-                continue
-            u_kn = self.u_kn[:, chosen]
-            try:
-                f_k = np.asarray(pymbar.MBAR(u_kn, n_k, initial_f_k=self.f_k,
-                                             relative_tolerance=self.relative_tolerance).f_k, dtype=np.float64)
-            except Exception:  # pymbar raises several unrelated types on a failed solve
-                skipped += 1
-                continue
-            sampled = n_k > 0
-            log_w = f_k[:, None] - u_kn - logsumexp((f_k[:, None] - u_kn)[sampled], b=n_k[sampled][:, None],
-                                                     axis=0)[None, :]
-            weights = np.exp(log_w - logsumexp(log_w, axis=1, keepdims=True))  # [K, n], rows sum to 1
-            draws["f"].append(f_k - f_k[0])
-            for name, a_n in observables.items():
-                draws.setdefault(name, []).append(weights @ a_n[chosen])
-            for name, inside in indicators.items():
-                p = np.clip(weights @ inside[chosen].astype(np.float64), 0.0, 1.0)  # rounding can pass 1
-                with np.errstate(divide="ignore"):
-                    draws.setdefault(name, []).append(-np.log(p) + np.log1p(-p))
-                draws.setdefault(name + "_p", []).append(p)
+        with progress_bar(total=int(n_bootstrap), desc="bootstrap", unit="MBAR", enabled=progress) as bar:
+            for _ in range(int(n_bootstrap)):
+                bar.update(1)
+                picks = np.concatenate([group[generator.integers(0, group.size, group.size)] for group in groups])
+                chosen = np.concatenate([members[b] for b in picks])
+                chosen = chosen[np.argsort(state_n[chosen], kind="stable")]
+                n_k = np.bincount(state_n[chosen], minlength=self.n_states)
+                if np.any((n_k == 0) & (self.N_k > 0)):
+                    skipped += 1  # a sampled state lost all its samples: too few blocks for this replicate
+                    continue
+                u_kn = self.u_kn[:, chosen]
+                try:
+                    f_k = np.asarray(pymbar.MBAR(u_kn, n_k, initial_f_k=self.f_k,
+                                                 relative_tolerance=self.relative_tolerance).f_k, dtype=np.float64)
+                except Exception:  # pymbar raises several unrelated types on a failed solve
+                    skipped += 1
+                    continue
+                sampled = n_k > 0
+                log_w = f_k[:, None] - u_kn - logsumexp((f_k[:, None] - u_kn)[sampled], b=n_k[sampled][:, None],
+                                                         axis=0)[None, :]
+                weights = np.exp(log_w - logsumexp(log_w, axis=1, keepdims=True))  # [K, n], rows sum to 1
+                draws["f"].append(f_k - f_k[0])
+                for name, a_n in observables.items():
+                    draws.setdefault(name, []).append(weights @ a_n[chosen])
+                for name, inside in indicators.items():
+                    p = np.clip(weights @ inside[chosen].astype(np.float64), 0.0, 1.0)  # rounding can pass 1
+                    with np.errstate(divide="ignore"):
+                        draws.setdefault(name, []).append(-np.log(p) + np.log1p(-p))
+                    draws.setdefault(name + "_p", []).append(p)
         if skipped:
             self._warn(f"{skipped} of {int(n_bootstrap)} bootstrap replicates were skipped (a state without samples "
                        "or a failed MBAR solve); the standard errors rest on the rest — use more blocks")

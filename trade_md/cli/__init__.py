@@ -21,8 +21,8 @@ __all__ = ["main", "build_parser"]
 COMMAND_MODULES: tuple[str, ...] = (
     "trade_md.cli.md",
     "trade_md.train",
-    "trade_md.replica",
-    "trade_md.umbrella",
+    "trade_md.cli.remd",
+    "trade_md.cli.umbrella",
     "trade_md.cli.sample",
     "trade_md.cli.calibrate",
     "trade_md.cli.evaluate",
