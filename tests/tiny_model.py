@@ -26,7 +26,8 @@ TINY_TRAIN: dict[str, object] = {
 
 def make_tiny_dataset(directory: Path) -> Path:
     """A 5 ps MD set of alanine dipeptide at 600 K (100 frames) in ``directory``; returns it."""
-    from trade_md.md import ConvergenceWarning, run_md
+    from trade_md.convergence import ConvergenceWarning
+    from trade_md.md import run_md
     from trade_md.systems import load_system
 
     with warnings.catch_warnings():

@@ -6,7 +6,7 @@ computed here by quadrature on a grid of ``± width_sigmas`` harmonic standard d
 around the force field's r0. For configurations drawn from the Boltzmann density, ``z = (r − m)² / v`` with m, v
 the conditional mean and variance has expectation exactly 1, whatever the rest of the molecule does. A ratio
 above 1 means the sampler puts too much energy into the fastest vibrations (e.g. a Langevin integrator whose
-velocities are redrawn every 0.5 ps, :mod:`trade_md.replica`), below 1 too little. Cost: ``grid_points``
+velocities are redrawn every 0.5 ps, :mod:`trade_md.remd`), below 1 too little. Cost: ``grid_points``
 energies per frame and hydrogen.
 """
 

@@ -17,7 +17,7 @@ import numpy as np
 from trade_md.errors import InputError
 from trade_md.formats.dataset import Dataset, write_dataset
 from trade_md.formats.remd import read_storage
-from trade_md.md import dataset_convergence
+from trade_md.convergence import dataset_convergence
 
 __all__ = ["export_dataset"]
 
@@ -60,7 +60,7 @@ def export_dataset(
     record = {"source": "trade-md remd", "runs": sources, "discard_ps": float(discard_ps)}
     positions = np.concatenate([p[0] for p in pieces])
     run = np.concatenate([np.full(len(p[2]), k, dtype=np.int64) for k, p in enumerate(pieces)])
-    convergence = dataset_convergence(system, positions, run,
+    convergence = dataset_convergence(system.topology, positions, run,
                                       remedy="extend the runs (trade-md remd --resume --ns-per-replica N) or pool more "
                                              "of them")
     return write_dataset(

@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 
 from trade_md.errors import InputError
-from trade_md.flows import BoxCoordinates, ConditionalSplineFlow, Generator
+from trade_md.flows import ConditionalSplineFlow
+from trade_md.generator import BoxCoordinates, Generator
 from trade_md.thermo import KB, to_kelvin
 
 __all__ = [

@@ -17,7 +17,7 @@ from trade_md.errors import InputError
 from trade_md.formats.files import read_json, write_json_atomic
 from trade_md.formats.reference import combine_summaries
 from trade_md.formats.remd import read_record, read_storage
-from trade_md.md import ConvergenceWarning
+from trade_md.convergence import ConvergenceWarning
 from trade_md.progress import show_progress
 from trade_md.remd import DEFAULT_LADDER, INTEGRATORS, RemdSettings, resume_remd, run_remd
 from trade_md.remd_data import export_dataset

@@ -1,6 +1,6 @@
 """A second MBAR reference at 600-1000 K from the twelve independent 600-1050 K parallel-tempering runs of
 ``ala2_pt12/`` (one ``trade-md reference`` per run, in ``pt12_mbar/``, combined by
-:func:`trade_md.replica.combine_summaries`): per temperature the mean ΔF over the runs and its standard error from
+:func:`trade_md.formats.reference.combine_summaries`): per temperature the mean ΔF over the runs and its standard error from
 their scatter, next to the shipped reference, and (optionally) evaluation JSONs of
 ``benchmarks/ala2_transfer.py evaluate`` against both. From the repository root:
 ``python benchmarks/results/ala2_calibrated/pt12_mbar.py [EVALUATION.json ...]`` (calibrated evaluations are
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trade_md.replica import combine_summaries
+from trade_md.formats.reference import combine_summaries
 
 HERE = Path(__file__).resolve().parent
 SHIPPED = HERE.parents[2] / "systems" / "alanine_dipeptide" / "reference" / "summary.json"
