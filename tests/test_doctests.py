@@ -10,7 +10,8 @@ import pytest
 
 import trade_md
 
-MODULES = sorted(info.name for info in pkgutil.walk_packages(trade_md.__path__, "trade_md."))
+MODULES = sorted(info.name for info in pkgutil.walk_packages(trade_md.__path__, "trade_md.")
+                 if not info.name.endswith(".__main__"))
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -2,7 +2,8 @@
 
 Library modules never print and never import tqdm. A long loop opens a bar with :func:`progress_bar`; by default
 the bar does nothing, so library calls from scripts and notebooks stay silent unless the caller asks for bars with
-:func:`show_progress` (the ``trade-md`` command line does, unless ``--no-progress`` is given). Messages for the
+:func:`show_progress` (the ``trade-md`` command line does, unless ``--no-progress`` is given; even then a bar is
+drawn only when stderr is a terminal). Messages for the
 user go through :mod:`logging` (logger names ``trade_md.*``).
 
 >>> with progress_bar(total=3, desc="demo", unit="step") as bar:
@@ -12,6 +13,7 @@ user go through :mod:`logging` (logger names ``trade_md.*``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -52,7 +54,7 @@ def show_progress(enabled: bool = True) -> None:
     if enabled:
         from tqdm.auto import tqdm
 
-        _factory = tqdm
+        _factory = functools.partial(tqdm, disable=None)  # None: no bar when stderr is not a terminal (CI logs)
     else:
         _factory = None
 

@@ -52,7 +52,7 @@ from trade_md.energy import EnergyBridge
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.features import basin_populations, ramachandran
 from trade_md.formats.checkpoint import load_generator
-from trade_md.formats.files import atomic_write_path, write_json_atomic
+from trade_md.formats.files import atomic_write_path, json_safe, write_json_atomic
 from trade_md.formats.reference import Reference, default_reference, load_reference
 from trade_md.progress import progress_bar
 from trade_md.sampler import OutOfRangeWarning, Sampler
@@ -63,19 +63,6 @@ __all__ = ["DEFAULT_TEMPERATURES", "METRICS_FORMAT", "evaluate"]
 METRICS_FORMAT = "trade-md evaluation/1"
 DEFAULT_TEMPERATURES: tuple[float, ...] = (300.0, 450.0, 600.0, 800.0, 1000.0)
 """K, the evaluation temperatures of the alanine dipeptide benchmark."""
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe: non-finite floats become None, recursively."""
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _log_q(generator: Any, positions: np.ndarray, temperature: float, chunk: int = 4096) -> np.ndarray:
@@ -228,7 +215,7 @@ def evaluate(
                 per_temperature.append(metrics)
                 bar.update(1)
     figures = write_figures(out, per_temperature, arrays, t0)
-    result = _finite({
+    result = json_safe({
         "format": METRICS_FORMAT,
         "model": str(model),
         "reference": str(ref.path),

@@ -33,7 +33,8 @@ from trade_md.analysis.mbar import MBAREstimator, Overlap, decorrelate, temperin
 from trade_md.analysis.metrics import RAMACHANDRAN_BINS, ramachandran_histogram
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.features import dihedral_angles, ramachandran_atoms
-from trade_md.formats.reference import finite_or_none, round_significant, write_frames
+from trade_md.formats.files import json_safe
+from trade_md.formats.reference import round_significant, write_frames
 from trade_md.formats.remd import ReplicaData
 from trade_md.systems import MolecularSystem
 from trade_md.thermo import kT, reduced_potential
@@ -298,9 +299,9 @@ def analyse_reference(
         "temperatures": targets.tolist(),
         "on_ladder": [bool(np.any(np.isclose(t, ladder, rtol=0, atol=1e-6))) for t in targets],
         "mean_energy": mean_u[index].tolist(),
-        "mean_energy_sem": finite_or_none(errors["energy"][index]),
+        "mean_energy_sem": json_safe(errors["energy"][index]),
         "log_z_relative": (-f[index]).tolist(),
-        "log_z_relative_sem": finite_or_none(errors["f"][index]),
+        "log_z_relative_sem": json_safe(errors["f"][index]),
         "effective_samples": (estimator.effective_sample_numbers()[index]
                               / decorrelation["statistical_inefficiency_iterations"]).tolist(),
     }
@@ -308,11 +309,11 @@ def analyse_reference(
         delta_f, _, p, _ = estimator.indicator_free_energy(phi > 0)
         summary.update({
             "p_phi_positive": p[index].tolist(),
-            "p_phi_positive_sem": finite_or_none(errors["phi_positive_p"][index]),
-            "delta_f_kT": finite_or_none(delta_f[index]),
-            "delta_f_sem_kT": finite_or_none(errors["phi_positive"][index]),
-            "delta_f": finite_or_none(delta_f[index] * kt),
-            "delta_f_sem": finite_or_none(errors["phi_positive"][index] * kt),
+            "p_phi_positive_sem": json_safe(errors["phi_positive_p"][index]),
+            "delta_f_kT": json_safe(delta_f[index]),
+            "delta_f_sem_kT": json_safe(errors["phi_positive"][index]),
+            "delta_f": json_safe(delta_f[index] * kt),
+            "delta_f_sem": json_safe(errors["phi_positive"][index] * kt),
         })
         for t, value in zip(targets, p[index]):
             if value in (0.0, 1.0):

@@ -33,7 +33,7 @@ from trade_md.analysis.plots import profile_plot
 from trade_md.errors import InputError
 from trade_md.features import wrap_angle
 from trade_md.formats.files import write_json_atomic
-from trade_md.formats.reference import finite_or_none
+from trade_md.formats.files import json_safe
 from trade_md.formats.umbrella import (
     finished,
     load_windows,
@@ -231,7 +231,7 @@ def write_summary(out: Path, summary: dict[str, Any]) -> None:
     """``summary.json`` and the figure ``profile.png``/``.svg`` (F(φ) at every temperature)."""
     import matplotlib.pyplot as plt
 
-    write_json_atomic(out / "summary.json", finite_or_none(summary))
+    write_json_atomic(out / "summary.json", json_safe(summary))
     figure = profile_plot({f"{r['temperature']:g} K": (r["pmf_bin_edges"], r["pmf_kT"], r["pmf_sem_kT"])
                            for r in summary["per_temperature"]}, out / "profile")
     plt.close(figure)

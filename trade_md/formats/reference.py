@@ -4,7 +4,7 @@ sampling + MBAR) write, and their exported frames, read for evaluation (``--refe
 A summary JSON holds per-temperature lists (``temperatures`` K, ``delta_f_kT``, ``mean_energy`` kJ/mol, ...;
 null for a non-finite estimate); frames (when exported) are ``frames_all.dcd`` + ``topology.pdb`` + ``weights.npz``
 (MBAR log-weights ``[n, m]`` at the summary temperatures), written by :func:`write_frames`. Summaries are written
-as strict JSON: :func:`finite_or_none` turns non-finite numbers into null. :func:`combine_summaries` makes one
+as strict JSON: :func:`~trade_md.formats.files.json_safe` turns non-finite numbers into null. :func:`combine_summaries` makes one
 reference of the summaries of independent runs (``trade-md reference-combine``).
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from trade_md.errors import InputError
-from trade_md.formats.files import atomic_write_path, read_json
+from trade_md.formats.files import atomic_write_path, json_safe, read_json
 from trade_md.systems import SYSTEMS_DIR, MolecularSystem
 
 __all__ = ["REFERENCE_FORMATS", "Reference", "ReferenceFrames", "combine_summaries", "default_reference",
-           "finite_or_none", "load_reference", "round_significant", "write_frames"]
+           "load_reference", "round_significant", "write_frames"]
 
 REFERENCE_FORMATS: tuple[str, ...] = ("trade-md reference summary", "trade-md umbrella summary")
 """Summary formats ``load_reference`` accepts (replica exchange + MBAR, umbrella sampling + MBAR)."""
@@ -107,26 +107,6 @@ def load_reference(source: str | Path) -> Reference:
     return Reference(summary, summary_path, None if frames_dir is None else _read_frames(frames_dir))
 
 
-def finite_or_none(value: Any) -> Any:
-    """``value`` made strict-JSON-safe, recursively: ±inf and NaN become None, numpy arrays lists, numpy scalars
-    Python numbers (strict JSON has no Infinity or NaN).
-
-    >>> finite_or_none({"f": np.array([1.5, np.inf]), "n": np.int64(3), "sem": float("nan")})
-    {'f': [1.5, None], 'n': 3, 'sem': None}
-    """
-    if isinstance(value, dict):
-        return {key: finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def round_significant(values: Any, digits: int = 6) -> list[Any]:
     """``values`` (any shape) as nested lists of floats rounded to ``digits`` significant digits (summaries stay
     readable; histograms and overlap matrices need no more)."""
@@ -179,8 +159,8 @@ def combine_summaries(summaries: Sequence[dict[str, Any]], sources: Sequence[str
             continue
         rows = [[math.nan if value is None else value for value in summary[name]] for summary in summaries]
         values = np.asarray(rows, dtype=np.float64)
-        combined[name] = finite_or_none(values.mean(axis=0))
-        combined[sem] = finite_or_none(values.std(axis=0, ddof=1) / math.sqrt(n))
+        combined[name] = json_safe(values.mean(axis=0))
+        combined[sem] = json_safe(values.std(axis=0, ddof=1) / math.sqrt(n))
     if all("ramachandran" in summary for summary in summaries):
         combined["ramachandran"] = [round_significant(np.mean(histograms, axis=0)) for histograms in
                                     zip(*(np.asarray(s["ramachandran"], dtype=np.float64) for s in summaries))]
