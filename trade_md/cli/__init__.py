@@ -20,13 +20,13 @@ __all__ = ["main", "build_parser"]
 # Modules that contribute subcommands, in the order `trade-md --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "trade_md.md",
-    "trade_md.train",
+    "trade_md.cli.train",
     "trade_md.replica",
     "trade_md.umbrella",
     "trade_md.sampler",
     "trade_md.basins",
     "trade_md.report",
-    "trade_md.pipeline",
+    "trade_md.cli.run",
 )
 
 
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trade-md {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register_cli(subparsers)
+        module = importlib.import_module(name)
+        (getattr(module, "register", None) or module.register_cli)(subparsers)
     return parser
 
 
