@@ -23,6 +23,11 @@ A recipe (YAML; see :mod:`trade_md.config.files` for ``base:`` inheritance) read
 Unknown keys raise :class:`InputError` naming them. In mode ``trade`` the run trains every objective whose weight is
 not 0, in the order of :data:`trade_md.objectives.OBJECTIVES`; in mode ``nll`` only ``objectives.nll`` (default
 weight 1), and the range, the grid and the other objectives are not used.
+
+>>> config = TrainConfig.from_dict({"mode": "trade", "temperatures": {"range": [280.0, 1050.0]},
+...                                 "objectives": {"tilt": {"span": [280.0, 600.0]}, "nll": {}}})
+>>> [objective.name for objective in config.active_objectives()], config.trained_range
+(['nll', 'tilt'], (280.0, 1050.0))
 """
 
 from __future__ import annotations
@@ -110,8 +115,8 @@ class GridConfig:
 
 @dataclass
 class EnergyConfig:
-    """cap: reduced energies above this many k_B T grow only logarithmically (:func:`trade_md.trade.
-    cap_reduced_energy`); workers, platform: the ``EnergyBridge`` of a molecule."""
+    """cap: reduced energies above this many k_B T grow only logarithmically
+    (:func:`trade_md.trade.cap_reduced_energy`); workers, platform: the ``EnergyBridge`` of a molecule."""
 
     cap: float = 1000.0
     workers: int = 1
