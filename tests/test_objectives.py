@@ -8,7 +8,7 @@ import torch
 
 from trade_md.distributed import DistributedContext
 from trade_md.errors import InputError
-from trade_md.objectives import OBJECTIVES, NLL, Tilt, TradeResidual, TrainingContext
+from trade_md.objectives import NLL, OBJECTIVES, Tilt, TradeResidual, TrainingContext
 from trade_md.toys import DoubleWell1D, toy_generator
 
 

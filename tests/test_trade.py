@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from trade_md.errors import InputError
 from trade_md.analysis.metrics import kish_ess as numpy_kish_ess
-from trade_md.toys import DoubleWell1D, DoubleWell2D, HarmonicOscillator, ToySystem
+from trade_md.errors import InputError
 from trade_md.objectives.expectation_grid import ExpectationGrid
+from trade_md.thermo import KB, reduced_potential
+from trade_md.toys import DoubleWell1D, DoubleWell2D, HarmonicOscillator, ToySystem
 from trade_md.trade import (
     NONFINITE_EXCESS,
     cap_reduced_energy,
@@ -27,7 +28,6 @@ from trade_md.trade import (
     sample_log_uniform,
     trade_residual,
 )
-from trade_md.thermo import KB, reduced_potential
 
 T0 = 300.0
 
