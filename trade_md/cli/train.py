@@ -15,6 +15,7 @@ from typing import Any
 
 from trade_md.config import TrainConfig, deep_merge, load_recipe
 from trade_md.errors import InputError
+from trade_md.formats.checkpoint import CHECKPOINT_NAME
 from trade_md.progress import show_progress
 from trade_md.train import train
 
@@ -72,7 +73,7 @@ def _main(args: argparse.Namespace) -> int:
     last = summary["last"]
     shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith(("val", "ess", "boundary", "trade")))
     per_step = summary["seconds_per_step"]
-    print(f"wrote {run.out / 'checkpoint.pt'}: {summary['step']} steps ({summary['skipped_steps']} skipped), "
+    print(f"wrote {run.out / CHECKPOINT_NAME}: {summary['step']} steps ({summary['skipped_steps']} skipped), "
           f"{'no new steps' if per_step is None else f'{per_step * 1000:.1f} ms/step'}, "
           f"{summary.get('energy_evaluations_all_ranks', summary['energy_evaluations'])} energy evaluations; "
           f"{shown}")
