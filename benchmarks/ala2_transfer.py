@@ -1,14 +1,20 @@
 """Alanine dipeptide temperature transfer: train TRADE from 600 K data only, evaluate at 300-1000 K against MBAR.
 
+(A benchmark script of five subcommands, longer than a library module: each subcommand is short and they share
+the report format.)
+
 Steps (subcommands):
 
-- ``train``: a TRADE run with the library :class:`trade_md.train.Trainer` from a config file
-  (``systems/alanine_dipeptide/trade.yaml``) with overrides (``--steps``, ``--set KEY=VALUE`` for any TrainConfig
-  field, ``--device``); ``--minutes`` is a wall-time budget: the loop stops at the budget and writes its checkpoint
-  (the cosine schedule still runs to ``steps``, so choose ``steps`` to fit the budget). Writes
+- ``train``: a run with the library :class:`trade_md.trainer.Trainer` from a recipe
+  (``systems/alanine_dipeptide/trade.yaml``, or one of ``benchmarks/configs/``) with overrides (``--steps``,
+  ``--set KEY=VALUE`` for a nested setting such as ``schedule.learning_rate`` or ``objectives.tilt.span``, or a
+  flat key of the layout before the restructure such as ``learning_rate`` or ``tilt_weight``
+  (:func:`trade_md.config.apply_flat_overrides`), ``--device``); ``--minutes`` is a wall-time budget: the loop
+  stops at the budget and writes its checkpoint (the cosine schedule still runs to ``steps``, so choose ``steps``
+  to fit the budget). Writes
   ``<out>/checkpoint.pt``, ``<out>/summary.json`` (the Trainer's) and ``<out>/benchmark_train.json`` (wall time,
   steps, s/step, energy evaluations, machine).
-- ``evaluate``: loads the checkpoint (:func:`trade_md.train.load_generator`), draws ``--samples`` weighted samples
+- ``evaluate``: loads the checkpoint (:func:`trade_md.formats.checkpoint.load_generator`), draws ``--samples`` weighted samples
   at 300, 450, 600, 800 and 1000 K (:class:`trade_md.sampler.Sampler`, energies from
   :class:`trade_md.energy.EnergyBridge`) and reports per temperature: Kish ESS (%), ΔF = −k_B T ln(P(φ>0)/P(φ<0))
   in k_BT with a bootstrap error, its difference to the MBAR reference (k_BT and in combined standard errors),
@@ -54,9 +60,35 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trade_md.errors import InputError
-from trade_md.formats.files import atomic_write_path, write_json_atomic
-from trade_md.train import CHECKPOINT_NAME, TrainConfig, read_checkpoint
+from trade_md.analysis.metrics import (  # noqa: E402
+    bootstrap_delta_f,
+    ess_by_stratum,
+    ess_with_exact_masses,
+    js_divergence,
+    kish_ess,
+    kl_divergence,
+    ramachandran_histogram,
+    tilted_ess,
+)
+from trade_md.annealing import Annealing  # noqa: E402
+from trade_md.basins import BasinCalibration  # noqa: E402
+from trade_md.config import TrainConfig, apply_flat_overrides, deep_merge, load_recipe  # noqa: E402
+from trade_md.config.legacy import FLAT_KEYS  # noqa: E402
+from trade_md.energy import EnergyBridge  # noqa: E402
+from trade_md.errors import InputError  # noqa: E402
+from trade_md.features import cis_flags, peptide_bonds, ramachandran  # noqa: E402
+from trade_md.formats.checkpoint import (  # noqa: E402
+    CHECKPOINT_NAME,
+    SystemRecord,
+    load_generator,
+    read_checkpoint,
+)
+from trade_md.formats.dataset import load_dataset  # noqa: E402
+from trade_md.formats.files import atomic_write_path, write_json_atomic  # noqa: E402
+from trade_md.sampler import Sampler, parse_mixture  # noqa: E402
+from trade_md.thermo import kT  # noqa: E402
+from trade_md.train import generator_for  # noqa: E402
+from trade_md.trainer import Trainer  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "systems" / "alanine_dipeptide" / "trade.yaml"
 DEFAULT_REFERENCE = REPO / "systems" / "alanine_dipeptide" / "reference" / "summary.json"
@@ -102,18 +134,27 @@ def _parse_value(text: str) -> Any:
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig: the YAML file, then ``--set KEY=VALUE`` pairs, then the explicit flags."""
-    values = TrainConfig.from_yaml(args.config).to_dict()
+    """The TrainConfig: the recipe file, then ``--set KEY=VALUE`` pairs (a nested setting ``a.b.c``, or a flat key
+    of the layout before the restructure), then the explicit flags."""
+    values = load_recipe(args.config)
     for item in args.set or ():
         if "=" not in item:
-            raise InputError(f"--set {item!r} is not KEY=VALUE; e.g. --set grid_samples=1000")
-        key, text = item.split("=", 1)
-        values[key.strip()] = _parse_value(text)
-    for key, value in (("steps", args.steps), ("device", args.device), ("seed", args.seed), ("out", args.out),
-                       ("data", args.data)):
-        if value is not None:
-            values[key] = value
-    values["progress"] = False
+            raise InputError(f"--set {item!r} is not KEY=VALUE; e.g. --set grid.samples=1000")
+        key, text = (part.strip() for part in item.split("=", 1))
+        value = _parse_value(text)
+        if "." in key or key not in FLAT_KEYS:
+            for part in reversed(key.split(".")):
+                value = {part: value}
+            values = deep_merge(values, value)
+        else:
+            values = apply_flat_overrides(values, {key: value}, source=f"--set {key}")
+    flags = {"device": args.device, "seed": args.seed, "out": args.out}
+    values = deep_merge(values, {key: value for key, value in flags.items() if value is not None})
+    if args.steps is not None:
+        values = deep_merge(values, {"schedule": {"steps": args.steps}})
+    if args.data is not None:
+        values = deep_merge(values, {"data": {"path": args.data}})
+    values = deep_merge(values, {"monitor": {"progress": False}})
     return TrainConfig.from_dict(values, source=f"{args.config} + overrides")
 
 
@@ -122,17 +163,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def train(args: argparse.Namespace) -> int:
     """Run (or resume) TRADE training under a wall-time budget; see the module docs."""
-    from trade_md.energy import EnergyBridge
-    from trade_md.md import load_dataset
-    from trade_md.train import SystemRecord, Trainer, generator_for
-
     torch.set_num_threads(args.threads)
     wall_start = time.time()
     deadline = math.inf if args.minutes is None else time.perf_counter() + 60.0 * args.minutes
     config = build_config(args)
-    dataset = load_dataset(config.data)
-    config = dataclasses.replace(config, reference_temperature=float(dataset.temperature))
-    config.validate()
+    dataset = load_dataset(config.data.path)
+    config = config.updated({"temperatures": {"reference": float(dataset.temperature)}})
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     record = SystemRecord.of(dataset.system)
@@ -157,9 +193,9 @@ def train(args: argparse.Namespace) -> int:
         info["previous_sessions"] = [{"seconds": args.prior_seconds, "last_step": int(checkpoint["step"]),
                                       "energy_evaluations": int(checkpoint["energy_evaluations"]),
                                       "note": "interrupted session; seconds from --prior-seconds"}]
-    print(f"[train] {out}: steps {config.steps}, budget {args.minutes} min, device {config.device}, flow "
+    print(f"[train] {out}: steps {config.schedule.steps}, budget {args.minutes} min, device {config.device}, flow "
           f"{config.flow}", flush=True)
-    with EnergyBridge(dataset.system, n_workers=config.energy_workers, platform=config.energy_platform) as bridge:
+    with EnergyBridge(dataset.system, n_workers=config.energy.workers, platform=config.energy.platform) as bridge:
         trainer = Trainer(generator, config, record, potential=bridge.potential, data=positions, out=out)
         if checkpoint is not None:
             trainer.load_state(checkpoint, f"checkpoint {out}")
@@ -168,10 +204,11 @@ def train(args: argparse.Namespace) -> int:
         last_print = start
         stopped_by = "steps"
         # the timing window skips the first TRADE steps (one-off warm-up of the double-backward kernels on GPUs)
-        fit_at = (max(config.trade_start, trainer.step) + FIT_WARMUP + args.fit_window) if args.fit_steps else None
+        transfer_start = min((o.start for o in trainer.objectives if o.acts_away_from_t0), default=0)
+        fit_at = (max(transfer_start, trainer.step) + FIT_WARMUP + args.fit_window) if args.fit_steps else None
         fit_mark: tuple[float, int, float] | None = None
         fitted_steps = None
-        while trainer.step < config.steps:
+        while trainer.step < config.schedule.steps:
             if time.perf_counter() >= deadline:
                 stopped_by = "time budget"
                 break
@@ -181,10 +218,10 @@ def train(args: argparse.Namespace) -> int:
             if fit_mark is not None and trainer.step == fit_at:
                 fitted_steps = fit_steps_to_budget(trainer, fit_mark, deadline)
                 fit_mark = None
-            if trainer.step % config.validate_every == 0:
+            if trainer.step % config.monitor.validate_every == 0:
                 shown = {**trainer.validate(), **trainer.grid_report()}
                 trainer.history.append({"step": trainer.step, **terms, **shown})
-            if trainer.step % config.checkpoint_every == 0:
+            if trainer.step % config.monitor.checkpoint_every == 0:
                 trainer.save_checkpoint()
             now = time.perf_counter()
             if now - last_print >= args.print_every:
@@ -192,7 +229,7 @@ def train(args: argparse.Namespace) -> int:
                 rate = (trainer.step - start_step) / (now - start)
                 shown = {k: v for k, v in (trainer.history[-1] if trainer.history else {}).items()
                          if k.startswith(("ess", "val"))}
-                print(f"[train] step {trainer.step}/{config.steps} {rate:.2f} steps/s  "
+                print(f"[train] step {trainer.step}/{config.schedule.steps} {rate:.2f} steps/s  "
                       + "  ".join(f"{k} {v:.4g}" for k, v in terms.items())
                       + ("  |  " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()) if shown else ""),
                       flush=True)
@@ -231,10 +268,10 @@ def train(args: argparse.Namespace) -> int:
 
 
 def fit_steps_to_budget(trainer: Any, mark: tuple[float, int, float], deadline: float) -> int:
-    """Set ``trainer.config.steps`` so that the run ends at the wall-time deadline.
+    """Set ``trainer.config.schedule.steps`` so that the run ends at the wall-time deadline.
 
     mark: (time, step, refresh seconds) at the start of a window of TRADE steps that ends now. The cost of a step
-    is the window's time without grid refreshes plus the mean refresh time / ``grid_refresh_every``; the cosine
+    is the window's time without grid refreshes plus the mean refresh time / ``grid.refresh_every``; the cosine
     schedule then decays over the steps that fit (5 % margin).
     """
     now = time.perf_counter()
@@ -242,39 +279,17 @@ def fit_steps_to_budget(trainer: Any, mark: tuple[float, int, float], deadline: 
     window = trainer.step - step
     per_step = (now - start - (trainer.refresh_seconds - refresh_seconds)) / window
     per_refresh = trainer.refresh_seconds / max(trainer.refreshes, 1)
-    if trainer.config.grid_refresh_every > 0:
-        per_step += per_refresh / trainer.config.grid_refresh_every
+    every = trainer.config.grid.refresh_every
+    if every > 0:
+        per_step += per_refresh / every
     steps = trainer.step + max(int(0.95 * (deadline - now) / per_step), 1)
-    trainer.config.steps = steps
+    trainer.config.schedule.steps = steps
     print(f"[train] fitted the schedule to the budget: {per_step:.4f} s/step (refresh {per_refresh:.2f} s every "
-          f"{trainer.config.grid_refresh_every}) -> steps = {steps}", flush=True)
+          f"{every}) -> steps = {steps}", flush=True)
     return steps
 
 
 # --------------------------------------------------------------------------------------------------- evaluate
-
-
-def backbone_angles(topology: Any, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(φ, ψ) ``[n]`` radians of the ACE-ALA-NME backbone; positions ``[n, atoms, 3]`` nm."""
-    import mdtraj
-
-    top = mdtraj.Topology.from_openmm(topology)
-    trajectory = mdtraj.Trajectory(np.asarray(positions, dtype=np.float32), top)
-    _, phi = mdtraj.compute_phi(trajectory)
-    _, psi = mdtraj.compute_psi(trajectory)
-    return phi[:, 0].astype(np.float64), psi[:, 0].astype(np.float64)
-
-
-def cis_peptide_bonds(topology: Any, positions: np.ndarray) -> np.ndarray:
-    """``[n, 2]`` booleans: the ACE-ALA and ALA-NME peptide bonds cis (|ω| < 90°; ω = CH3-C-N-CA and CA-C-N-C);
-    positions ``[n, atoms, 3]`` nm."""
-    import mdtraj
-
-    index = {(atom.residue.name, atom.name): atom.index for atom in topology.atoms()}
-    quadruplets = [[index["ACE", "CH3"], index["ACE", "C"], index["ALA", "N"], index["ALA", "CA"]],
-                   [index["ALA", "CA"], index["ALA", "C"], index["NME", "N"], index["NME", "C"]]]
-    trajectory = mdtraj.Trajectory(np.asarray(positions, dtype=np.float32), mdtraj.Topology.from_openmm(topology))
-    return np.abs(mdtraj.compute_dihedrals(trajectory, quadruplets)) < 0.5 * math.pi
 
 
 def basin_labels(phi: np.ndarray, cis: np.ndarray) -> np.ndarray:
@@ -308,25 +323,12 @@ def reference_at(reference: dict[str, Any], temperature: float) -> dict[str, Any
 
 def evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained run against the MBAR reference; see the module docs."""
-    from trade_md.annealing import Annealing
-    from trade_md.basins import BasinCalibration
-    from trade_md.energy import EnergyBridge
-    from trade_md.analysis.metrics import (
-        bootstrap_delta_f,
-        ess_by_stratum,
-        ess_with_exact_masses,
-        js_divergence,
-        kl_divergence,
-        ramachandran_histogram,
-    )
-    from trade_md.sampler import Sampler, parse_mixture
-    from trade_md.train import load_generator
-    from trade_md.thermo import kT
-
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     mixture_ratios = parse_mixture(args.mixture_ratio, option="--mixture-ratio")
-    generator, system, config = load_generator(args.run, device=args.device)
+    model = load_generator(args.run, device=args.device)
+    generator, system = model.generator, model.system
+    t_0 = generator.reference_temperature
     calibration = None if args.calibration is None else BasinCalibration.load(args.calibration)
     annealing = None if args.anneal is None else Annealing.parse(args.anneal)
     checkpoint = read_checkpoint(args.run)
@@ -336,7 +338,7 @@ def evaluate(args: argparse.Namespace) -> int:
     results = []
     with EnergyBridge(system, n_workers=args.energy_workers, platform=args.platform) as bridge:
         sampler = Sampler(generator, bridge.energies,
-                          temperature_range=(config.temperature_min, config.temperature_max),
+                          temperature_range=model.trained_range or (t_0, t_0),
                           topology=system.topology, calibration=calibration)
         for temperature in args.temperatures:
             t0 = time.perf_counter()
@@ -344,7 +346,7 @@ def evaluate(args: argparse.Namespace) -> int:
             mixture = [(ratio * temperature, fraction) for ratio, fraction in mixture_ratios]
             samples = sampler.sample(args.samples, temperature, batch_size=args.batch_size, progress=False,
                                      mixture=mixture, annealing=annealing)
-            phi, psi = backbone_angles(system.topology, samples.positions)
+            phi, psi = ramachandran(system.topology, samples.positions)
             weights = samples.weights
             ref = reference_at(reference, temperature)
             delta_f, delta_f_err = bootstrap_delta_f(phi, temperature, samples.log_weights,
@@ -358,7 +360,7 @@ def evaluate(args: argparse.Namespace) -> int:
             energies = np.where(finite, samples.energies, 0.0)
             mean_energy = float(np.sum(weights * energies))  # self-normalised IS; its delta-method standard error:
             mean_energy_err = float(np.sqrt(np.sum(weights**2 * (energies - mean_energy) ** 2)))
-            cis = cis_peptide_bonds(system.topology, samples.positions)
+            cis = cis_flags(samples.positions, peptide_bonds(system.topology))
             strata = ess_by_stratum(samples.log_weights, basin_labels(phi, cis))
             entry = {
                 "temperature_K": temperature,
@@ -432,7 +434,7 @@ def evaluate(args: argparse.Namespace) -> int:
                                   "error: bootstrap standard error; sigma: diff / sqrt(err^2 + ref_sem^2)",
                        "dropped": "wrong-chirality and non-finite-energy samples get weight 0"},
         "training": {
-            "config": config.to_dict(),
+            "config": model.config,
             "steps": int(checkpoint["step"]),
             "skipped_steps": int(checkpoint["skipped_steps"]),
             "energy_evaluations": int(checkpoint["energy_evaluations"]),
@@ -500,17 +502,12 @@ def print_table(report: dict[str, Any]) -> None:
 
 def tilt(args: argparse.Namespace) -> int:
     """Print and write the ESS of the exact tilt of the model at T0 (TRADE's fixed point) at each temperature."""
-    from trade_md.energy import EnergyBridge
-    from trade_md.analysis.metrics import kish_ess, tilted_ess
-    from trade_md.sampler import Sampler
-    from trade_md.train import load_generator
-
     torch.set_num_threads(args.threads)
-    generator, system, config = load_generator(args.run)
+    model = load_generator(args.run)
+    generator, system = model.generator, model.system
     t0 = generator.reference_temperature
     with EnergyBridge(system, n_workers=args.energy_workers, platform=args.platform) as bridge:
-        sampler = Sampler(generator, bridge.energies, temperature_range=(config.temperature_min or t0,
-                                                                         config.temperature_max or t0),
+        sampler = Sampler(generator, bridge.energies, temperature_range=model.trained_range or (t0, t0),
                           topology=system.topology)
         torch.manual_seed(args.seed)
         samples = sampler.sample(args.samples, t0, batch_size=args.batch_size, progress=False)
@@ -566,8 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="step", required=True)
     p = sub.add_parser("train", help="train TRADE (wall-time budget, resume)")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML of TrainConfig fields")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field (YAML value)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (trade_md.config.TrainConfig)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting (YAML value): nested (schedule.learning_rate) or a flat key of the "
+                        "layout before the restructure (learning_rate)")
     p.add_argument("--steps", type=int, help="total optimiser steps (cosine schedule length)")
     p.add_argument("--minutes", type=float, help="wall-time budget; stops there and writes the checkpoint")
     p.add_argument("--out", default="runs/ala2_transfer", help="run directory")

@@ -14,9 +14,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from trade_md.config import TrainConfig, deep_merge
 from trade_md.distributed import init_from_environment, launched_by_torchrun
+from trade_md.formats.checkpoint import SystemRecord, read_checkpoint
 from trade_md.toys import DoubleWell1D, kl_divergence, toy_generator
-from trade_md.train import SystemRecord, TrainConfig, Trainer, read_checkpoint
+from trade_md.trainer import Trainer
 
 T0 = 300.0
 TEMPERATURES = (150.0, 300.0, 600.0)
@@ -27,20 +29,21 @@ PARAMETER_TOLERANCE = 1e-9
 measured 7e-15 for the parameters, 7e-16 relative for E[U])."""
 
 
-def _config(**overrides: Any) -> TrainConfig:
+def _config(overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Double well, NLL + reverse-KL boundary, TRADE and the range KL from step 10; global batch sizes, odd so
     that 2 ranks get unequal shares (127/128, 32/33, ...)."""
     values: dict[str, Any] = {
-        "mode": "trade", "temperature_min": 150.0, "temperature_max": 600.0, "steps": STEPS, "batch_size": 255,
-        "trade_batch_size": 126, "kl_weight": 0.5, "kl_range_weight": 0.2, "kl_batch_size": 65, "trade_start": 10,
-        "trade_ramp": 20,
-        "grid_nodes": 7, "grid_samples": 1023,
-        "grid_refresh_every": 10, "causality_epsilon": 0.5, "learning_rate": 3e-3, "lr_schedule": "constant",
-        "validate_every": STEPS, "checkpoint_every": STEPS, "progress": False, "seed": 0, "dtype": "float64",
-        "ess_samples": 0,                                   # rank 0's validation ESS would count extra energies
+        "mode": "trade", "seed": 0, "dtype": "float64", "temperatures": {"range": [150.0, 600.0]},
         "flow": {"n_layers": 2, "hidden": 16, "n_bins": 8},
+        "schedule": {"steps": STEPS, "learning_rate": 3e-3, "lr_schedule": "constant"},
+        "objectives": {"nll": {"batch_size": 255}, "kl": {"weight": 0.5, "batch_size": 65},
+                       "trade": {"start": 10, "ramp": 20, "batch_size": 126, "causality_epsilon": 0.5},
+                       "kl_range": {"weight": 0.2, "start": 10, "ramp": 20, "batch_size": 65}},
+        "grid": {"nodes": 7, "samples": 1023, "refresh_every": 10},
+        "monitor": {"validate_every": STEPS, "checkpoint_every": STEPS, "progress": False,
+                    "ess_samples": 0},              # rank 0's validation ESS would count extra energies
     }
-    return TrainConfig(**{**values, **overrides})
+    return TrainConfig.from_dict(deep_merge(values, overrides or {}))
 
 
 def _trainer(config: TrainConfig, out: Path | None = None, distributed: Any = None) -> Trainer:
@@ -80,7 +83,7 @@ def _worker(rank: int, world_size: int, port: int, folder: str) -> None:
         result = _result(trainer, time.perf_counter() - start)
         result["summary"] = summary
 
-        half = _trainer(_config(steps=RESUME_AT), Path(folder) / "half", context)
+        half = _trainer(_config({"schedule": {"steps": RESUME_AT}}), Path(folder) / "half", context)
         half.run()                      # rank 0 writes half/checkpoint.pt before the run's final all_reduce
         resumed = _trainer(_config(), Path(folder) / "resumed", context)
         resumed.load_state(read_checkpoint(Path(folder) / "half"), "checkpoint")
@@ -112,7 +115,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         start = time.perf_counter()
         single.run()
         reference = _result(single, time.perf_counter() - start)
-        other = _trainer(_config(seed=1))                  # the same model and batch sizes, another random stream
+        other = _trainer(_config({"seed": 1}))             # the same model and batch sizes, another random stream
         other.run()
         switched = _trainer(_config())                     # the 2-process checkpoint at RESUME_AT, continued on one
         switched.load_state(read_checkpoint(folder / "half"), "checkpoint")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from trade_md.errors import InputError
+from trade_md.thermo import KB
 from trade_md.toys import (
     TOYS,
     DoubleWell1D,
@@ -20,7 +21,6 @@ from trade_md.toys import (
     toy_from_spec,
     toy_generator,
 )
-from trade_md.thermo import KB
 
 ALL_TOYS = [DoubleWell1D(), DoubleWell2D(), HarmonicOscillator()]
 

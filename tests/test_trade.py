@@ -1,4 +1,5 @@
-"""TRADE building blocks: energy capping, importance estimates and ESS, the residual, the expectation grid."""
+"""TRADE building blocks (trade_md.trade): energy capping, importance estimates and ESS, the residual; and the
+expectation grid (trade_md.objectives.expectation_grid)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import math
 import pytest
 import torch
 
-from trade_md.errors import InputError
 from trade_md.analysis.metrics import kish_ess as numpy_kish_ess
+from trade_md.errors import InputError
+from trade_md.objectives.expectation_grid import ExpectationGrid
+from trade_md.thermo import KB, reduced_potential
 from trade_md.toys import DoubleWell1D, DoubleWell2D, HarmonicOscillator, ToySystem
 from trade_md.trade import (
     NONFINITE_EXCESS,
-    ExpectationGrid,
     cap_reduced_energy,
     centred_trade_residual,
     group_means,
@@ -23,11 +25,9 @@ from trade_md.trade import (
     kish_ess,
     log_temperature_derivative,
     ramp,
-    reduced_energy,
     sample_log_uniform,
     trade_residual,
 )
-from trade_md.thermo import KB
 
 T0 = 300.0
 
@@ -66,7 +66,7 @@ def test_cap_makes_everything_finite_with_finite_gradients() -> None:
 
 def test_reduced_energy_divides_by_kt() -> None:
     energy = torch.tensor([2.0, -3.0], dtype=torch.float64)
-    torch.testing.assert_close(reduced_energy(energy, 400.0), energy / (KB * 400.0))
+    torch.testing.assert_close(cap_reduced_energy(reduced_potential(energy, 400.0)), energy / (KB * 400.0))
 
 
 # ----------------------------------------------------------------------------------------------- ESS, estimates

@@ -1,9 +1,9 @@
-"""The trainer: configs, checkpoints and exact resume, safety, CLI, and TRADE transfer on exactly solvable toys."""
+"""The trainer: checkpoints and exact resume (also from checkpoints written before the restructure), safety, CLI,
+and TRADE transfer on exactly solvable toys. Configs: tests/test_config.py."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -11,9 +11,14 @@ from typing import Any
 import pytest
 import torch
 
-import trade_md.train as train_module
+import trade_md.trainer as trainer_module
 from trade_md.cli import build_parser, main
+from trade_md.cli.train import config_from_args
+from trade_md.config import TrainConfig, deep_merge
+from trade_md.config.legacy import FLAT_KEYS
 from trade_md.errors import InputError, SystemMismatchError
+from trade_md.flows import Generator
+from trade_md.formats.checkpoint import SystemRecord, load_generator, read_checkpoint, trained_range
 from trade_md.toys import (
     DoubleWell1D,
     HarmonicOscillator,
@@ -22,106 +27,29 @@ from trade_md.toys import (
     toy_generator,
 )
 from trade_md.trade import integrate_free_energy
-from trade_md.train import (
-    SystemRecord,
-    TrainConfig,
-    Trainer,
-    config_from_args,
-    generator_for,
-    load_generator,
-    read_checkpoint,
-    split_frames,
-)
+from trade_md.train import generator_for
+from trade_md.trainer import Trainer
 
 T0 = 300.0
 REPO = Path(__file__).resolve().parents[1]
 
 
-# ----------------------------------------------------------------------------------------------- config
-
-
-def test_defaults_validate_and_round_trip() -> None:
-    config = TrainConfig()
-    config.validate()
-    assert TrainConfig.from_dict(config.to_dict()) == config
-
-
-def test_unknown_config_keys_are_named(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="unknown key.*learning_rat, stepz"):
-        TrainConfig.from_dict({"stepz": 5, "learning_rat": 1e-3, "steps": 3})
-    file = tmp_path / "bad.yaml"
-    file.write_text("mode: nll\nbatchsize: 12\n")
-    with pytest.raises(InputError, match=f"{file}.*batchsize"):
-        TrainConfig.from_yaml(file)
-    with pytest.raises(InputError, match="does not exist"):
-        TrainConfig.from_yaml(tmp_path / "missing.yaml")
-
-
-@pytest.mark.parametrize(
-    ("values", "message"),
-    [
-        ({"mode": "mle"}, "mode"),
-        ({"learning_rate": -1.0}, "learning_rate"),
-        ({"steps": 0}, "steps"),
-        ({"validation_fraction": 1.5}, "validation_fraction"),
-        ({"mode": "trade"}, "temperature_min and temperature_max"),
-        ({"mode": "trade", "temperature_min": 600.0, "temperature_max": 300.0}, "temperature_min"),
-        ({"mode": "trade", "temperature_min": 200.0, "temperature_max": 600.0, "nll_weight": 0.0}, "boundary"),
-        ({"dtype": "float16"}, "dtype"),
-        ({"expectation": "mean"}, "expectation"),
-        ({"expectation": "grid", "grid_refresh_every": 0}, "grid_refresh_every"),
-        ({"trade_energy_cap": -5.0}, "trade_energy_cap"),
-        ({"trade_temperatures": 0}, "trade_temperatures"),
-        ({"trainable": "context"}, "trainable"),
-        ({"trainable": "temperature"}, "'all' in mode nll"),
-        ({"mode": "trade", "temperature_min": 300.0, "temperature_max": 900.0, "tilt_span": [200.0, 600.0]},
-         "tilt_span"),
-        ({"mode": "trade", "temperature_min": 300.0, "temperature_max": 900.0, "kl_range_span": [600.0]},
-         "kl_range_span"),
-        ({"mode": "trade", "temperature_min": 300.0, "temperature_max": 900.0, "fkl_range_span": [600.0, 950.0]},
-         "fkl_range_span"),
-        ({"fkl_range_weight": -1.0}, "fkl_range_weight"),
-        ({"reweighted_nll_weight": -1.0}, "reweighted_nll_weight"),
-        ({"mode": "trade", "temperature_min": 300.0, "temperature_max": 900.0, "reweighted_nll_span": [250.0, 600.0]},
-         "reweighted_nll_span"),
-    ],
-)
-def test_bad_config_values_raise_input_error(values: dict, message: str) -> None:
-    with pytest.raises(InputError, match=message):
-        TrainConfig.from_dict(values)
-
-
-def test_alanine_dipeptide_configs_parse() -> None:
-    trade = TrainConfig.from_yaml(REPO / "systems" / "alanine_dipeptide" / "trade.yaml")
-    assert trade.mode == "trade" and (trade.temperature_min, trade.temperature_max) == (280.0, 1050.0)
-    assert trade.reference_temperature in (None, 600.0) and trade.data is not None and trade.nll_weight > 0
-    nll = TrainConfig.from_yaml(REPO / "systems" / "alanine_dipeptide" / "nll.yaml")
-    assert nll.mode == "nll" and nll.reference_temperature in (None, 600.0)
-    benchmark_configs = sorted((REPO / "benchmarks" / "configs").glob("*.yaml"))
-    assert benchmark_configs
-    for path in benchmark_configs:                     # the benchmark recipes stay valid configs
-        assert TrainConfig.from_yaml(path).reference_temperature == 600.0
-
-
-def test_split_frames_holds_out_the_last_frames() -> None:
-    config = TrainConfig(validation_fraction=0.25, data_stride=2)
-    train, validation = split_frames(torch.arange(16), config)
-    assert train.tolist() == [0, 2, 4, 6, 8, 10] and validation.tolist() == [12, 14]
-    with pytest.raises(InputError, match="none for training"):
-        split_frames(torch.arange(1), TrainConfig(validation_fraction=1.0))
-
-
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _small_config(**overrides: object) -> TrainConfig:
-    values: dict[str, object] = {
-        "mode": "trade", "temperature_min": 150.0, "temperature_max": 600.0, "steps": 12, "batch_size": 64,
-        "kl_batch_size": 32, "kl_weight": 0.5, "trade_batch_size": 64, "trade_start": 2, "trade_ramp": 4,
-        "grid_nodes": 5, "grid_samples": 200, "grid_refresh_every": 4, "validate_every": 3, "checkpoint_every": 6,
-        "learning_rate": 1e-3, "progress": False, "seed": 3, "flow": {"n_layers": 2, "hidden": 16, "n_bins": 8},
-    }
-    return TrainConfig(**{**values, **overrides})
+SMALL: dict[str, Any] = {
+    "mode": "trade", "seed": 3, "temperatures": {"range": [150.0, 600.0]},
+    "flow": {"n_layers": 2, "hidden": 16, "n_bins": 8}, "schedule": {"steps": 12, "learning_rate": 1e-3},
+    "objectives": {"nll": {"batch_size": 64}, "kl": {"weight": 0.5, "batch_size": 32},
+                   "trade": {"start": 2, "ramp": 4, "batch_size": 64}},
+    "grid": {"nodes": 5, "samples": 200, "refresh_every": 4},
+    "monitor": {"validate_every": 3, "checkpoint_every": 6, "progress": False},
+}
+
+
+def _small_config(overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A short double-well TRADE run (NLL + reverse KL boundary, TRADE from step 2) with nested ``overrides``."""
+    return TrainConfig.from_dict(deep_merge(SMALL, overrides or {}))
 
 
 def _trainer(toy: ToySystem, config: TrainConfig, out: Path | None = None, data: torch.Tensor | None = None,
@@ -140,7 +68,7 @@ def _trainer(toy: ToySystem, config: TrainConfig, out: Path | None = None, data:
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
     toy = DoubleWell1D()
     config = _small_config()
-    uninterrupted = _trainer(toy, dataclasses.replace(config, out=str(tmp_path / "a")), tmp_path / "a")
+    uninterrupted = _trainer(toy, config.updated({"out": str(tmp_path / "a")}), tmp_path / "a")
     uninterrupted.run()
 
     killed = _trainer(toy, config, tmp_path / "b")
@@ -151,7 +79,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
 
     checkpoint = read_checkpoint(tmp_path / "b")
     assert checkpoint["step"] == 7
-    generator = train_module.Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"])
+    generator = Generator.from_config(checkpoint["generator_config"], checkpoint["model_state"])
     resumed = _trainer(toy, config, tmp_path / "b", generator=generator)
     resumed.load_state(checkpoint, "checkpoint b")
     resumed.run()
@@ -166,13 +94,14 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
     final = read_checkpoint(tmp_path / "a")
     assert final["step"] == 12 and final["system"]["name"] == "double-well-1d"
     assert final["normalisation"] == {"type": "box", "low": [-1.7], "high": [1.7]}
+    assert final["trained_range"] == [150.0, 600.0] and trained_range(final) == (150.0, 600.0)
     assert (tmp_path / "a" / "summary.json").is_file()
 
 
 def test_best_checkpoint_is_the_refresh_with_the_highest_lowest_ess(tmp_path: Path) -> None:
     """<out>/best/ holds the model of the refresh whose lowest node ESS was the highest so far; it loads."""
     toy = DoubleWell1D()
-    trainer = _trainer(toy, _small_config(steps=24), tmp_path)
+    trainer = _trainer(toy, _small_config({"schedule": {"steps": 24}}), tmp_path)
     lowest_by_step = {}
     while trainer.step < 24:
         trainer.train_step()
@@ -182,8 +111,53 @@ def test_best_checkpoint_is_the_refresh_with_the_highest_lowest_ess(tmp_path: Pa
     step, value = max(lowest_by_step.items(), key=lambda item: (item[1], -item[0]))
     assert len(lowest_by_step) >= 3 and best["best_ess"] == value == trainer.best_ess
     assert best["step"] == step                                   # saved when that refresh ran (before its step)
-    generator, _, _ = load_generator(tmp_path / "best", system=toy)
+    generator = load_generator(tmp_path / "best", system=toy).generator
     assert generator.log_prob(torch.zeros(1, 1), 300.0).isfinite().all()
+
+
+FLAT_SMALL: dict[str, Any] = {
+    **{key: default for key, (default, _) in FLAT_KEYS.items()}, "expectation": "centred",
+    "mode": "trade", "temperature_min": 150.0, "temperature_max": 600.0, "steps": 12, "batch_size": 64,
+    "kl_batch_size": 32, "kl_weight": 0.5, "trade_batch_size": 64, "trade_start": 2, "trade_ramp": 4,
+    "grid_nodes": 5, "grid_samples": 200, "grid_refresh_every": 4, "validate_every": 3, "checkpoint_every": 6,
+    "learning_rate": 1e-3, "progress": False, "seed": 3, "flow": {"n_layers": 2, "hidden": 16, "n_bins": 8},
+}
+"""The flat TrainConfig that the trainer before the restructure stored for SMALL (every key, as it wrote them)."""
+
+
+def _as_written_before_the_restructure(path: Path, flat: dict[str, Any]) -> None:
+    """Rewrite the checkpoint at ``path`` as the trainer before the restructure wrote it: the flat config, no
+    trained_range (the rest of the payload is unchanged)."""
+    checkpoint = read_checkpoint(path)
+    checkpoint["config"] = flat
+    del checkpoint["trained_range"]
+    torch.save(checkpoint, path / "checkpoint.pt")
+
+
+def test_a_checkpoint_written_before_the_restructure_resumes_exactly(tmp_path: Path) -> None:
+    """--resume from a checkpoint with the flat config continues bit for bit (its config is converted and compared
+    with the run's); loading it for sampling gives its trained range."""
+    toy = DoubleWell1D()
+    config = _small_config()
+    assert config == TrainConfig.from_dict(FLAT_SMALL)
+    uninterrupted = _trainer(toy, config)
+    uninterrupted.run()
+    killed = _trainer(toy, config, tmp_path)
+    for _ in range(7):
+        killed.train_step()
+    killed.save_checkpoint()
+    _as_written_before_the_restructure(tmp_path, FLAT_SMALL)
+    old = read_checkpoint(tmp_path)
+    assert load_generator(tmp_path, system=toy).trained_range == (150.0, 600.0) == trained_range(old)
+    resumed = _trainer(toy, config, generator=Generator.from_config(old["generator_config"], old["model_state"]))
+    resumed.load_state(old, "old checkpoint")
+    resumed.run()
+    for name, value in uninterrupted.generator.state_dict().items():
+        assert torch.equal(value, resumed.generator.state_dict()[name]), name
+    with pytest.raises(InputError, match=r"schedule\.learning_rate: 0\.002 -> 0\.001"):
+        _trainer(toy, config).load_state({**old, "config": {**FLAT_SMALL, "learning_rate": 2e-3}}, "old checkpoint")
+    with pytest.raises(InputError, match="fkl_range.*removed"):
+        _trainer(toy, config).load_state({**old, "config": {**FLAT_SMALL, "fkl_range_weight": 1.0}}, "old")
 
 
 def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
@@ -191,30 +165,32 @@ def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
     trainer = _trainer(toy, _small_config(), tmp_path)
     trainer.train_step()
     trainer.save_checkpoint()
-    changed = _trainer(toy, _small_config(learning_rate=5e-3, steps=40))
+    changed = _trainer(toy, _small_config({"schedule": {"learning_rate": 5e-3, "steps": 40}}))
     with pytest.raises(InputError, match=r"learning_rate: 0\.001 -> 0\.005"):
         changed.load_state(read_checkpoint(tmp_path), "checkpoint")
 
 
 def test_foreign_checkpoint_raises_system_mismatch(tmp_path: Path) -> None:
     toy = DoubleWell1D()
-    trainer = _trainer(toy, _small_config(steps=2), tmp_path)
+    trainer = _trainer(toy, _small_config({"schedule": {"steps": 2}}), tmp_path)
     trainer.run()
     with pytest.raises(SystemMismatchError, match="double-well-1d.*harmonic-oscillator"):
         load_generator(tmp_path, system=HarmonicOscillator())
     with pytest.raises(SystemMismatchError, match="barrier"):
         load_generator(tmp_path, system=DoubleWell1D(barrier=9.0))
-    other = _trainer(HarmonicOscillator(), _small_config(flow={"n_layers": 2, "hidden": 16, "n_bins": 8}))
+    other = _trainer(HarmonicOscillator(), _small_config({"flow": {"n_layers": 2, "hidden": 16, "n_bins": 8}}))
     with pytest.raises(SystemMismatchError, match="double-well-1d"):
         other.load_state(read_checkpoint(tmp_path), "checkpoint")
 
 
 def test_load_generator_rebuilds_the_trained_model(tmp_path: Path) -> None:
     toy = DoubleWell1D()
-    trainer = _trainer(toy, _small_config(steps=4), tmp_path)
+    trainer = _trainer(toy, _small_config({"schedule": {"steps": 4}}), tmp_path)
     trainer.run()
-    generator, system, config = load_generator(tmp_path, system=DoubleWell1D())
-    assert isinstance(system, DoubleWell1D) and config == trainer.config and not generator.training
+    model = load_generator(tmp_path, system=DoubleWell1D())
+    generator = model.generator
+    assert isinstance(model.system, DoubleWell1D) and model.config == trainer.config.to_dict()
+    assert model.steps == 4 and model.trained_range == (150.0, 600.0) and not generator.training
     x = toy.sample(50, 400.0, generator=torch.Generator().manual_seed(2)).float()
     with torch.no_grad():
         torch.testing.assert_close(generator.log_prob(x, 400.0), trainer.generator.log_prob(x, 400.0))
@@ -228,13 +204,13 @@ def test_load_generator_rebuilds_the_trained_model(tmp_path: Path) -> None:
 def test_non_finite_steps_are_skipped_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     toy = DoubleWell1D()
     data = torch.full((100, 1), float("nan"), dtype=torch.float64)
-    trainer = _trainer(toy, _small_config(mode="nll", validation_fraction=0.0), data=data)
+    trainer = _trainer(toy, _small_config({"mode": "nll", "data": {"validation_fraction": 0.0}}), data=data)
     before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
     for _ in range(3):
         assert trainer.train_step()["skipped"] == 1.0
     assert trainer.skipped_steps == 3 and trainer.step == 3
     assert all(torch.equal(v, trainer.generator.state_dict()[k]) for k, v in before.items())
-    monkeypatch.setattr(train_module, "MAX_CONSECUTIVE_SKIPS", 5)
+    monkeypatch.setattr(trainer_module, "MAX_CONSECUTIVE_SKIPS", 5)
     with pytest.raises(InputError, match="diverged"):
         for _ in range(3):
             trainer.train_step()
@@ -247,7 +223,9 @@ def test_infinite_energies_never_reach_the_optimizer() -> None:
         energy = toy.potential(x)
         return torch.where(x[:, 0] > 1.0, torch.full_like(energy, float("inf")), energy)
 
-    config = _small_config(steps=6, trade_start=0, trade_ramp=1, kl_weight=1.0, grid_refresh_every=2)
+    config = _small_config({"schedule": {"steps": 6}, "objectives": {"trade": {"start": 0, "ramp": 1},
+                                                                     "kl": {"weight": 1.0}},
+                            "grid": {"refresh_every": 2}})
     torch.manual_seed(config.seed)
     trainer = Trainer(toy_generator(toy, T0, **config.flow), config, SystemRecord.of(toy), potential=broken_potential,
                       data=toy.sample(500, T0, generator=torch.Generator().manual_seed(1)))
@@ -265,17 +243,18 @@ def test_trainer_checks_its_inputs() -> None:
     with pytest.raises(InputError, match="potential"):
         Trainer(generator, _small_config(), SystemRecord.of(toy), data=torch.zeros(10, 1))
     with pytest.raises(InputError, match="reference_temperature"):
-        Trainer(generator, _small_config(reference_temperature=350.0), SystemRecord.of(toy),
+        Trainer(generator, _small_config({"temperatures": {"reference": 350.0}}), SystemRecord.of(toy),
                 potential=toy.potential, data=torch.zeros(10, 1))
-    with pytest.raises(InputError, match="reweighted_nll_weight > 0 needs data"):
-        Trainer(generator, _small_config(nll_weight=0.0, kl_weight=1.0, reweighted_nll_weight=1.0),
+    with pytest.raises(InputError, match="reweighted_nll needs data"):
+        Trainer(generator, _small_config({"objectives": {"nll": None, "kl": {"weight": 1.0},
+                                                         "reweighted_nll": {"weight": 1.0}}}),
                 SystemRecord.of(toy), potential=toy.potential)
 
 
 def test_reverse_kl_boundary_learns_the_density_from_energies_alone() -> None:
     toy = HarmonicOscillator()
-    config = _small_config(steps=200, nll_weight=0.0, kl_weight=1.0, kl_batch_size=256, trade_weight=0.0,
-                           flow={"n_layers": 4, "hidden": 32, "n_bins": 16})
+    config = _small_config({"schedule": {"steps": 200}, "flow": {"n_layers": 4, "hidden": 32, "n_bins": 16},
+                            "objectives": {"nll": None, "kl": {"weight": 1.0, "batch_size": 256}, "trade": None}})
     trainer = _trainer(toy, config)
     before = kl_divergence(toy, trainer.generator.log_prob, T0)
     trainer.run()
@@ -289,11 +268,12 @@ def test_range_kl_learns_every_temperature_from_energies_alone() -> None:
     range; the T0-only reverse KL of the same run length leaves the ends off (it has no temperature signal).
     Measured: at most 0.050 nats over 150-600 K against 0.19 / 0.34 at 150 / 600 K for the T0-only run."""
     toy = HarmonicOscillator()
-    common = {"steps": 600, "nll_weight": 0.0, "kl_batch_size": 256, "trade_weight": 0.0, "trade_start": 0,
-              "trade_ramp": 1, "flow": {"n_layers": 4, "hidden": 32, "n_bins": 16}}
-    ranged = _trainer(toy, _small_config(kl_weight=0.0, kl_range_weight=1.0, **common))
+    common = {"schedule": {"steps": 600}, "flow": {"n_layers": 4, "hidden": 32, "n_bins": 16}}
+    ranged = _trainer(toy, _small_config({**common, "objectives": {
+        "nll": None, "kl": None, "trade": None, "kl_range": {"batch_size": 256, "start": 0, "ramp": 1}}}))
     ranged.run()
-    boundary = _trainer(toy, _small_config(kl_weight=1.0, **common))
+    boundary = _trainer(toy, _small_config({**common, "objectives": {
+        "nll": None, "kl": {"weight": 1.0, "batch_size": 256}, "trade": None}}))
     boundary.run()
     kls = {t: kl_divergence(toy, ranged.generator.log_prob, t) for t in (150.0, 300.0, 600.0)}
     ends = {t: kl_divergence(toy, boundary.generator.log_prob, t) for t in (150.0, 600.0)}
@@ -310,8 +290,16 @@ def test_cli_flags_override_the_config_file(tmp_path: Path) -> None:
     args = build_parser().parse_args(["train", "--config", str(file), "--steps", "7", "--seed", "4", "--out", "o1",
                                       "--no-progress"])
     config = config_from_args(args)
-    assert (config.mode, config.steps, config.seed, config.out, config.data, config.progress) == (
-        "trade", 7, 4, "o1", "d0", False)
+    assert (config.mode, config.schedule.steps, config.seed, config.out, config.data.path,
+            config.monitor.progress) == ("trade", 7, 4, "o1", "d0", False)
+    nested = tmp_path / "n.yaml"                                   # the nested layout, inheriting from a recipe
+    nested.write_text("base: alanine-dipeptide/trade\nschedule: {steps: 100}\nout: o0\n")
+    args = build_parser().parse_args(["train", "--config", str(nested), "--mode", "nll", "--temperature", "600",
+                                      "--data", "d1"])
+    config = config_from_args(args)
+    assert (config.mode, config.schedule.steps, config.temperatures.reference, config.data.path, config.out,
+            config.monitor.progress) == ("nll", 100, 600.0, "d1", "o0", True)
+    assert config.schedule.learning_rate == 3.0e-4 and config.flow["n_layers"] == 12
     args = build_parser().parse_args(["train", "--mode", "nll", "--data", "d"])
     with pytest.raises(InputError, match="--out"):
         config_from_args(args)
@@ -333,10 +321,10 @@ TRANSFER = {
     # and 0.31 without); raw: tolerance of the free-energy curve from the model's unweighted E_q[U] (measured
     # 0.077 / 0.031 and 0.19 / 0.17 with TRADE, 0.33 and 0.37 without; the oscillator's boundary model keeps ~1% of
     # its mass in tails above 8 k_B T, which biases E_q[U])
-    "double-well-1d": {"toy": DoubleWell1D(), "boundary": {"nll_weight": 1.0}, "steps": 600, "kl": 0.04,
+    "double-well-1d": {"toy": DoubleWell1D(), "boundary": {"nll": {"weight": 1.0}}, "steps": 600, "kl": 0.04,
                        "raw": 0.1},
-    "harmonic-2d": {"toy": HarmonicOscillator(), "boundary": {"nll_weight": 1.0, "kl_weight": 0.5}, "steps": 700,
-                    "kl": 0.1, "raw": 0.25},
+    "harmonic-2d": {"toy": HarmonicOscillator(), "boundary": {"nll": {"weight": 1.0}, "kl": {"weight": 0.5}},
+                    "steps": 700, "kl": 0.1, "raw": 0.25},
 }
 FREE_ENERGY_TOLERANCE = 0.02
 """Largest |error| of log Z(T) − log Z(T0) (nats) over the grid nodes, from the grid's importance-weighted E[U]
@@ -344,21 +332,24 @@ FREE_ENERGY_TOLERANCE = 0.02
 
 
 EXPECTATIONS = ("centred", "grid")
-"""How the TRADE target's E_T[u] is obtained (TrainConfig.expectation); both must transfer the toys."""
+"""How the TRADE target's E_T[u] is obtained (the trade objective's expectation); both must transfer the toys."""
 
 
 def _transfer_config(name: str, expectation: str | None) -> TrainConfig:
     """The toy transfer run; expectation None: the same run without the TRADE term."""
     spec = TRANSFER[name]
     steps = spec["steps"]
-    return TrainConfig(
-        mode="trade", temperature_min=150.0, temperature_max=600.0, steps=steps, batch_size=256,
-        trade_batch_size=256, trade_weight=0.0 if expectation is None else 1.0,
-        expectation=expectation or "centred", trade_start=steps // 6, trade_ramp=steps // 4,
-        grid_nodes=13, grid_samples=2000, grid_refresh_every=50, causality_epsilon=0.5, learning_rate=1e-3,
-        grad_clip=1.0, validate_every=steps, checkpoint_every=steps, progress=False, seed=0,
-        flow={"n_layers": 4, "hidden": 32, "n_bins": 16}, **spec["boundary"],
-    )
+    objectives = deep_merge({"nll": {"batch_size": 256}}, spec["boundary"])
+    if expectation is not None:
+        objectives["trade"] = {"weight": 1.0, "expectation": expectation, "start": steps // 6, "ramp": steps // 4,
+                               "batch_size": 256, "causality_epsilon": 0.5}
+    return TrainConfig.from_dict({
+        "mode": "trade", "seed": 0, "temperatures": {"range": [150.0, 600.0]},
+        "flow": {"n_layers": 4, "hidden": 32, "n_bins": 16},
+        "schedule": {"steps": steps, "learning_rate": 1e-3, "grad_clip": 1.0}, "objectives": objectives,
+        "grid": {"nodes": 13, "samples": 2000, "refresh_every": 50},
+        "monitor": {"validate_every": steps, "checkpoint_every": steps, "progress": False},
+    })
 
 
 @pytest.fixture(scope="module")
@@ -375,7 +366,7 @@ def trained() -> dict[tuple[str, str | None], Trainer]:
     toy = TRANSFER["harmonic-2d"]["toy"]
     data = toy.sample(20000, T0, generator=torch.Generator().manual_seed(1))
     config = _transfer_config("harmonic-2d", None)
-    config = dataclasses.replace(config, flow={**config.flow, "thermal_scaling": True})
+    config = config.updated({"flow": {"thermal_scaling": True}})
     torch.manual_seed(config.seed)
     generator = toy_generator(toy, T0, **config.flow)
     generator.initialise_thermal_scaling(data)
@@ -457,8 +448,9 @@ def test_temperature_only_training_keeps_t0_and_transfers(trained: dict) -> None
     generator = copy.deepcopy(start.generator)
     frozen = {key: value.clone() for key, value in generator.state_dict().items()}
     data = toy.sample(20000, T0, generator=torch.Generator().manual_seed(1))
-    config = dataclasses.replace(_transfer_config(name, "centred"), trainable="temperature", nll_weight=0.0,
-                                 steps=400, trade_start=0, trade_ramp=100, learning_rate=5e-3)
+    config = _transfer_config(name, "centred").updated({
+        "trainable": "temperature", "schedule": {"steps": 400, "learning_rate": 5e-3},
+        "objectives": {"nll": None, "trade": {"start": 0, "ramp": 100}}})
     trainer = _trainer(toy, config, data=data, generator=generator)
     trainer.run()
     assert torch.equal(trainer.generator.log_prob(data[:500], T0), start.generator.log_prob(data[:500], T0))
@@ -470,25 +462,24 @@ def test_temperature_only_training_keeps_t0_and_transfers(trained: dict) -> None
     assert after < 0.5 * before, (before, after)
 
 
-def _transfer_frozen_boundary(trained: dict, name: str, **terms: Any) -> dict[float, float]:
+def _transfer_frozen_boundary(trained: dict, name: str, terms: dict[str, Any]) -> dict[float, float]:
     """Temperature heads added to the toy's boundary-only model, trainable "temperature", 400 steps of the given
-    energy-only terms; checks that the model at T0 is the boundary's, bit for bit, and returns the KL per T."""
-    from trade_md.flows import Generator
-
+    objectives (each ramped in over 100 steps, 256 points per step); checks that the model at T0 is the
+    boundary's, bit for bit, and returns the KL per T."""
     toy, start = TRANSFER[name]["toy"], trained[name, None]
-    config = dataclasses.replace(_transfer_config(name, "centred"), trainable="temperature", nll_weight=0.0,
-                                 kl_weight=0.0, trade_weight=0.0, kl_batch_size=256, steps=400, trade_start=0,
-                                 trade_ramp=100, learning_rate=5e-3, **terms)
-    config.flow = {**config.flow, "temperature_head": True}
+    schedule = {"start": 0, "ramp": 100, "batch_size": 256}
+    config = _transfer_config(name, "centred").updated({
+        "trainable": "temperature", "flow": {"temperature_head": True},
+        "schedule": {"steps": 400, "learning_rate": 5e-3},
+        "objectives": {"nll": None, "kl": None, "trade": None,
+                       **{term: {**schedule, **settings} for term, settings in terms.items()}}})
     generator = Generator.from_config(start.generator.config(), start.generator.state_dict(),
                                       adding=["temperature_head"])
     data = toy.sample(20000, T0, generator=torch.Generator().manual_seed(1))
     trainer = _trainer(toy, config, data=data, generator=generator)
     trainer.run()
     assert torch.equal(trainer.generator.log_prob(data[:500], T0), start.generator.log_prob(data[:500], T0))
-    names = {"tilt_weight": "tilt", "kl_range_weight": "kl_range", "fkl_range_weight": "fkl_range",
-             "reweighted_nll_weight": "reweighted_nll"}
-    assert {names[key] for key in terms if key in names} == set(trainer.history[-1]) & set(names.values())
+    assert set(terms) == set(trainer.history[-1]) & {"tilt", "kl_range", "reweighted_nll"}
     return _max_kl(trainer, toy)
 
 
@@ -498,17 +489,8 @@ def test_tilt_below_and_range_kl_above_t0_transfer_a_frozen_boundary(trained: di
     """The split recipe: the tilt term over 150-300 K and the range KL over 300-600 K, no TRADE residual. Max KL
     over 150-600 K below 0.04 nats (measured 0.008 double well, 0.013 oscillator; boundary alone 0.21 / 0.31, TRADE
     residual 0.023 / 0.037)."""
-    kls = _transfer_frozen_boundary(trained, name, tilt_weight=1.0, tilt_span=[150.0, 300.0], kl_range_weight=1.0,
-                                    kl_range_span=[300.0, 600.0])
-    assert max(kls.values()) < 0.04, kls
-
-
-@pytest.mark.slow
-def test_forward_range_kl_transfers_a_frozen_boundary(trained: dict) -> None:
-    """The forward KL to the Boltzmann density over the whole range alone (no TRADE residual, tilt or reverse KL)
-    transfers the double well's boundary: max KL over 150-600 K below 0.04 nats (measured 0.016; boundary alone
-    0.21)."""
-    kls = _transfer_frozen_boundary(trained, "double-well-1d", fkl_range_weight=1.0)
+    kls = _transfer_frozen_boundary(trained, name, {"tilt": {"span": [150.0, 300.0]},
+                                                    "kl_range": {"span": [300.0, 600.0]}})
     assert max(kls.values()) < 0.04, kls
 
 
@@ -516,13 +498,13 @@ def test_forward_range_kl_transfers_a_frozen_boundary(trained: dict) -> None:
 def test_reweighted_nll_transfers_a_frozen_boundary(trained: dict) -> None:
     """The T0 frames reweighted by exp(−(β − β0) U) to each T, alone (no model samples, no energy term), transfer
     the double well's boundary: max KL over 150-600 K below 0.04 nats (measured 0.010; boundary alone 0.21)."""
-    kls = _transfer_frozen_boundary(trained, "double-well-1d", reweighted_nll_weight=1.0)
+    kls = _transfer_frozen_boundary(trained, "double-well-1d", {"reweighted_nll": {}})
     assert max(kls.values()) < 0.04, kls
 
 
 def test_temperature_only_training_needs_a_boundary(tmp_path: Path) -> None:
-    config = TrainConfig(mode="trade", temperature_min=300.0, temperature_max=900.0, trainable="temperature",
-                         nll_weight=0.0)
+    config = TrainConfig.from_dict({"mode": "trade", "temperatures": {"range": [300.0, 900.0]},
+                                    "trainable": "temperature", "objectives": {"trade": {}}})
     with pytest.raises(InputError, match="init_from"):
         generator_for(SimpleNamespace(positions=torch.zeros(10, 22, 3)), config)
 
@@ -556,8 +538,9 @@ def test_cli_trains_resumes_and_reloads_alanine_dipeptide(tmp_path: Path, capsys
     assert main(common) == 2 and "--resume" in capsys.readouterr().err          # no silent overwrite
     assert main([*common, "--resume", "--steps", "4"]) == 0
     assert "4 steps (0 skipped)" in capsys.readouterr().out
-    generator, rebuilt, loaded = load_generator(run, system=system)
-    assert rebuilt.fingerprint() == system.fingerprint() and loaded.steps == 4 and loaded.mode == "trade"
+    model = load_generator(run, system=system)
+    generator, rebuilt = model.generator, model.system
+    assert rebuilt.fingerprint() == system.fingerprint() and model.steps == 4 and model.config["mode"] == "trade"
     with torch.no_grad():
         x, log_q = generator.sample(5, 800.0)
     assert x.shape == (5, 22, 3) and bool(torch.all(torch.isfinite(log_q)))
@@ -571,19 +554,25 @@ def test_cli_trains_resumes_and_reloads_alanine_dipeptide(tmp_path: Path, capsys
     assert main([*nll, "--temperature", "600"]) == 0 and "val_nll" in capsys.readouterr().out
     assert main([*nll, "--temperature", "300"]) == 2
     assert "differs from the dataset's 600" in capsys.readouterr().err
+    # init_from a boundary written before the restructure (flat config in its checkpoint)
+    _as_written_before_the_restructure(tmp_path / "nll", {
+        **{key: default for key, (default, _) in FLAT_KEYS.items()}, "mode": "nll", "data": str(tmp_path / "data"),
+        "out": str(tmp_path / "nll"), "reference_temperature": 600.0, "steps": 2, "batch_size": 16,
+        "validate_every": 2, "ess_samples": 16, "energy_platform": "Reference", "progress": False,
+        "flow": {"n_layers": 2, "hidden": 16, "n_bins": 4}})
     # init_from: a TRADE run that starts from the NLL boundary's weights (same flow settings required)
-    from trade_md.md import load_dataset
+    from trade_md.formats.dataset import load_dataset
 
     dataset = load_dataset(tmp_path / "data")
-    start = dataclasses.replace(TrainConfig.from_yaml(config), init_from=str(tmp_path / "nll"),
-                                reference_temperature=600.0)
+    start = TrainConfig.from_yaml(config).updated({"init_from": str(tmp_path / "nll"),
+                                                   "temperatures": {"reference": 600.0}})
     saved = read_checkpoint(tmp_path / "nll")["model_state"]
     assert all(torch.equal(value, saved[key]) for key, value in generator_for(dataset, start).state_dict().items())
     with pytest.raises(InputError, match="flow"):
-        generator_for(dataset, dataclasses.replace(start, flow={"n_layers": 3, "hidden": 16, "n_bins": 4}))
+        generator_for(dataset, start.updated({"flow": {"n_layers": 3, "hidden": 16, "n_bins": 4}}))
     # ... and may add the thermal scaling layer: the model is unchanged at T0 and changes elsewhere
-    scaled = generator_for(dataset, dataclasses.replace(
-        start, flow={"n_layers": 2, "hidden": 16, "n_bins": 4, "thermal_scaling": True}))
+    scaled = generator_for(dataset, start.updated(
+        {"flow": {"n_layers": 2, "hidden": 16, "n_bins": 4, "thermal_scaling": True}}))
     unscaled = generator_for(dataset, start)
     frames = torch.as_tensor(dataset.positions[:8], dtype=torch.float32)
     with torch.no_grad():
@@ -592,7 +581,7 @@ def test_cli_trains_resumes_and_reloads_alanine_dipeptide(tmp_path: Path, capsys
     circular = scaled.flow.scaling._circular
     assert bool(torch.all(scaled.flow.scaling.exponent[~circular] == 1.0))
     with pytest.raises(InputError, match="T0"):
-        generator_for(dataset, dataclasses.replace(start, reference_temperature=500.0))
+        generator_for(dataset, start.updated({"temperatures": {"reference": 500.0}}))
     continued = tmp_path / "continued.yaml"
     continued.write_text(config.read_text() + f"init_from: {tmp_path / 'nll'}\n")
     assert main(["train", "--config", str(continued), "--data", str(tmp_path / "data"), "--out",
@@ -605,8 +594,8 @@ def test_cli_trains_resumes_and_reloads_alanine_dipeptide(tmp_path: Path, capsys
     )
     assert main(["train", "--config", str(headed), "--data", str(tmp_path / "data"), "--out",
                  str(tmp_path / "headed"), "--steps", "3", "--no-progress"]) == 0
-    transferred, _, _ = load_generator(tmp_path / "headed")
-    boundary, _, _ = load_generator(tmp_path / "nll")
+    transferred = load_generator(tmp_path / "headed").generator
+    boundary = load_generator(tmp_path / "nll").generator
     assert transferred.flow.layers[0].temperature_head is not None
     with torch.no_grad():
         assert torch.allclose(transferred.log_prob(frames, 600.0), boundary.log_prob(frames, 600.0), atol=1e-4)

@@ -1,16 +1,17 @@
 """Data-parallel training across processes with ``torch.distributed``, launched by ``torchrun``.
 
 Every process (rank) holds a full copy of the generator and its own energy workers (an ``EnergyBridge`` with
-``energy_workers`` processes; one OpenMM context per worker). The batch sizes of the config (``batch_size``,
-``kl_batch_size``, ``trade_batch_size``, ``grid_samples``) are global: all ranks follow one random stream (the
-config's ``seed``) and draw every global batch's random numbers, which costs next to nothing, but each rank builds,
-evaluates (energies, flow passes, gradients) and back-propagates only its contiguous slice of ``1/world_size``.
+``energy.workers`` processes; one OpenMM context per worker). The batch sizes of the config (each objective's
+``batch_size``, ``grid.samples``) are global: all ranks follow one random stream (the config's ``seed``) and draw
+every global batch's random numbers, which costs next to nothing, but each rank builds, evaluates (energies, flow
+passes, gradients) and back-propagates only its contiguous slice of ``1/world_size``; the trainer's
+:class:`~trade_md.objectives.TrainingContext` hands each objective its slice, so no objective knows about ranks.
 The ranks therefore draw together exactly the batch one process would draw, their samples are disjoint, and a
 run's result does not depend on the number of processes beyond floating-point rounding (this is what the
 2-process test checks, to 1e-9 in float64). After ``backward`` the gradients are averaged by one explicit
 ``all_reduce`` (which works with the double-backward TRADE loss, where a DDP wrapper's hooks would fire inside
 ``autograd.grad``), and each rank's loss is ``world_size × Σ_slice / n`` so the average is the global mean.
-The :class:`~trade_md.trade.ExpectationGrid` pools its importance-weighted sums (global max of log w, then sums
+The :class:`~trade_md.objectives.ExpectationGrid` pools its importance-weighted sums (global max of log w, then sums
 of w, w², w·U and n) at each refresh and its per-node residual-loss sums and counts at each step, so E[U], the
 ESS and the causality weights are identical on every rank and equal to the one-process values. Rank 0 alone shows
 the progress bar, validates, and writes checkpoints and ``summary.json``; all ranks hold the same random state,

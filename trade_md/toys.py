@@ -16,7 +16,7 @@ Temperatures are floats (K) or tensors ``[m]`` (K); exact quantities come back a
 maximum-likelihood boundaries; :func:`kl_divergence` compares a model density with the exact one.
 
 >>> toy = HarmonicOscillator(stiffness=(50.0,), half_width=3.0)
->>> round(float(toy.mean_energy(300.0) / (KB * 300.0)), 6)   # equipartition: k_B T / 2 per dimension
+>>> round(float(reduced_potential(toy.mean_energy(300.0), 300.0)), 6)   # equipartition: k_B T / 2 per dimension
 0.5
 >>> well = DoubleWell1D()
 >>> x = torch.linspace(-1.7, 1.7, 4001, dtype=torch.float64).unsqueeze(-1)
@@ -38,7 +38,7 @@ from torch import Tensor
 from trade_md.errors import InputError
 from trade_md.flows import ConditionalSplineFlow
 from trade_md.generator import BoxCoordinates, Generator
-from trade_md.thermo import KB, to_kelvin
+from trade_md.thermo import beta, reduced_potential, to_kelvin
 
 __all__ = [
     "QUADRATURE_PANELS",
@@ -144,8 +144,7 @@ class ToySystem(ABC):
         chunk = max(1, _CHUNK_ELEMENTS // energies.numel())
         results = []
         for start in range(0, flat.numel(), chunk):
-            beta = 1.0 / (KB * flat[start:start + chunk])
-            log_terms = log_weights - beta[:, None] * energies
+            log_terms = log_weights - reduced_potential(energies, flat[start:start + chunk, None])
             if mean:
                 results.append(torch.sum(torch.softmax(log_terms, dim=-1) * energies, dim=-1))
             else:
@@ -164,7 +163,7 @@ class ToySystem(ABC):
         """Exact ``log p(x | T)`` ``[n]`` (1/nm^d) on the box; x ``[n, d]``; T float or ``[n]``; differentiable in T."""
         self._check(x)
         t = _temperatures(temperature)
-        return -self.potential(x.to(torch.float64)) / (KB * t) - self.log_Z(t)
+        return -reduced_potential(self.potential(x.to(torch.float64)), t) - self.log_Z(t)
 
     def _energy_lower_bound(self) -> float:
         """A number <= min U over the box (grid minimum less a margin that covers the grid spacing)."""
@@ -173,7 +172,7 @@ class ToySystem(ABC):
 
     def sample(self, n: int, temperature: float, *, generator: torch.Generator | None = None) -> Tensor:
         """``n`` exact samples ``[n, d]`` (float64, nm) of p(x | T): rejection from the uniform box distribution."""
-        beta = 1.0 / (KB * to_kelvin(temperature))
+        inverse_kt = beta(temperature)
         bound = self._energy_lower_bound()
         low = torch.tensor(self.low, dtype=torch.float64)
         width = torch.tensor(self.high, dtype=torch.float64) - low
@@ -185,7 +184,7 @@ class ToySystem(ABC):
             if bool(torch.any(energies < bound)):
                 raise RuntimeError(f"{self.name}: energy below the rejection bound {bound}; refine the grid")
             keep = torch.rand(proposal.shape[0], generator=generator, dtype=torch.float64) < torch.exp(
-                -beta * (energies - bound)
+                -inverse_kt * (energies - bound)
             )
             accepted.append(proposal[keep])
             count += int(keep.sum())
@@ -226,7 +225,7 @@ class HarmonicOscillator(ToySystem):
 
     def _per_dimension(self, temperature: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
         t = _temperatures(temperature)
-        kt = (KB * t).unsqueeze(-1)
+        kt = 1.0 / reduced_potential(1.0, t).unsqueeze(-1)          # k_B T in kJ/mol: 1 over the u of 1 kJ/mol
         sigma = torch.sqrt(kt / torch.tensor(self.stiffness, dtype=torch.float64))
         a = torch.tensor(self.half_width, dtype=torch.float64) / sigma
         return kt, sigma, a

@@ -19,14 +19,14 @@ __all__ = ["main", "build_parser"]
 
 # Modules that contribute subcommands, in the order `trade-md --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "trade_md.cli.run",
     "trade_md.cli.md",
-    "trade_md.train",
+    "trade_md.cli.train",
     "trade_md.cli.remd",
     "trade_md.cli.umbrella",
     "trade_md.cli.sample",
     "trade_md.cli.calibrate",
     "trade_md.cli.evaluate",
-    "trade_md.pipeline",
     "trade_md.cli.peptide",
 )
 

@@ -1,4 +1,4 @@
-"""Tests of trade_md.pipeline (`trade-md run`): the quick preset end to end, stage skipping on --resume."""
+"""Tests of trade_md.recipe (`trade-md run`): the quick preset end to end, stage skipping on --resume."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from trade_md.cli.run import register
 from trade_md.errors import InputError
-from trade_md.pipeline import FULL, QUICK, register_cli, run_pipeline, train_config
+from trade_md.recipe import FULL, QUICK, run_pipeline, train_config
 
 
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="trade-md")
-    register_cli(parser.add_subparsers())
+    register(parser.add_subparsers())
     args = parser.parse_args(["run", *argv])
     return args.func(args)
 
@@ -22,11 +23,11 @@ def _run(argv: list[str]) -> int:
 def test_presets_give_valid_trade_configs(tmp_path: Path) -> None:
     for preset in (QUICK, FULL):
         config = train_config(preset, tmp_path / "data", tmp_path / "model")
-        assert config.mode == "trade" and config.reference_temperature == 600.0
-        assert (config.temperature_min, config.temperature_max) == (280.0, 1050.0)
-        assert config.data == str(tmp_path / "data") and config.out == str(tmp_path / "model")
-    assert train_config(FULL, tmp_path, tmp_path).steps == 40000         # trade.yaml as shipped
-    assert train_config(QUICK, tmp_path, tmp_path).steps == QUICK.train["steps"] <= 200
+        assert config.mode == "trade" and config.temperatures.reference == 600.0
+        assert config.trained_range == (280.0, 1050.0)
+        assert config.data.path == str(tmp_path / "data") and config.out == str(tmp_path / "model")
+    assert train_config(FULL, tmp_path, tmp_path).schedule.steps == 40000         # trade.yaml as shipped
+    assert train_config(QUICK, tmp_path, tmp_path).schedule.steps == QUICK.train["schedule"]["steps"] <= 200
 
 
 def test_refuses_a_foreign_directory(tmp_path: Path) -> None:
@@ -45,7 +46,8 @@ def test_quick_run_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
     # an interrupted training stage continues from its checkpoint (written every 25 steps)
     import shutil
 
-    from trade_md.train import Trainer, read_checkpoint
+    from trade_md.formats.checkpoint import read_checkpoint
+    from trade_md.trainer import Trainer
 
     shutil.rmtree(out / "model")
     shutil.rmtree(out / "report")
@@ -65,11 +67,11 @@ def test_quick_run_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
     assert _run(["--quick", "--out", str(out), "--resume", "--no-progress"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert "(resuming at step 25)" in lines[1]
-    assert read_checkpoint(out / "model")["step"] == QUICK.train["steps"]
+    assert read_checkpoint(out / "model")["step"] == QUICK.train["schedule"]["steps"]
     assert lines[-1] == f"report: {out / 'report' / 'summary.md'}"
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["temperatures"] == [300.0, 450.0, 600.0, 800.0, 1000.0]
-    assert metrics["training_steps"] == QUICK.train["steps"] and metrics["n_samples"] == QUICK.n_samples
+    assert metrics["training_steps"] == QUICK.train["schedule"]["steps"] and metrics["n_samples"] == QUICK.n_samples
     assert all(0.0 < m["ess"] <= 1.0 for m in metrics["per_temperature"])
     assert all((out / "report" / f"{name}.{ext}").is_file()
                for name in ("ramachandran", "delta_f", "ess", "energy") for ext in ("png", "svg"))
