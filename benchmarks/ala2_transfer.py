@@ -85,7 +85,8 @@ from trade_md.formats.checkpoint import (  # noqa: E402
 )
 from trade_md.formats.dataset import load_dataset  # noqa: E402
 from trade_md.formats.files import atomic_write_path, write_json_atomic  # noqa: E402
-from trade_md.sampler import Sampler, parse_mixture  # noqa: E402
+from trade_md.cli.sample import parse_mixture  # noqa: E402
+from trade_md.sampler import Sampler  # noqa: E402
 from trade_md.thermo import kT  # noqa: E402
 from trade_md.train import generator_for  # noqa: E402
 from trade_md.trainer import Trainer  # noqa: E402

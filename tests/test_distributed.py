@@ -198,7 +198,8 @@ def test_torchrun_cli_trains_and_resumes_like_one_process(tmp_path: Path) -> Non
     import warnings
 
     from trade_md.cli import main
-    from trade_md.md import ConvergenceWarning, run_md
+    from trade_md.convergence import ConvergenceWarning
+    from trade_md.md import run_md
     from trade_md.systems import load_system
 
     with warnings.catch_warnings():

@@ -28,7 +28,8 @@ from trade_md.sampler import OutOfRangeWarning, Sampler, write_samples
 from trade_md.samples import SampleSet
 from trade_md.systems import load_system
 from trade_md.toys import DoubleWell1D
-from trade_md.train import Trainer, TrainConfig
+from trade_md.config import TrainConfig
+from trade_md.trainer import Trainer
 from trade_md.thermo import KB
 
 T0 = 300.0
@@ -40,10 +41,10 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trade_md.toys import toy_generator
 
     toy = DoubleWell1D()
-    config = TrainConfig(mode="trade", temperature_min=150.0, temperature_max=600.0, steps=30, batch_size=128,
-                         trade_batch_size=64, trade_start=10, trade_ramp=10, grid_nodes=5, grid_samples=200,
-                         grid_refresh_every=10, validate_every=10, checkpoint_every=30, learning_rate=3e-3,
-                         progress=False, seed=1, flow={"n_layers": 2, "hidden": 16, "n_bins": 8})
+    config = TrainConfig.from_dict(dict(
+        mode="trade", temperature_min=150.0, temperature_max=600.0, steps=30, batch_size=128, trade_batch_size=64,
+        trade_start=10, trade_ramp=10, grid_nodes=5, grid_samples=200, grid_refresh_every=10, validate_every=10,
+        checkpoint_every=30, learning_rate=3e-3, progress=False, seed=1, flow={"n_layers": 2, "hidden": 16, "n_bins": 8}))
     torch.manual_seed(1)
     out = tmp_path_factory.mktemp("toy_run")
     data = toy.sample(2000, T0, generator=torch.Generator().manual_seed(2))

@@ -17,7 +17,7 @@ from trade_md.cli.train import config_from_args
 from trade_md.config import TrainConfig, deep_merge
 from trade_md.config.legacy import FLAT_KEYS
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.flows import Generator
+from trade_md.generator import Generator
 from trade_md.formats.checkpoint import SystemRecord, load_generator, read_checkpoint, trained_range
 from trade_md.toys import (
     DoubleWell1D,
@@ -517,7 +517,8 @@ def test_cli_trains_resumes_and_reloads_alanine_dipeptide(tmp_path: Path, capsys
     """End to end on a tiny 600 K MD set: `trade-md train` in both modes, --resume, load_generator."""
     import warnings
 
-    from trade_md.md import ConvergenceWarning, run_md
+    from trade_md.convergence import ConvergenceWarning
+    from trade_md.md import run_md
     from trade_md.systems import load_system
 
     system = load_system("alanine-dipeptide")

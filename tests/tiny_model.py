@@ -43,14 +43,15 @@ def make_tiny_model(directory: Path) -> Path:
     from trade_md.formats.checkpoint import SystemRecord
     from trade_md.formats.dataset import load_dataset
     from trade_md.generator import molecule_generator
-    from trade_md.train import TrainConfig, Trainer, split_frames
+    from trade_md.config import TrainConfig
+    from trade_md.trainer import Trainer
 
     dataset = load_dataset(make_tiny_dataset(directory / "data"))
     out = directory / "model"
     config = TrainConfig.from_dict({**TINY_TRAIN, "data": str(dataset.path), "out": str(out),
                                     "reference_temperature": dataset.temperature})
     torch.manual_seed(0)
-    training, _ = split_frames(dataset.positions, config)
+    training, _ = config.data.split(dataset.positions)
     generator = molecule_generator(dataset.system, training, dataset.temperature, **config.flow)
     with EnergyBridge(dataset.system, platform="Reference") as bridge:
         Trainer(generator, config, SystemRecord.of(dataset.system), potential=bridge.potential,

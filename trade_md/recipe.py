@@ -6,7 +6,7 @@ Stages (each is also its own subcommand, and each writes into ``out``, default `
 2. ``model/``: training with the built-in recipe ``alanine-dipeptide/trade`` (``systems/alanine_dipeptide/
    trade.yaml``) and the preset's changes (:func:`trade_md.train.train`; the effective config is written to
    ``train.yaml``, so ``trade-md train --config <out>/train.yaml --resume`` reruns the stage alone);
-3. ``report/``: :func:`trade_md.report.evaluate` at 300, 450, 600, 800, 1000 K against the shipped reference
+3. ``report/``: :func:`trade_md.analysis.evaluation.evaluate` at 300, 450, 600, 800, 1000 K against the shipped reference
    (``metrics.json``, figures, ``summary.md``).
 
 ``resume`` skips complete stages and continues an interrupted one (MD from its per-chunk checkpoints, training
@@ -42,8 +42,9 @@ from trade_md.errors import InputError
 from trade_md.formats.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from trade_md.formats.dataset import load_dataset
 from trade_md.formats.files import atomic_write_path, read_json, write_json_atomic
-from trade_md.md import ConvergenceWarning, run_md
-from trade_md.report import evaluate
+from trade_md.convergence import ConvergenceWarning
+from trade_md.md import run_md
+from trade_md.analysis.evaluation import evaluate
 from trade_md.systems import builtin_config, load_system
 from trade_md.train import train
 

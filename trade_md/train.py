@@ -24,7 +24,7 @@ from trade_md.config import TrainConfig, config_from_checkpoint
 from trade_md.distributed import init_from_environment
 from trade_md.energy import EnergyBridge
 from trade_md.errors import InputError
-from trade_md.flows import ADDABLE_FLOW_PARTS, Generator, molecule_generator
+from trade_md.generator import ADDABLE_FLOW_PARTS, Generator, molecule_generator
 from trade_md.formats.checkpoint import CHECKPOINT_NAME, SystemRecord, read_checkpoint
 from trade_md.formats.dataset import Dataset, load_dataset
 from trade_md.trainer import Trainer

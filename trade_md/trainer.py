@@ -31,7 +31,7 @@ from torch import Tensor
 from trade_md.config import TrainConfig, config_from_checkpoint
 from trade_md.distributed import DistributedContext
 from trade_md.errors import InputError
-from trade_md.flows import Generator
+from trade_md.generator import Generator
 from trade_md.formats.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, SystemRecord
 from trade_md.formats.files import atomic_write_path, write_json_atomic
 from trade_md.objectives import ExpectationGrid, TrainingContext

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from trade_md.distributed import DistributedContext
-from trade_md.flows import Generator
+from trade_md.generator import Generator
 from trade_md.trade import sample_log_uniform
 
 if TYPE_CHECKING:

@@ -16,16 +16,17 @@ from ala2_transfer import cis_peptide_bonds  # noqa: E402
 from trade_md.energy import EnergyBridge  # noqa: E402
 from trade_md.analysis.metrics import ess_by_stratum, ess_with_exact_masses  # noqa: E402
 from trade_md.sampler import Sampler  # noqa: E402
-from trade_md.train import load_generator  # noqa: E402
+from trade_md.formats.checkpoint import load_generator  # noqa: E402
 
 run, out_file, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 temperatures = [float(t) for t in sys.argv[4:]]
 torch.set_num_threads(2)
 torch.manual_seed(0)
-generator, system, config = load_generator(run)
+model = load_generator(run)
+generator, system = model.generator, model.system
 result = {"command": " ".join(["python"] + sys.argv), "run": run, "samples": n, "seed": 0, "temperatures": {}}
 with EnergyBridge(system, n_workers=1, platform="Reference") as bridge:
-    sampler = Sampler(generator, bridge.energies, temperature_range=(config.temperature_min, config.temperature_max),
+    sampler = Sampler(generator, bridge.energies, temperature_range=model.trained_range,
                       topology=system.topology)
     for temperature in temperatures:
         out = sampler.sample(n, temperature, progress=False)

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # benchmarks/
 from ala2_transfer import cis_peptide_bonds  # noqa: E402
 
-from trade_md.train import load_generator  # noqa: E402
+from trade_md.formats.checkpoint import load_generator  # noqa: E402
 from trade_md.thermo import beta  # noqa: E402
 
 T0 = 600.0
@@ -49,7 +49,7 @@ def main() -> None:
         print(f"exact (Boltzmann) {temperature:.0f} K: {exact:+.2f} nats")
     for run in args.runs:
         for exponents in ("trained", "dihedrals 0", "all 0"):
-            generator = load_generator(run)[0]
+            generator = load_generator(run).generator
             scaling = generator.flow.scaling
             with torch.no_grad():
                 if scaling is not None and exponents == "dihedrals 0":
