@@ -216,7 +216,7 @@ def tilted_ess(
 
 def reweighted_frames(energies: np.ndarray, reference_temperature: float, temperature: float) -> float:
     """Effective number of frames, (Σ t)² / Σ t², of a T0 data set reweighted to ``temperature`` with
-    t = exp(−(β − β0) U): what the reweighted NLL of :class:`trade_md.train.TrainConfig` learns from at that T.
+    t = exp(−(β − β0) U): what the reweighted NLL of :class:`trade_md.config.TrainConfig` learns from at that T.
     ``energies`` ``[n]`` kJ/mol of the frames; temperatures in K (or ``openmm.unit`` quantities)."""
     energies = np.asarray(energies, dtype=np.float64)
     if energies.ndim != 1 or energies.size == 0 or not np.all(np.isfinite(energies)):

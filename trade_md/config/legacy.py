@@ -84,7 +84,7 @@ FLAT_KEYS: dict[str, tuple[Any, tuple[str, ...]]] = {
 
 _WEIGHTS = {f"{name}_weight": name for name in ("nll", "kl", "trade", "kl_range", "tilt", "reweighted_nll")}
 _REMOVED = {"fkl_range_weight": "the forward range KL (fkl_range) was removed: it never gave a positive result "
-                                "(benchmarks/results/README.md, ala2_pt/)"}
+                                "(benchmarks/results/HISTORY.md, ala2_pt/)"}
 _CHECKPOINT_DEFAULTS: dict[str, Any] = {"expectation": "grid"}
 """Values of flat keys for checkpoints written before the key existed (the behaviour of that code)."""
 _NESTED_TOP = frozenset({"base", "mode", "out", "seed", "device", "dtype", "init_from", "trainable", "temperatures",

@@ -51,7 +51,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 REMOVED_OBJECTIVES: dict[str, str] = {
     "fkl_range": "the forward KL to the Boltzmann density over a span was removed: it never gave a positive result "
-                 "(benchmarks/results/README.md, ala2_pt/: the cis mode did not grow, the ESS above 600 K did not "
+                 "(benchmarks/results/HISTORY.md, ala2_pt/: the cis mode did not grow, the ESS above 600 K did not "
                  "improve); use kl_range and reweighted_nll",
 }
 """Objectives that older configs and checkpoints name, with why they are gone."""
