@@ -17,7 +17,8 @@ killed run resumes without losing iterations) and ``run.json`` (the serialized s
 the integrator settings, the platform, versions, wall/CPU time per run segment).
 
 MPI: ``mpirun -n K trade-md remd ...`` distributes the replicas over ranks through openmmtools' own MPI support
-(mpiplus; needs mpi4py). Storage and ``run.json`` are written by rank 0 only.
+(mpiplus; needs ``pip install "trade-md[mpi]"``, K at most the number of replicas; :mod:`trade_md.mpi`). Storage
+and ``run.json`` are written by rank 0 only.
 
 Analysis (``trade-md reference``): equilibration detection on the total reduced energy and the statistical
 inefficiency g of the slowest observable (the energy or the φ > 0 basin indicator); MBAR over every equilibrated
@@ -59,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trade_md import mpi
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.io import atomic_write_path, package_versions, read_json, write_json_atomic
 from trade_md.units import KB, kT
@@ -241,10 +243,7 @@ class RemdSettings:
 
 
 def _mpi_rank_size() -> tuple[int, int]:
-    import mpiplus
-
-    comm = mpiplus.get_mpicomm()
-    return (0, 1) if comm is None else (int(comm.rank), int(comm.size))
+    return mpi.rank_size()
 
 
 def select_platform(system: MolecularSystem, name: str = "auto", cpu_threads: int = 1) -> tuple[str, dict[str, str]]:
@@ -329,13 +328,13 @@ def run_remd(
     ``callback(iteration)`` is called after each stored iteration (rank 0). Refuses to overwrite an existing
     storage (use :func:`resume_remd`).
     """
-    import mpiplus
     from openmm import unit
     from openmmtools import mcmc, multistate, states
 
     out = Path(out_dir)
     storage = out / STORAGE_NAME
-    if mpiplus.run_single_node(0, storage.exists, broadcast_result=True):  # rank 0 decides: it creates the file
+    mpi.check_ranks(_mpi_rank_size()[1], len(settings.temperatures))
+    if mpi.run_on_root(storage.exists):  # rank 0 decides: it creates the file
         raise InputError(f"{storage} already exists; continue it with --resume or choose a new --out directory")
     rank, size = _mpi_rank_size()
     platform_name, properties = _broadcast_platform(system, platform, cpu_threads)
@@ -421,9 +420,7 @@ def maxwell_boltzmann(system: Any, temperature: float, rng: np.random.Generator 
 
 
 def _broadcast_platform(system: MolecularSystem, platform: str, cpu_threads: int) -> tuple[str, dict[str, str]]:
-    import mpiplus
-
-    return mpiplus.run_single_node(0, select_platform, system, platform, cpu_threads, broadcast_result=True)
+    return mpi.run_on_root(select_platform, system, platform, cpu_threads)
 
 
 def resume_remd(
@@ -442,12 +439,12 @@ def resume_remd(
     ``system``, when given, must be the system of the run (else :class:`SystemMismatchError`). ``platform``
     defaults to the one recorded in ``run.json``.
     """
-    import mpiplus
     from openmmtools import multistate
 
     out = Path(out_dir)
     record, storage = _read_record(out)
-    stored = mpiplus.run_single_node(0, _recover_storage, storage, broadcast_result=True)
+    mpi.check_ranks(_mpi_rank_size()[1], len(record["settings"]["temperatures"]))
+    stored = mpi.run_on_root(_recover_storage, storage)
     _check_fingerprints(record, stored, storage)
     run_system = _record_system(record)
     _check_system(system, run_system, storage)
@@ -497,7 +494,7 @@ def _run_iterations(
     first = int(sampler.iteration)
     segment = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                "first_iteration": first, "last_iteration": first, "wall_s": 0.0, "cpu_s": 0.0,
-               "n_ranks": n_ranks, "platform": record["platform"]["name"]}
+               "n_ranks": n_ranks, "platform": record["platform"]["name"], **mpi.describe()}
     record["segments"].append(segment)
     k = len(record["settings"]["temperatures"])
     accepted, proposed = np.zeros((k, k)), np.zeros((k, k))
@@ -1280,8 +1277,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     remd = subparsers.add_parser(
         "remd", help="parallel tempering (openmmtools) with NetCDF storage and resume",
         description="Parallel tempering of a molecule over a temperature ladder. Under MPI "
-                    "(`mpirun -n K trade-md remd ...`, needs mpi4py) openmmtools distributes the replicas over the "
-                    "ranks; rank 0 writes the storage and run.json.",
+                    "(`mpirun -n K trade-md remd ...`, K at most the number of replicas; needs "
+                    "`pip install \"trade-md[mpi]\"`) openmmtools distributes the replicas over the ranks; rank 0 "
+                    "writes the storage and run.json.",
     )
     add_system_arguments(remd)
     remd.add_argument("--temperatures",
@@ -1310,7 +1308,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                       help="continue the run in --out from its last iteration (extend with a larger "
                            "--ns-per-replica/--iterations)")
     remd.add_argument("--no-progress", action="store_true", help="no progress bar")
-    remd.set_defaults(func=_remd_command, command="remd")
+    remd.set_defaults(func=mpi.mpi_command(_remd_command), command="remd")
 
     reference = subparsers.add_parser(
         "reference", help="MBAR analysis of remd runs: <U>, ln Z, Ramachandran histograms, basin ΔF(T)",

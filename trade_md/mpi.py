@@ -1,0 +1,229 @@
+"""MPI for ``trade-md remd``: which process is which, and errors that end every rank instead of hanging one.
+
+``mpirun -n K trade-md remd ...`` runs K copies of the command; openmmtools (through ``mpiplus`` and ``mpi4py``)
+spreads the replicas over them round-robin, gathers energies and states to rank 0, and rank 0 alone writes the
+storage. This module adds what that needs around it:
+
+* :func:`get_comm` recognises a launcher from its environment variables (Open MPI, MPICH/Hydra, Intel MPI,
+  MVAPICH, Slurm's srun) and refuses, with a one-line :class:`~trade_md.errors.InputError`, to run K > 1 copies
+  without mpi4py (or with an mpi4py whose MPI library is not the launcher's): each copy would run every replica
+  and write the same storage.
+* :func:`check_ranks` refuses more ranks than replicas (a rank with no replica).
+* :func:`run_on_root` runs a task on rank 0 and broadcasts its result *or its error*, so an error seen by rank 0
+  (a missing platform, an unreadable storage) is raised on every rank instead of leaving the others waiting in the
+  broadcast forever (``mpiplus.run_single_node`` broadcasts only results).
+* :func:`mpi_command` wraps a command-line handler: an error raised on every rank is printed once (rank 0) and
+  every rank exits with status 2; an error raised on some ranks only is printed by the rank that raised it, which
+  then aborts the whole job (``MPI_Abort``) after waiting ``ERROR_AGREEMENT_S`` seconds for the others.
+* :func:`describe` is the MPI part of a run segment in ``run.json``: world size, MPI library, host:pid per rank.
+
+Install: ``pip install "trade-md[mpi]"`` brings mpi4py and the MPICH wheel (``mpirun`` lands in the environment's
+``bin``). On a cluster use its own MPI instead: ``MPICC=mpicc pip install --no-binary mpi4py mpi4py`` builds
+mpi4py against the ``mpicc`` on the PATH.
+
+>>> launcher_size({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1"}), launcher_rank({"PMI_RANK": "3"})
+(4, 3)
+>>> launcher_size({}) is None
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from trade_md.errors import InputError, TradeMDError
+
+__all__ = [
+    "INSTALL_HINT",
+    "ERROR_AGREEMENT_S",
+    "launcher_size",
+    "launcher_rank",
+    "get_comm",
+    "rank_size",
+    "check_ranks",
+    "run_on_root",
+    "mpi_command",
+    "describe",
+]
+
+T = TypeVar("T")
+
+INSTALL_HINT = 'pip install "trade-md[mpi]"'
+"""The fix named by the error for a launcher without mpi4py."""
+ERROR_AGREEMENT_S = 20.0
+"""How long a rank that failed waits for the other ranks to fail too before it aborts the job."""
+
+# World size and rank as launchers export them to every process they start, first match wins (Open MPI; MPICH,
+# Intel MPI and other Hydra/PMI launchers; MVAPICH; Slurm's srun; MPICH's local count as a last resort).
+_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS",
+                   "MPI_LOCALNRANKS")
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
+_COLLECTIVE = "_trade_md_collective"  # attribute of an exception raised identically on every rank
+
+
+def launcher_size(environ: Mapping[str, str] | None = None) -> int | None:
+    """Number of processes an MPI launcher started, from its environment variables; None outside a launcher."""
+    environ = os.environ if environ is None else environ
+    for name in _SIZE_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def launcher_rank(environ: Mapping[str, str] | None = None) -> int:
+    """This process's rank as the launcher exported it (0 outside a launcher)."""
+    environ = os.environ if environ is None else environ
+    for name in _RANK_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _collective(error: BaseException) -> BaseException:
+    """Mark ``error`` as raised on every rank (so the command line prints it once and no rank waits)."""
+    setattr(error, _COLLECTIVE, True)
+    return error
+
+
+def get_comm() -> Any:
+    """The MPI world communicator (mpi4py) when an MPI launcher started this process, else None.
+
+    Raises :class:`InputError` when a launcher started more than one process but mpi4py is missing or cannot load
+    its MPI library, or when its MPI is not the launcher's (every process then sees a world of one).
+    """
+    size = launcher_size()
+    if size is not None and size > 1:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise _collective(InputError(
+                f"started by mpirun/mpiexec as {size} processes, but mpi4py is not installed, so each process would "
+                f"run every replica into the same storage; install it with {INSTALL_HINT} (on a cluster: mpi4py "
+                "built against its MPI) or run without mpirun")) from None
+        except Exception as error:  # mpi4py present, MPI shared library missing or broken
+            raise _collective(InputError(
+                f"started by mpirun/mpiexec as {size} processes, but mpi4py cannot load an MPI library "
+                f"({' '.join(str(error).split())}); install one with {INSTALL_HINT} or run without mpirun")) from None
+        world = MPI.COMM_WORLD.Get_size()
+        if world == 1:
+            raise _collective(InputError(
+                f"started by mpirun/mpiexec as {size} processes, but each sees an MPI world of 1: the launcher is not "
+                f"of the MPI library mpi4py uses ({MPI.Get_library_version().splitlines()[0].strip()}); use that "
+                f"MPI's mpirun (with {INSTALL_HINT}: the one in {os.path.dirname(sys.executable)})"))
+    import mpiplus
+
+    comm = mpiplus.get_mpicomm()
+    if comm is None and size is not None and size > 1:
+        raise _collective(InputError(
+            f"started by mpirun/mpiexec as {size} processes, but openmmtools' mpiplus did not recognise the launcher "
+            "(it reads PMI_RANK, OMPI_COMM_WORLD_RANK or SLURM_PROCID); launch with mpirun or mpiexec"))
+    return comm
+
+
+def rank_size() -> tuple[int, int]:
+    """(rank, number of ranks); (0, 1) for a single process."""
+    comm = get_comm()
+    return (0, 1) if comm is None else (int(comm.Get_rank()), int(comm.Get_size()))
+
+
+def check_ranks(n_ranks: int, n_replicas: int) -> None:
+    """Refuse more MPI ranks than replicas (raised identically on every rank)."""
+    if n_ranks > n_replicas:
+        raise _collective(InputError(
+            f"{n_ranks} MPI ranks for {n_replicas} replicas: every rank needs at least one replica; start at most "
+            f"{n_replicas} (mpirun -n {n_replicas}) or use a ladder of at least {n_ranks} temperatures"))
+
+
+def run_on_root(task: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``task(*args, **kwargs)`` on rank 0, its result broadcast to every rank; an exception that the task raises
+    on rank 0 is raised on every rank (an error that cannot be pickled as a ``RuntimeError`` with its message).
+    A single process just runs the task."""
+    comm = get_comm()
+    if comm is None or comm.Get_size() == 1:
+        return task(*args, **kwargs)
+    outcome: tuple[bool, Any] | None = None
+    failure: BaseException | None = None
+    if comm.Get_rank() == 0:
+        try:
+            outcome = (True, task(*args, **kwargs))
+        except BaseException as error:  # every rank must leave the broadcast below, whatever happened
+            failure = _collective(error)
+            try:
+                sent: BaseException = pickle.loads(pickle.dumps(error))
+            except Exception:
+                sent = RuntimeError(f"rank 0: {type(error).__name__}: {error}")
+            outcome = (False, _collective(sent))
+    ok, value = comm.bcast(outcome, root=0)
+    if failure is not None:
+        raise failure
+    if not ok:
+        raise value
+    return value
+
+
+def _all_ranks_failed(comm: Any, timeout_s: float) -> bool:
+    """True when every rank of ``comm`` (a communicator used for nothing else) enters this within ``timeout_s``."""
+    request = comm.Ibarrier()
+    deadline = time.monotonic() + timeout_s
+    while not request.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def mpi_command(handler: Callable[[Any], int]) -> Callable[[Any], int]:
+    """Wrap a command-line handler ``(args) -> int`` for MPI (see the module docs). A single process runs the
+    handler unchanged, except for the launcher checks of :func:`get_comm`."""
+
+    @functools.wraps(handler)
+    def wrapper(args: Any) -> int:
+        try:
+            comm = get_comm()
+        except TradeMDError:
+            if launcher_rank() != 0:  # every process failed alike, without MPI between them: rank 0 says it
+                raise SystemExit(2) from None
+            raise
+        if comm is None or comm.Get_size() == 1:
+            return handler(args)
+        errors = comm.Dup()  # only ever used to agree on a failure, so it cannot cross the run's own collectives
+        try:
+            return handler(args)
+        except TradeMDError as error:
+            if getattr(error, _COLLECTIVE, False) or _all_ranks_failed(errors, ERROR_AGREEMENT_S):
+                if comm.Get_rank() == 0:
+                    raise
+                raise SystemExit(2) from None
+            print(f"trade-md {getattr(args, 'command', '')}: error: {error} (rank {comm.Get_rank()} of "
+                  f"{comm.Get_size()}; aborting the other ranks)", file=sys.stderr, flush=True)
+            comm.Abort(2)
+            raise  # not reached
+        except KeyboardInterrupt:
+            print(f"trade-md: interrupted on rank {comm.Get_rank()}; aborting the other ranks", file=sys.stderr,
+                  flush=True)
+            comm.Abort(130)
+            raise  # not reached
+
+    return wrapper
+
+
+def describe() -> dict[str, Any]:
+    """``{"mpi": {...}}`` for a run record under MPI (world size, MPI library, host:pid of each rank), ``{}`` for a
+    single process. Collective: every rank must call it."""
+    comm = get_comm()
+    if comm is None:
+        return {}
+    from mpi4py import MPI
+
+    processes = comm.allgather(f"{socket.gethostname()}:{os.getpid()}")
+    return {"mpi": {"size": int(comm.Get_size()), "library": MPI.Get_library_version().splitlines()[0].strip(),
+                    "processes": processes}}
