@@ -5,8 +5,9 @@ with one process and with ``mpirun -n N`` (N = 2 by default), alternating the tw
 from other processes on a shared machine hits both alike. Per run it reads from ``run.json`` the wall time of the
 iteration loop (openmmtools' propagation, exchanges and storage writes; without start-up, system set-up and
 minimisation) and rank 0's CPU time, and it times the whole command (start-up included). It prints a table
-(median over repeats: loop wall s, iterations/s, end-to-end wall s, speedup = one process's wall time / MPI's) and
-writes a JSON with the machine, the load average, the MPI library and every command.
+(median over repeats: loop wall s, iterations/s, end-to-end wall s, speedup = one process's wall time / MPI's; also
+the speedup of the best run of each kind and repeat by repeat) and writes a JSON with the machine, the load
+averages, the MPI library and every command.
 
     python benchmarks/remd_mpi.py                               # writes benchmarks/results/remd_mpi/remd_mpi.json
     python benchmarks/remd_mpi.py --iterations 200 --repeats 2 --out /tmp/remd_mpi.json
@@ -118,13 +119,16 @@ def main(argv: list[str] | None = None) -> int:
                                                           "rank0_cpu_s")} for label in rows}
     speedup_loop = summary[single]["loop_wall_s"] / summary[parallel]["loop_wall_s"]
     speedup_total = summary[single]["end_to_end_wall_s"] / summary[parallel]["end_to_end_wall_s"]
+    speedup_best = min(r["loop_wall_s"] for r in rows[single]) / min(r["loop_wall_s"] for r in rows[parallel])
+    pairs = [a["loop_wall_s"] / b["loop_wall_s"] for a, b in zip(rows[single], rows[parallel])]
     print(f"\n{'':<16}{'loop wall s':>12}{'iterations/s':>14}{'end-to-end s':>14}{'rank-0 CPU s':>14}")
     for label in rows:
         s = summary[label]
         print(f"{label:<16}{s['loop_wall_s']:>12.1f}{s['iterations_per_s']:>14.2f}{s['end_to_end_wall_s']:>14.1f}"
               f"{s['rank0_cpu_s']:>14.1f}")
     print(f"speedup of {parallel} (medians of {args.repeats}): {speedup_loop:.2f}x on the iteration loop, "
-          f"{speedup_total:.2f}x end to end")
+          f"{speedup_total:.2f}x end to end; best of each {speedup_best:.2f}x; repeat by repeat "
+          f"{', '.join(f'{x:.2f}' for x in pairs)}")
 
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -140,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "median": summary,
         "speedup_loop": speedup_loop,
         "speedup_end_to_end": speedup_total,
+        "speedup_loop_best": speedup_best,
+        "speedup_loop_by_repeat": pairs,
         "runs": rows,
         "notes": "loop = the iteration loop timed in run.json (propagation, exchanges, storage writes); end to end "
                  "includes start-up (imports), system set-up and minimisation; the machine may be shared, see the "
