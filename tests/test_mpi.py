@@ -197,6 +197,38 @@ def test_an_error_of_one_rank_only_aborts_the_job(tmp_path):
     assert "only rank 1 sees this (rank 1 of 2; aborting the other ranks)" in result.stderr, result.stderr
 
 
+@needs_mpi
+def test_resume_waits_for_every_rank_to_read_the_storage(tmp_path):
+    """openmmtools reads the storage on every rank and reopens it on rank 0 for appending, which HDF5 locks: a rank
+    slower to read (here rank 1, delayed 3 s) must not find it locked (it used to fail with NetCDF: HDF error)."""
+    from trade_md.replica import RemdSettings, run_remd
+    from trade_md.systems import load_system
+
+    out = tmp_path / "r"
+    run_remd(load_system("alanine-dipeptide"), RemdSettings(temperatures=(300.0, 450.0), n_iterations=2,
+                                                            steps_per_iteration=20), out, platform="Reference",
+             progress=False)
+    script = tmp_path / "slow_reader.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from trade_md import mpi, replica
+
+        sampler_class = replica.rescaling_tempering_class()
+        load = sampler_class.from_storage.__func__
+
+        def slow_on_rank_1(cls, storage):
+            if mpi.rank_size()[0] == 1:
+                time.sleep(3.0)
+            return load(cls, storage)
+
+        sampler_class.from_storage = classmethod(slow_on_rank_1)
+        replica.resume_remd(sys.argv[1], n_iterations=3, progress=False)
+    """))
+    result = _run([sys.executable, str(script), str(out)], timeout=180, ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_storage(out).n_iterations == 3
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same run (ITERATIONS iterations of 4 replicas) in one process, and with `mpirun -n 2` in two

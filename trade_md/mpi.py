@@ -12,6 +12,8 @@ storage. This module adds what that needs around it:
 * :func:`run_on_root` runs a task on rank 0 and broadcasts its result *or its error*, so an error seen by rank 0
   (a missing platform, an unreadable storage) is raised on every rank instead of leaving the others waiting in the
   broadcast forever (``mpiplus.run_single_node`` broadcasts only results).
+* :func:`sampler_from_storage` loads a sampler for ``--resume`` on every rank without racing rank 0's reopening
+  of the storage for writing.
 * :func:`mpi_command` wraps a command-line handler: an error raised on every rank is printed once (rank 0) and
   every rank exits with status 2; an error raised on some ranks only is printed by the rank that raised it, which
   then aborts the whole job (``MPI_Abort``) after waiting ``ERROR_AGREEMENT_S`` seconds for the others.
@@ -49,6 +51,7 @@ __all__ = [
     "rank_size",
     "check_ranks",
     "run_on_root",
+    "sampler_from_storage",
     "mpi_command",
     "describe",
 ]
@@ -168,6 +171,35 @@ def run_on_root(task: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if not ok:
         raise value
     return value
+
+
+def sampler_from_storage(sampler_class: Any, storage: str | os.PathLike) -> Any:
+    """``sampler_class.from_storage(storage)`` (openmmtools) on every rank, with rank 0 last.
+
+    openmmtools reads the storage on every rank and then reopens it on rank 0 to append; HDF5 locks a file open
+    for writing, so a rank still opening it to read then fails (``NetCDF: HDF error``: 5 of 20 resumes with 2 ranks
+    failed so on the 2-core development machine). Here the other ranks read first, and rank 0 reads and reopens the storage only when all of
+    them are done. An error on any rank is raised on every rank.
+    """
+    comm = get_comm()
+    if comm is None or comm.Get_size() == 1:
+        return sampler_class.from_storage(str(storage))
+    sampler, failure = None, None
+    if comm.Get_rank() != 0:
+        try:
+            sampler = sampler_class.from_storage(str(storage))  # reads only: rank 0 alone appends
+        except Exception as error:
+            failure = f"rank {comm.Get_rank()}: {type(error).__name__}: {' '.join(str(error).split())}"
+    failures = [f for f in comm.allgather(failure) if f is not None]
+    if failures:
+        raise _collective(RuntimeError(f"cannot read {storage}: {failures[0]}"))
+    loaded: dict[str, Any] = {}
+
+    def load_on_root() -> None:
+        loaded["sampler"] = sampler_class.from_storage(str(storage))
+
+    run_on_root(load_on_root)
+    return loaded.get("sampler", sampler)
 
 
 def _all_ranks_failed(comm: Any, timeout_s: float) -> bool:

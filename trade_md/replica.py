@@ -454,7 +454,7 @@ def resume_remd(
     record["platform"] = {"name": platform_name, "properties": properties}
     rescale = record["settings"]["integrator"] == "langevin"
     sampler_class = rescaling_tempering_class() if rescale else multistate.ParallelTemperingSampler
-    sampler = sampler_class.from_storage(str(storage))
+    sampler = mpi.sampler_from_storage(sampler_class, storage)
     if any(bool(move.reassign_velocities) == rescale for move in sampler._mcmc_moves):
         kept, stored = ("keeps", "redraw") if rescale else ("redraws", "keep")
         sampler._reporter.close()
