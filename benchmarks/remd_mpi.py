@@ -4,12 +4,13 @@ The same run (alanine dipeptide, Reference platform, default ladder 300:1000:4, 
 with one process and with ``mpirun -n N`` (N = 2 by default), alternating the two ``--repeats`` times so that load
 from other processes on a shared machine hits both alike. Per run it reads from ``run.json`` the wall time of the
 iteration loop (openmmtools' propagation, exchanges and storage writes; without start-up, system set-up and
-minimisation) and rank 0's CPU time, and it times the whole command (start-up included). It prints a table
+minimisation) and rank 0's CPU time, and it times the whole command (start-up included) and measures how many
+cores other work on the machine used meanwhile (/proc/stat less the command's own CPU time). It prints a table
 (median over repeats: loop wall s, iterations/s, end-to-end wall s, speedup = one process's wall time / MPI's; also
 the speedup of the best run of each kind and repeat by repeat) and writes a JSON with the machine, the load
 averages, the MPI library and every command.
 
-    python benchmarks/remd_mpi.py                               # writes benchmarks/results/remd_mpi/remd_mpi.json
+    python benchmarks/remd_mpi.py                # writes benchmarks/results/remd_mpi/remd_mpi_<date-time>.json
     python benchmarks/remd_mpi.py --iterations 200 --repeats 2 --out /tmp/remd_mpi.json
 
 Needs ``pip install "trade-md[mpi]"`` (mpi4py and an ``mpirun``).
@@ -22,6 +23,7 @@ import datetime
 import json
 import os
 import platform as host
+import resource
 import shutil
 import statistics
 import subprocess
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "remd_mpi" / "remd_mpi.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "remd_mpi"
 
 
 def machine_info() -> dict[str, Any]:
@@ -54,6 +56,16 @@ def load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
+def busy_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU jiffies of the whole machine since boot, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def find_mpirun() -> str | None:
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return shutil.which("mpirun", path=search) or shutil.which("mpiexec", path=search)
@@ -68,15 +80,24 @@ def trade_md_command() -> list[str]:
 
 def run_once(command: list[str], out: Path) -> dict[str, Any]:
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1"}
+    own0, jiffies0 = resource.getrusage(resource.RUSAGE_CHILDREN), busy_jiffies()
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     total = time.perf_counter() - start
+    own1, jiffies1 = resource.getrusage(resource.RUSAGE_CHILDREN), busy_jiffies()
+    own_cpu = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)  # every rank (waited-for descendants)
+    n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy_cores = None
+    if jiffies0 and jiffies1 and jiffies1[1] > jiffies0[1]:
+        busy_cores = n_cpus * (jiffies1[0] - jiffies0[0]) / (jiffies1[1] - jiffies0[1])
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     record = json.loads((out / "run.json").read_text())
     segment = record["segments"][-1]
     iterations = segment["last_iteration"] - segment["first_iteration"]
     return {"end_to_end_wall_s": total, "loop_wall_s": segment["wall_s"], "rank0_cpu_s": segment["cpu_s"],
+            "all_ranks_cpu_s": own_cpu, "machine_busy_cores": busy_cores,
+            "other_work_cores": None if busy_cores is None else max(0.0, busy_cores - own_cpu / total),
             "iterations": iterations, "iterations_per_s": iterations / segment["wall_s"],
             "n_ranks": segment["n_ranks"], "mpi": segment.get("mpi")}
 
@@ -88,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=400, help="iterations per run (default %(default)s)")
     parser.add_argument("--steps-per-iteration", type=int, default=500, help="(default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each kind, alternating (default %(default)s)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON to write (default %(default)s)")
+    parser.add_argument("--out", type=Path, help=f"JSON to write (default {RESULTS}/remd_mpi_<date-time>.json)")
     args = parser.parse_args(argv)
     mpirun = find_mpirun()
     if mpirun is None:
         raise SystemExit('no mpirun/mpiexec found: pip install "trade-md[mpi]"')
 
+    out_json = args.out or RESULTS / f"remd_mpi_{datetime.datetime.now():%Y%m%d-%H%M}.json"
     load_before = load_average()
     rows: dict[str, list[dict[str, Any]]] = {"1 process": [], f"mpirun -n {args.ranks}": []}
     commands: dict[str, list[str]] = {}
@@ -108,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                 commands[label] = [Path(c).name if c in (mpirun, remd[0]) else c for c in command]
                 rows[label].append(run_once(command, out))
                 row = rows[label][-1]
+                other = "?" if row["other_work_cores"] is None else f"{row['other_work_cores']:.2f}"
                 print(f"repeat {repeat}: {label:<14} loop {row['loop_wall_s']:7.1f} s, end-to-end "
-                      f"{row['end_to_end_wall_s']:7.1f} s, load {load_average()}", flush=True)
+                      f"{row['end_to_end_wall_s']:7.1f} s, all ranks' CPU {row['all_ranks_cpu_s']:6.1f} s, "
+                      f"cores busy with other work {other}, load {load_average()}", flush=True)
 
     def median(label: str, key: str) -> float:
         return statistics.median(r[key] for r in rows[label])
@@ -148,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_loop_by_repeat": pairs,
         "runs": rows,
         "notes": "loop = the iteration loop timed in run.json (propagation, exchanges, storage writes); end to end "
-                 "includes start-up (imports), system set-up and minimisation; the machine may be shared, see the "
-                 "load averages",
+                 "includes start-up (imports), system set-up and minimisation; all_ranks_cpu_s = CPU time of the "
+                 "command and every process it started; machine_busy_cores = busy CPUs of the whole machine "
+                 "during the command (/proc/stat), other_work_cores = that minus this command's own CPU / wall: "
+                 "what other users took from the cores",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out_json}")
     return 0
 
 
