@@ -6,8 +6,9 @@ storage. This module adds what that needs around it:
 
 * :func:`get_comm` recognises a launcher from its environment variables (Open MPI, MPICH/Hydra, Intel MPI,
   MVAPICH, Slurm's srun) and refuses, with a one-line :class:`~trade_md.errors.InputError`, to run K > 1 copies
-  without mpi4py (or with an mpi4py whose MPI library is not the launcher's): each copy would run every replica
-  and write the same storage.
+  without mpi4py (or with an mpi4py whose MPI library is not the launcher's and sees a world of one process; other
+  mismatches, such as Open MPI's mpirun with the MPICH wheel, stop inside ``MPI_Init`` with that MPI's message):
+  each copy would run every replica and write the same storage.
 * :func:`check_ranks` refuses more ranks than replicas (a rank with no replica).
 * :func:`run_on_root` runs a task on rank 0 and broadcasts its result *or its error*, so an error seen by rank 0
   (a missing platform, an unreadable storage) is raised on every rank instead of leaving the others waiting in the
@@ -120,8 +121,8 @@ def get_comm() -> Any:
         if world == 1:
             raise _collective(InputError(
                 f"started by mpirun/mpiexec as {size} processes, but each sees an MPI world of 1: the launcher is not "
-                f"of the MPI library mpi4py uses ({MPI.Get_library_version().splitlines()[0].strip()}); use that "
-                f"MPI's mpirun (with {INSTALL_HINT}: the one in {os.path.dirname(sys.executable)})"))
+                f"of the MPI library mpi4py uses ({_library_name(MPI)}); launch with that MPI's own mpirun (an "
+                f"environment with {INSTALL_HINT} has it in {os.path.dirname(sys.executable)})"))
     import mpiplus
 
     comm = mpiplus.get_mpicomm()
@@ -130,6 +131,11 @@ def get_comm() -> Any:
             f"started by mpirun/mpiexec as {size} processes, but openmmtools' mpiplus did not recognise the launcher "
             "(it reads PMI_RANK, OMPI_COMM_WORLD_RANK or SLURM_PROCID); launch with mpirun or mpiexec"))
     return comm
+
+
+def _library_name(mpi_module: Any) -> str:
+    """First words of the MPI library's version string, e.g. 'MPICH Version: 5.0.2' or 'Open MPI v5.0.11'."""
+    return " ".join(mpi_module.Get_library_version().splitlines()[0].split(",")[0].split())
 
 
 def rank_size() -> tuple[int, int]:
@@ -178,8 +184,8 @@ def sampler_from_storage(sampler_class: Any, storage: str | os.PathLike) -> Any:
 
     openmmtools reads the storage on every rank and then reopens it on rank 0 to append; HDF5 locks a file open
     for writing, so a rank still opening it to read then fails (``NetCDF: HDF error``: 5 of 20 resumes with 2 ranks
-    failed so on the 2-core development machine). Here the other ranks read first, and rank 0 reads and reopens the storage only when all of
-    them are done. An error on any rank is raised on every rank.
+    failed so on the 2-core development machine). Here the other ranks read first, and rank 0 reads and reopens
+    the storage only when all of them are done. An error on any rank is raised on every rank.
     """
     comm = get_comm()
     if comm is None or comm.Get_size() == 1:
@@ -192,7 +198,8 @@ def sampler_from_storage(sampler_class: Any, storage: str | os.PathLike) -> Any:
             failure = f"rank {comm.Get_rank()}: {type(error).__name__}: {' '.join(str(error).split())}"
     failures = [f for f in comm.allgather(failure) if f is not None]
     if failures:
-        raise _collective(RuntimeError(f"cannot read {storage}: {failures[0]}"))
+        raise _collective(InputError(f"cannot read {storage} on {failures[0]}; every rank reads the storage to "
+                                     "resume: put --out on a file system that all nodes share"))
     loaded: dict[str, Any] = {}
 
     def load_on_root() -> None:
@@ -257,5 +264,5 @@ def describe() -> dict[str, Any]:
     from mpi4py import MPI
 
     processes = comm.allgather(f"{socket.gethostname()}:{os.getpid()}")
-    return {"mpi": {"size": int(comm.Get_size()), "library": MPI.Get_library_version().splitlines()[0].strip(),
+    return {"mpi": {"size": int(comm.Get_size()), "library": _library_name(MPI),
                     "processes": processes}}
