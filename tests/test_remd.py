@@ -151,9 +151,9 @@ def test_existing_storage_is_not_overwritten(resumed_run, ala2):
 
 
 def test_only_rank_zero_writes_the_run_record(tmp_path, ala2, monkeypatch):
-    from trade_md import remd
+    from trade_md import mpi
 
-    monkeypatch.setattr(remd, "_mpi_rank_size", lambda: (1, 2))
+    monkeypatch.setattr(mpi, "rank_size", lambda: (1, 2))
     run_remd(ala2, RemdSettings(temperatures=LADDER, n_iterations=1, steps_per_iteration=10), tmp_path / "r",
              platform="Reference", progress=False)
     assert (tmp_path / "r" / STORAGE_NAME).exists()  # written by openmmtools' own rank 0 (here the only process)

@@ -18,9 +18,10 @@ iteration boundary (NetCDF/HDF5 files are not crash-safe; a resume finds a stora
 restarts from the copy). The MBAR analysis is :mod:`trade_md.analysis.remd`; :mod:`trade_md.remd_data` turns the
 frames drawn at one ladder temperature into a training dataset.
 
-MPI: ``mpirun -n K trade-md remd ...`` distributes the replicas over ranks through openmmtools' own MPI support
-(mpiplus; needs mpi4py). Storage and ``run.json`` are written by rank 0 only; every MPI call is in the section
-"MPI" below.
+MPI: ``mpirun -n K trade-md remd ...`` (K at most the number of replicas; needs ``pip install "trade-md[mpi]"``)
+distributes the replicas over ranks through openmmtools' own MPI support. Storage and ``run.json`` are written by
+rank 0 only; every MPI call goes through :mod:`trade_md.mpi` (launcher checks, errors raised on every rank instead
+of leaving one waiting, a resume that does not race rank 0's reopening of the storage).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
+from trade_md import mpi
 from trade_md.errors import InputError
 from trade_md.formats.files import package_versions, write_json_atomic
 from trade_md.formats.remd import (
@@ -132,30 +134,12 @@ class RemdSettings:
         return max(1, round(ns_per_replica * 1e6 / (steps_per_iteration * timestep_fs)))
 
 
-# ----------------------------------------------------------------------------------------------------- MPI
-
-
-def _mpi_rank_size() -> tuple[int, int]:
-    """(rank, number of ranks) of this process: (0, 1) without MPI."""
-    import mpiplus
-
-    comm = mpiplus.get_mpicomm()
-    return (0, 1) if comm is None else (int(comm.rank), int(comm.size))
-
-
-def _on_rank_zero(task: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``task(*args, **kwargs)`` evaluated by rank 0 alone, its result broadcast to every rank."""
-    import mpiplus
-
-    return mpiplus.run_single_node(0, task, *args, broadcast_result=True, **kwargs)
-
-
 # ----------------------------------------------------------------------------------------------------- running
 
 
 def _platform(system: MolecularSystem, name: str, cpu_threads: int) -> tuple[str, dict[str, str]]:
     """The platform policy's choice (:func:`trade_md.platforms.select_platform`), made once on rank 0."""
-    return _on_rank_zero(select_platform, system, name, threads=cpu_threads, purpose="dynamics")
+    return mpi.run_on_root(select_platform, system, name, threads=cpu_threads, purpose="dynamics")
 
 
 def _configure_context_caches(sampler: Any, platform_name: str, properties: dict[str, str]) -> None:
@@ -189,9 +173,10 @@ def run_remd(
 
     out = Path(out_dir)
     storage = out / STORAGE_NAME
-    if _on_rank_zero(storage.exists):  # rank 0 decides: it creates the file
+    rank, size = mpi.rank_size()
+    mpi.check_ranks(size, len(settings.temperatures))
+    if mpi.run_on_root(storage.exists):  # rank 0 decides: it creates the file
         raise InputError(f"{storage} already exists; continue it with --resume or choose a new --out directory")
-    rank, size = _mpi_rank_size()
     platform_name, properties = _platform(system, platform, cpu_threads)
     move_class = mcmc.GHMCMove if settings.integrator == "ghmc" else mcmc.LangevinDynamicsMove
     rescale = settings.integrator == "langevin"
@@ -291,16 +276,17 @@ def resume_remd(
 
     out = Path(out_dir)
     record, storage = read_record(out)
-    stored = _on_rank_zero(recover_storage, storage)
+    rank, size = mpi.rank_size()
+    mpi.check_ranks(size, len(record["settings"]["temperatures"]))
+    stored = mpi.run_on_root(recover_storage, storage)
     check_fingerprints(record, stored, storage)
     run_system = record_system(record)
     check_system(system, run_system, storage)
-    rank, size = _mpi_rank_size()
     platform_name, properties = _platform(run_system, platform or record["platform"]["name"], cpu_threads)
     record["platform"] = {"name": platform_name, "properties": properties}
     rescale = record["settings"]["integrator"] == "langevin"
     sampler_class = rescaling_tempering_class() if rescale else multistate.ParallelTemperingSampler
-    sampler = sampler_class.from_storage(str(storage))
+    sampler = mpi.sampler_from_storage(sampler_class, storage)
     if any(bool(move.reassign_velocities) == rescale for move in sampler._mcmc_moves):
         kept, stored_scheme = ("keeps", "redraw") if rescale else ("redraws", "keep")
         sampler._reporter.close()
@@ -328,11 +314,11 @@ def _run_iterations(sampler: Any, record: dict[str, Any], out: Path, target: int
     from openmmtools import cache
 
     global_contexts = len(cache.global_context_cache)
-    rank = _mpi_rank_size()[0]
+    rank = mpi.rank_size()[0]
     first = int(sampler.iteration)
     segment = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                "first_iteration": first, "last_iteration": first, "wall_s": 0.0, "cpu_s": 0.0,
-               "n_ranks": n_ranks, "platform": record["platform"]["name"]}
+               "n_ranks": n_ranks, "platform": record["platform"]["name"], **mpi.describe()}
     record["segments"].append(segment)
     k = len(record["settings"]["temperatures"])
     accepted, proposed = np.zeros((k, k)), np.zeros((k, k))

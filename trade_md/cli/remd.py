@@ -13,6 +13,7 @@ import numpy as np
 
 from trade_md.analysis.remd import analyse_reference, export_frames
 from trade_md.cli.common import add_system_arguments, system_from_args
+from trade_md.cli.mpi import mpi_command
 from trade_md.errors import InputError
 from trade_md.formats.files import read_json, write_json_atomic
 from trade_md.formats.reference import combine_summaries
@@ -31,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     remd = subparsers.add_parser(
         "remd", help="parallel tempering (openmmtools) with NetCDF storage and resume",
         description="Parallel tempering of a molecule over a temperature ladder. Under MPI "
-                    "(`mpirun -n K trade-md remd ...`, needs mpi4py) openmmtools distributes the replicas over the "
-                    "ranks; rank 0 writes the storage and run.json.",
+                    "(`mpirun -n K trade-md remd ...` with K at most the number of replicas; needs "
+                    "pip install \"trade-md[mpi]\") openmmtools distributes the replicas over the ranks; rank 0 "
+                    "writes the storage and run.json.",
     )
     add_system_arguments(remd)
     remd.add_argument("--temperatures",
@@ -61,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="continue the run in --out from its last iteration (extend with a larger "
                            "--ns-per-replica/--iterations)")
     remd.add_argument("--no-progress", action="store_true", help="no progress bar")
-    remd.set_defaults(func=_remd_command, command="remd")
+    remd.set_defaults(func=mpi_command(_remd_command), command="remd")
 
     reference = subparsers.add_parser(
         "reference", help="MBAR analysis of remd runs: <U>, ln Z, Ramachandran histograms, basin ΔF(T)",
