@@ -91,6 +91,66 @@ def test_reference_analysis_and_frames(resumed_run, tmp_path):
     assert np.allclose(np.exp(weights["log_weights"]).sum(axis=0), 1.0)
 
 
+DIPEPTIDE_KEYS = {
+    "conventions", "decorrelation", "delta_f", "delta_f_kT", "delta_f_sem", "delta_f_sem_kT", "diagnostics",
+    "direct_p_phi_positive_ladder", "effective_samples", "format", "ladder", "log_z_relative", "log_z_relative_sem",
+    "mean_energy", "mean_energy_sem", "on_ladder", "p_phi_positive", "p_phi_positive_sem", "ramachandran", "run",
+    "system", "temperatures", "warnings"}
+"""The keys of a single run's alanine-dipeptide summary before ``phi_basins`` was added."""
+
+
+def test_dipeptide_summary_keeps_its_single_residue_keys_and_values(resumed_run, ala2):
+    # A third of the stored frames mirrored (x -> -x: the energy is unchanged, φ changes sign) so that both basins
+    # carry weight. The summary has the keys dipeptide summaries always had, plus phi_basins; its basin values are
+    # bit for bit those of the single-residue computation they always came from (the MBAR indicator of the one
+    # φ > 0, the same block bootstrap, histograms of the one φ/ψ), and phi_basins' one residue repeats them.
+    from dataclasses import replace
+
+    from trade_md.analysis.metrics import ramachandran_histogram
+    from trade_md.features import dihedral_angles, ramachandran_atoms
+    from trade_md.formats.files import json_safe
+    from trade_md.formats.reference import round_significant
+    from trade_md.thermo import kT
+
+    _, data = resumed_run
+    mirror = np.random.default_rng(1).random(data.positions.shape[:2]) < 0.35
+    mirrored = replace(data, positions=np.where(mirror[..., None, None], -data.positions, data.positions))
+    targets = [300.0, 450.0, 1200.0]
+    summary, samples, estimator = analyse_reference(mirrored, targets, n_bootstrap=20)
+    assert set(summary) == DIPEPTIDE_KEYS | {"phi_basins"}
+    assert set(summary["conventions"]) == {"delta_f", "effective_samples", "estimates", "log_z_relative",
+                                           "ramachandran", "sem", "units"}
+    assert set(summary["decorrelation"]) == {
+        "block_length_iterations", "equilibration_iteration", "n_blocks", "n_decorrelated_per_state",
+        "n_iterations_used", "n_samples", "statistical_inefficiency_energy", "statistical_inefficiency_iterations",
+        "statistical_inefficiency_phi_indicator"}
+    phi, psi = dihedral_angles(samples.positions, ramachandran_atoms(ala2.topology)).T
+    errors = estimator.block_bootstrap(samples.block, observables={"energy": samples.energies},
+                                       indicators={"phi_positive": phi > 0}, n_bootstrap=20, strata=samples.run)
+    delta_f, _, p, _ = estimator.indicator_free_energy(phi > 0)
+    index = [0, 3, 2]  # estimator states: the ladder 300, 600, 1200 K, then 450 K
+    kt = np.array([kT(t) for t in targets])
+    assert np.all((p[index] > 0) & (p[index] < 1))  # both basins weighted, ΔF finite: the values below mean something
+    expected = {
+        "p_phi_positive": p[index].tolist(), "p_phi_positive_sem": json_safe(errors["phi_positive_p"][index]),
+        "delta_f_kT": json_safe(delta_f[index]), "delta_f_sem_kT": json_safe(errors["phi_positive"][index]),
+        "delta_f": json_safe(delta_f[index] * kt), "delta_f_sem": json_safe(errors["phi_positive"][index] * kt),
+        "direct_p_phi_positive_ladder": [float(np.mean(phi[samples.state == k] > 0)) for k in range(3)],
+        "ramachandran": [round_significant(ramachandran_histogram(phi, psi, estimator.weights()[:, i]))
+                         for i in index],
+    }
+    for key, value in expected.items():
+        assert summary[key] == value, key
+    basins = summary["phi_basins"]
+    assert basins["labels"] == ["ALA 2"] and "ramachandran" not in basins
+    for key, legacy in (("p_positive", "p_phi_positive"), ("p_positive_sem", "p_phi_positive_sem"),
+                        ("delta_f_kT", "delta_f_kT"), ("delta_f_sem_kT", "delta_f_sem_kT"), ("delta_f", "delta_f"),
+                        ("delta_f_sem", "delta_f_sem"), ("direct_p_positive_ladder", "direct_p_phi_positive_ladder")):
+        assert basins[key] == [summary[legacy]], key
+    assert basins["statistical_inefficiency_iterations"] == [
+        summary["decorrelation"]["statistical_inefficiency_phi_indicator"]]
+
+
 def test_reference_outside_the_ladder_is_an_input_error(resumed_run):
     _, data = resumed_run
     with pytest.raises(InputError, match="outside the ladder"):
@@ -148,10 +208,12 @@ def test_remd_frames_at_one_temperature_become_a_dataset(resumed_run, tmp_path, 
 
 
 def test_backbone_dihedrals_of_the_starting_structure(ala2):
-    from trade_md.analysis.remd import _ramachandran_atoms
-    from trade_md.features import dihedral_angles
+    from trade_md.analysis.remd import _backbone
 
-    phi, psi = dihedral_angles(ala2.positions[None], _ramachandran_atoms(ala2)).T
+    backbone = _backbone(ala2)
+    assert backbone.labels == ("ALA 2",) and backbone.dipeptide
+    phi, psi = backbone.ramachandran_angles(ala2.positions[None], 0)
+    assert backbone.phi(ala2.positions[None])[:, 0].tolist() == phi.tolist()
     # systems/alanine_dipeptide/README.md: the minimised C5 structure has φ = −144.6°, ψ = 159.2°
     assert np.degrees(phi[0]) == pytest.approx(-144.6, abs=0.2) and np.degrees(psi[0]) == pytest.approx(159.2, abs=0.2)
 
@@ -231,7 +293,7 @@ def test_pooled_runs_with_different_ladders_match_the_harmonic_well(ala2, monkey
     from trade_md.analysis.mbar import MBAREstimator
     from trade_md.thermo import kT
 
-    monkeypatch.setattr(remd, "_ramachandran_atoms", lambda system: None)  # positions are placeholders
+    monkeypatch.setattr(remd, "_backbone", lambda system: None)  # positions are placeholders
     strata_given = []
     bootstrap = MBAREstimator.block_bootstrap
 

@@ -69,8 +69,14 @@ def test_metrics_json_has_the_expected_keys(with_frames: dict) -> None:
     assert metrics["temperatures"] == [300.0, 600.0, 1000.0] and metrics["n_dof"] == 60
     assert metrics["trained_range"] == [300.0, 1000.0] and metrics["reference_frames"] is True
     assert metrics["warnings"] == []
+    assert metrics["phi_labels"] == ["ALA 2"] and metrics["ramachandran_residue"] == "ALA 2"
     for entry in metrics["per_temperature"]:
         assert PER_TEMPERATURE_KEYS | FRAME_KEYS <= set(entry)
+        (residue,) = entry["phi_basins"]                                  # a dipeptide: its one φ, as at the top
+        assert residue["label"] == "ALA 2"
+        assert residue["delta_f"] == entry["delta_f"] and residue["delta_f_kT"] == entry["delta_f_kT"]
+        assert residue["p_positive"]["generator"] == entry["basin_populations"]["generator"][1]
+        assert residue["p_positive"]["reference"] == entry["basin_populations"]["reference"][1]
         assert 0.0 < entry["ess"] <= 1.0
         assert entry["in_trained_range"] is True
         assert math.isfinite(entry["nll"]) and entry["nll_per_dof"] == pytest.approx(entry["nll"] / 60)
@@ -110,6 +116,7 @@ def test_figures_and_summary_are_written(with_frames: dict) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
         assert "<svg" in svg.read_text()[:2000]
         assert f"({name}.png)" in summary and f"({name}.svg)" in summary
+    assert "per residue" not in summary and "no backbone φ" not in summary     # one φ: no per-residue table
     assert not list(out.glob(".*.tmp"))                       # atomic writes leave no temp files
 
 

@@ -14,6 +14,12 @@ compares them with a ``trade-md reference`` analysis:
 - ΔF = F(φ > 0) − F(φ < 0) (kJ/mol and k_BT) with a bootstrap standard error, beside the reference's MBAR value;
 - ⟨U⟩ and energy histograms; Wasserstein-1 distance (kJ/mol) to the reference frames' energies when they exist.
 
+Peptides of any length: per backbone φ_i (labelled like ``"ALA 3"``, :class:`trade_md.analysis.phi_basins.Backbone`)
+``phi_basins`` lists the generator's ΔF_i and P(φ_i > 0) beside the reference's (its ``phi_basins``, found by label;
+for a molecule with one φ its top-level keys); the histogram, ESS by basin and top-level ΔF are those of one
+residue, ``ramachandran_residue`` (a dipeptide's only one; otherwise the first with a ψ). A molecule without any
+backbone φ gets no basin metrics (ESS, chirality, ⟨U⟩, NLL, energies only; no Ramachandran or ΔF figure).
+
 The output directory gets ``metrics.json``, figures (PNG + SVG: ``ramachandran``, ``delta_f``, ``ess``,
 ``energy``) and ``summary.md`` linking them (:mod:`trade_md.analysis.evaluation_report`), all written atomically.
 The reference is a reference directory (``summary.json`` + ``frames/``) or a summary JSON; for alanine dipeptide it
@@ -35,6 +41,7 @@ import numpy as np
 import torch
 
 from trade_md.analysis.evaluation_report import summary_markdown, write_figures
+from trade_md.analysis.phi_basins import Backbone, reference_value
 from trade_md.analysis.metrics import (
     bootstrap_delta_f,
     energy_wasserstein,
@@ -50,7 +57,7 @@ from trade_md.analysis.metrics import (
 from trade_md.basins import BasinCalibration
 from trade_md.energy import EnergyBridge
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.features import basin_populations, ramachandran
+from trade_md.features import basin_populations
 from trade_md.formats.checkpoint import load_generator
 from trade_md.formats.files import atomic_write_path, json_safe, write_json_atomic
 from trade_md.formats.reference import Reference, default_reference, load_reference
@@ -72,17 +79,58 @@ def _log_q(generator: Any, positions: np.ndarray, temperature: float, chunk: int
     return np.concatenate(parts)
 
 
+def _basin_metrics(temperature: float, samples: Any, backbone: Backbone, reference: Reference,
+                   seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The φ basin metrics of one temperature (per residue, and the main residue's at the top level) and the
+    histograms the figures need."""
+    k_t = kT(temperature)
+    weights = samples.weights
+    phi = backbone.phi(samples.positions)  # [n, k]
+    residues = []
+    for i, label in enumerate(backbone.labels):
+        delta_f, delta_f_sem = bootstrap_delta_f(phi[:, i], temperature, samples.log_weights, seed=seed)
+        value, sem, p, p_sem = (reference_value(reference, backbone, i, key, temperature)
+                                for key in ("delta_f", "delta_f_sem", "p_positive", "p_positive_sem"))
+        residues.append({
+            "label": label,
+            "delta_f": {"generator": delta_f, "generator_sem": delta_f_sem, "reference": value, "reference_sem": sem},
+            "delta_f_kT": {"generator": delta_f / k_t, "generator_sem": delta_f_sem / k_t,
+                           "reference": None if value is None else value * (1.0 / k_t),
+                           "reference_sem": None if sem is None else sem * (1.0 / k_t)},
+            "p_positive": {"generator": basin_populations(phi[:, i], weights)[1],
+                           "generator_raw": float(np.mean(phi[:, i] > 0)), "reference": p, "reference_sem": p_sem},
+        })
+    main = backbone.main
+    basins = ess_by_stratum(samples.log_weights, np.where(phi[:, main] > 0, "phi>0", "phi<0"))
+    metrics: dict[str, Any] = {
+        "basin_populations": {"generator": list(basin_populations(phi[:, main], weights))},
+        "ess_by_basin": [asdict(b) for b in basins],
+        "ess_exact_basin_masses": ess_with_exact_masses(basins),
+        "delta_f": dict(residues[main]["delta_f"]),
+        "delta_f_kT": dict(residues[main]["delta_f_kT"]),
+        "phi_basins": residues,
+    }
+    p_positive = residues[main]["p_positive"]["reference"]
+    if p_positive is not None:
+        metrics["basin_populations"]["reference"] = [1.0 - p_positive, p_positive]
+    arrays: dict[str, Any] = {}
+    angles = backbone.ramachandran_angles(samples.positions, main)
+    if angles is not None:
+        arrays["histogram"] = ramachandran_histogram(*angles, weights)
+        reference_histogram = reference_value(reference, backbone, main, "ramachandran", temperature)
+        if reference_histogram is not None:
+            arrays["reference_histogram"] = np.asarray(reference_histogram, dtype=np.float64)
+            metrics["kl_divergence"] = kl_divergence(arrays["reference_histogram"], arrays["histogram"])
+            metrics["js_divergence"] = js_divergence(arrays["reference_histogram"], arrays["histogram"])
+    return metrics, arrays
+
+
 def _evaluate_temperature(
     temperature: float, samples: Any, topology: Any, generator: Any, reference: Reference, seed: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics of one temperature and the arrays the figures need."""
-    k_t = kT(temperature)
-    phi, psi = ramachandran(topology, samples.positions)
+    """Metrics of one temperature and the arrays the figures need; φ basin metrics for a peptide only."""
     weights = samples.weights
-    histogram = ramachandran_histogram(phi, psi, weights)
-    delta_f, delta_f_sem = bootstrap_delta_f(phi, temperature, samples.log_weights, seed=seed)
     finite = np.isfinite(samples.energies)
-    basins = ess_by_stratum(samples.log_weights, np.where(phi > 0, "phi>0", "phi<0"))
     metrics: dict[str, Any] = {
         "temperature": temperature,
         "n_samples": len(samples),
@@ -91,30 +139,17 @@ def _evaluate_temperature(
         "pareto_k": samples.pareto_k,
         "wrong_chirality_fraction": float(np.mean(samples.wrong_chirality)),
         "dropped_fraction": float(np.mean(~np.isfinite(samples.log_weights))),
-        "basin_populations": {"generator": list(basin_populations(phi, weights))},
-        "ess_by_basin": [asdict(b) for b in basins],
-        "ess_exact_basin_masses": ess_with_exact_masses(basins),
-        "delta_f": {"generator": delta_f, "generator_sem": delta_f_sem},
-        "delta_f_kT": {"generator": delta_f / k_t, "generator_sem": delta_f_sem / k_t},
-        "mean_energy": {"generator": float(np.sum(weights[finite] * samples.energies[finite])),
-                        "generator_raw": float(np.mean(samples.energies[finite])) if finite.any() else math.inf},
     }
-    arrays: dict[str, Any] = {"histogram": histogram, "energies": {
-        "generator (reweighted)": (samples.energies, weights),
-        "generator (raw)": (samples.energies, None)}}
-    reference_histogram = reference.value("ramachandran", temperature)
-    if reference_histogram is not None:
-        reference_histogram = np.asarray(reference_histogram, dtype=np.float64)
-        arrays["reference_histogram"] = reference_histogram
-        metrics["kl_divergence"] = kl_divergence(reference_histogram, histogram)
-        metrics["js_divergence"] = js_divergence(reference_histogram, histogram)
-    p_positive = reference.value("p_phi_positive", temperature)
-    if p_positive is not None:
-        metrics["basin_populations"]["reference"] = [1.0 - p_positive, p_positive]
-    for key, scale in (("delta_f", 1.0), ("delta_f_kT", 1.0 / k_t)):
-        value, sem = reference.value("delta_f", temperature), reference.value("delta_f_sem", temperature)
-        metrics[key]["reference"] = None if value is None else value * scale
-        metrics[key]["reference_sem"] = None if sem is None else sem * scale
+    arrays: dict[str, Any] = {}
+    backbone = Backbone.of(topology)
+    if backbone is not None:
+        basin_metrics, arrays = _basin_metrics(temperature, samples, backbone, reference, seed)
+        metrics.update(basin_metrics)
+    metrics["mean_energy"] = {
+        "generator": float(np.sum(weights[finite] * samples.energies[finite])),
+        "generator_raw": float(np.mean(samples.energies[finite])) if finite.any() else math.inf}
+    arrays["energies"] = {"generator (reweighted)": (samples.energies, weights),
+                          "generator (raw)": (samples.energies, None)}
     metrics["mean_energy"]["reference"] = reference.value("mean_energy", temperature)
     metrics["mean_energy"]["reference_sem"] = reference.value("mean_energy_sem", temperature)
     frames = reference.frames
@@ -184,6 +219,7 @@ def evaluate(
         raise SystemMismatchError(f"reference {ref.path} was computed for another system than the model {model} "
                                   f"({system.name!r}); evaluate against a reference of the same system and force field")
     t0 = generator.reference_temperature
+    backbone = Backbone.of(system.topology)
     low, high = trained.trained_range or (t0, t0)  # a model trained at T0 only
     notes: list[str] = []
     for temperature in temperatures:
@@ -231,6 +267,8 @@ def evaluate(
         "trained_range": [low, high],
         "training_steps": trained.steps,
         "temperatures": [float(t) for t in temperatures],
+        "phi_labels": [] if backbone is None else list(backbone.labels),
+        "ramachandran_residue": None if backbone is None else backbone.labels[backbone.main],
         "per_temperature": per_temperature,
         "figures": figures,
         "warnings": notes,

@@ -2,13 +2,15 @@
 against.
 
 Equilibration detection on the total reduced energy and the statistical inefficiency g of the slowest observable
-(the energy or the φ > 0 basin indicator); MBAR over every equilibrated sample of every replica, which for tempering
-needs no re-evaluation (u_k(x) = U(x) / (k_B T_k)); at any temperature in [Tmin, Tmax] (off-ladder ones as unsampled
-states): ⟨U⟩, ln Z relative to Tmin, Ramachandran histograms (36 × 36 bins on [−π, π)²) and
-ΔF = F(φ > 0) − F(φ < 0) = −k_B T ln(P(φ > 0) / P(φ < 0)), with standard errors from a block bootstrap over
-2g-iteration blocks (MBAR's asymptotic errors would ignore the time correlation); diagnostics (exchange acceptance,
-round trips, MBAR overlap). Independent runs of one system pool into one MBAR (their ladders may differ; each run is
-decorrelated and block-resampled within itself); the summaries of independent runs combine with
+(the energy or a backbone φ_i > 0 basin indicator); MBAR over every equilibrated sample of every replica, which for
+tempering needs no re-evaluation (u_k(x) = U(x) / (k_B T_k)); at any temperature in [Tmin, Tmax] (off-ladder ones as
+unsampled states): ⟨U⟩, ln Z relative to Tmin and, for every backbone φ_i of a peptide, P(φ_i > 0) and
+ΔF_i = F(φ_i > 0) − F(φ_i < 0) = −k_B T ln(P(φ_i > 0) / P(φ_i < 0)) with (φ_i, ψ_i) Ramachandran histograms (36 × 36
+bins on [−π, π)²; ``phi_basins``, :mod:`trade_md.analysis.phi_basins`; a dipeptide's also as the top-level keys it
+always had), with standard errors from a block bootstrap over 2g-iteration blocks (MBAR's asymptotic errors would
+ignore the time correlation); diagnostics (exchange acceptance, round trips, MBAR overlap). Independent runs of one
+system pool into one MBAR (their ladders may differ; each run is decorrelated and block-resampled within itself);
+the summaries of independent runs combine with
 :func:`trade_md.formats.reference.combine_summaries`. Poor overlap, too few blocks or a failed MBAR solve is a
 logged warning, listed in the summary. The subsample spaced by g is exported with its MBAR weights
 (:func:`export_frames`) for evaluating a generator's NLL.
@@ -30,14 +32,14 @@ import numpy as np
 from scipy.special import logsumexp
 
 from trade_md.analysis.mbar import MBAREstimator, Overlap, decorrelate, tempering_reduced_potentials
-from trade_md.analysis.metrics import RAMACHANDRAN_BINS, ramachandran_histogram
+from trade_md.analysis.metrics import RAMACHANDRAN_BINS
+from trade_md.analysis.phi_basins import Backbone, phi_basin_summary
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.features import dihedral_angles, ramachandran_atoms
 from trade_md.formats.files import json_safe
 from trade_md.formats.reference import round_significant, write_frames
 from trade_md.formats.remd import ReplicaData
 from trade_md.systems import MolecularSystem
-from trade_md.thermo import kT, reduced_potential
+from trade_md.thermo import reduced_potential
 
 __all__ = [
     "DEFAULT_TARGET_TEMPERATURES",
@@ -80,12 +82,9 @@ def union_ladder(ladders: Sequence[np.ndarray]) -> np.ndarray:
     return values[np.concatenate([[True], np.diff(values) > 1e-6])]
 
 
-def _ramachandran_atoms(system: MolecularSystem) -> np.ndarray | None:
-    """Atom indices [2, 4] of φ and ψ, or None unless the molecule has exactly one of each (as alanine dipeptide)."""
-    try:
-        return ramachandran_atoms(system.topology)
-    except InputError:
-        return None
+def _backbone(system: MolecularSystem) -> Backbone | None:
+    """The backbone φ (and ψ) of a peptide, or None for a molecule without any backbone φ."""
+    return Backbone.of(system.topology)
 
 
 def _targets(ladder: np.ndarray, requested: Sequence[float] | None) -> np.ndarray:
@@ -129,20 +128,22 @@ class PooledSamples:
     block: np.ndarray
 
 
-def _pooled_samples(data: ReplicaData, phi: np.ndarray | None) -> tuple[PooledSamples, dict[str, Any]]:
-    """Equilibrated samples of all replicas and the time-correlation analysis behind their uncertainties.
+def _pooled_samples(data: ReplicaData, phi: np.ndarray | None) -> tuple[PooledSamples, dict[str, Any], list[float]]:
+    """Equilibrated samples of all replicas, the time-correlation analysis behind their uncertainties and the
+    statistical inefficiency of each φ_i indicator.
 
     Equilibration is detected on the total reduced energy Σ_k u_k(x_k(t)); the statistical inefficiency g is the
-    larger of that series' and (given φ [(T + 1) R] radians of every stored frame) of the mean φ > 0 indicator over
-    states, the slowest observable here (a replica keeps its basin while it travels the ladder).
+    largest of that series' and (given φ [(T + 1) R, k] radians of every stored frame) of each mean φ_i > 0 indicator
+    over states, the slowest observables here (a replica keeps its basins while it travels the ladder).
     """
     k = data.temperatures.size
     after_start = np.arange(1, data.n_iterations + 1)
     energies = data.by_state(data.energies[after_start], after_start)  # [T, K]
     extra = []
     if phi is not None:
-        positive = (phi.reshape(data.energies.shape)[after_start] > 0).astype(np.float64)
-        extra.append(data.by_state(positive, after_start).mean(axis=1))
+        positive = phi.reshape(data.energies.shape + phi.shape[-1:])[after_start] > 0  # [T, R, k]
+        extra = [data.by_state(positive[..., i].astype(np.float64), after_start).mean(axis=1)
+                 for i in range(positive.shape[-1])]
     result = decorrelate(reduced_potential(energies, data.temperatures[None, :]).sum(axis=1), *extra)
     used = after_start[result.t0:]
     n = used.size
@@ -164,24 +165,24 @@ def _pooled_samples(data: ReplicaData, phi: np.ndarray | None) -> tuple[PooledSa
         "n_samples": int(k * n),
         "statistical_inefficiency_iterations": result.g,
         "statistical_inefficiency_energy": result.inefficiencies[0],
-        "statistical_inefficiency_phi_indicator": result.inefficiencies[1] if extra else None,
+        "statistical_inefficiency_phi_indicator": max(result.inefficiencies[1:]) if extra else None,
         "block_length_iterations": block,
         "n_blocks": math.ceil(n / block),
         "n_decorrelated_per_state": int(decorrelated.sum()),
     }
-    return samples, info
+    return samples, info, list(result.inefficiencies[1:])
 
 
 def _pool_runs(runs: Sequence[ReplicaData], ladder: np.ndarray,
-               quadruplets: np.ndarray | None) -> tuple[PooledSamples, list[dict[str, Any]]]:
+               backbone: Backbone | None) -> tuple[PooledSamples, list[dict[str, Any]], list[float]]:
     """The equilibrated samples of every run in MBAR's order over ``ladder`` (the union of the runs' ladders),
-    each run decorrelated on its own; returns them with each run's decorrelation record."""
-    pieces, records = [], []
+    each run decorrelated on its own; returns them with each run's decorrelation record and the largest
+    statistical inefficiency over the runs of each φ_i indicator."""
+    pieces, records, phi_g = [], [], []
     for r, run in enumerate(runs):
-        phi = None
-        if quadruplets is not None:
-            phi = dihedral_angles(run.positions.reshape(-1, run.system.n_atoms, 3), quadruplets[:1])[:, 0]
-        piece, record = _pooled_samples(run, phi)
+        phi = None if backbone is None else backbone.phi(run.positions.reshape(-1, run.system.n_atoms, 3))
+        piece, record, g = _pooled_samples(run, phi)
+        phi_g.append(g)
         to_union = np.array([int(np.argmin(np.abs(ladder - t))) for t in run.temperatures])
         piece.state, piece.run = to_union[piece.state], np.full(piece.state.size, r, dtype=np.int64)
         pieces.append(piece)
@@ -198,7 +199,7 @@ def _pool_runs(runs: Sequence[ReplicaData], ladder: np.ndarray,
         n_k=np.bincount(state, minlength=ladder.size).astype(np.int64),
         decorrelated=np.concatenate([p.decorrelated for p in pieces])[order], run=run, block=block,
     )
-    return samples, records
+    return samples, records, np.max(phi_g, axis=0).tolist()
 
 
 def _pooled_decorrelation(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -248,8 +249,8 @@ def analyse_reference(
     ladder = union_ladder([run.temperatures for run in runs])
     targets = _targets(ladder, temperatures)
     states_t, index = _estimator_states(ladder, targets)
-    quadruplets = _ramachandran_atoms(system)
-    samples, run_decorrelation = _pool_runs(runs, ladder, quadruplets)
+    backbone = _backbone(system)
+    samples, run_decorrelation, phi_g = _pool_runs(runs, ladder, backbone)
     decorrelation = run_decorrelation[0] if len(runs) == 1 else _pooled_decorrelation(run_decorrelation)
     n_k = np.concatenate([samples.n_k, np.zeros(states_t.size - ladder.size, dtype=np.int64)])
     estimator = MBAREstimator(tempering_reduced_potentials(samples.energies, states_t), n_k)
@@ -264,11 +265,9 @@ def analyse_reference(
             warn(f"{source + ': ' if len(runs) > 1 else ''}only {record['n_blocks']} independent blocks of "
                  f"{record['block_length_iterations']} iterations: the bootstrap standard errors are unreliable; "
                  "run longer")
-    phi = psi = None
-    if quadruplets is not None:
-        phi, psi = dihedral_angles(samples.positions, quadruplets).T
+    phi = None if backbone is None else backbone.phi(samples.positions)  # [N, k]
     errors = estimator.block_bootstrap(samples.block, observables={"energy": samples.energies},
-                                       indicators={} if phi is None else {"phi_positive": phi > 0},
+                                       indicators={} if phi is None else backbone.indicators(phi),
                                        n_bootstrap=int(n_bootstrap), strata=samples.run, progress=progress)
     f = estimator.f_k
     mean_u, _ = estimator.expectations(samples.energies)
@@ -277,7 +276,6 @@ def analyse_reference(
         worst = int(np.argmin(overlap.neighbours))
         warn(f"poor MBAR overlap {overlap.neighbours[worst]:.3g} < {POOR_OVERLAP} between {ladder[worst]:g} K and "
              f"{ladder[worst + 1]:g} K: estimates between them are unreliable; add temperatures or run longer")
-    kt = np.array([kT(t) for t in targets])
     summary: dict[str, Any] = {
         "format": SUMMARY_FORMAT,
         "conventions": {
@@ -305,25 +303,14 @@ def analyse_reference(
         "effective_samples": (estimator.effective_sample_numbers()[index]
                               / decorrelation["statistical_inefficiency_iterations"]).tolist(),
     }
-    if phi is not None:
-        delta_f, _, p, _ = estimator.indicator_free_energy(phi > 0)
-        summary.update({
-            "p_phi_positive": p[index].tolist(),
-            "p_phi_positive_sem": json_safe(errors["phi_positive_p"][index]),
-            "delta_f_kT": json_safe(delta_f[index]),
-            "delta_f_sem_kT": json_safe(errors["phi_positive"][index]),
-            "delta_f": json_safe(delta_f[index] * kt),
-            "delta_f_sem": json_safe(errors["phi_positive"][index] * kt),
-        })
-        for t, value in zip(targets, p[index]):
-            if value in (0.0, 1.0):
-                warn(f"no sample of the φ {'>' if value == 0 else '<'} 0 basin carries weight at {t:g} K: ΔF is "
-                     "infinite there (null in the JSON); run longer")
-        positive_by_state = np.array([np.mean(phi[samples.state == k] > 0) for k in range(ladder.size)])
-        summary["direct_p_phi_positive_ladder"] = positive_by_state.tolist()
-        if histograms:
-            weights = estimator.weights()
-            summary["ramachandran"] = [round_significant(ramachandran_histogram(phi, psi, weights[:, i])) for i in index]
+    if backbone is not None:
+        basins, legacy, messages = phi_basin_summary(
+            backbone, estimator, samples.positions, phi, errors, index=index, temperatures=targets,
+            state=samples.state, n_ladder=ladder.size, inefficiencies=phi_g, histograms=histograms)
+        summary.update(legacy)  # a dipeptide's keys, as they always were
+        summary["phi_basins"] = basins
+        for message in messages:
+            warn(message)
     if len(runs) == 1:
         summary["run"] = _run_summary(runs[0])
         summary["diagnostics"] = {**_run_diagnostics(runs[0]), **_mbar_diagnostics(estimator, overlap)}

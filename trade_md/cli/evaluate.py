@@ -1,8 +1,9 @@
 """``trade-md evaluate``: a trained generator against a reference (:func:`trade_md.analysis.evaluation.evaluate`).
 
 ``trade-md evaluate --model runs/x --reference ref/ala2 --temperatures 300,450,600,800,1000 --out reports/x``
-writes ``metrics.json``, the figures and ``summary.md`` and prints one line per temperature; temperatures outside
-the trained range or the reference are reported on stderr as ``WARNING:`` lines.
+writes ``metrics.json``, the figures and ``summary.md`` and prints one line per temperature (for a peptide with
+several φ, a second with ΔF of each residue); temperatures outside the trained range or the reference are reported
+on stderr as ``WARNING:`` lines.
 """
 
 from __future__ import annotations
@@ -58,9 +59,19 @@ def run(args: argparse.Namespace) -> int:
                       calibrated=args.calibrated,
                       on_warning=lambda note: print(f"WARNING: {note}", file=sys.stderr, flush=True))
     for m in result["per_temperature"]:
+        if "delta_f_kT" not in m:  # a molecule without backbone φ: no basin metrics
+            print(f"{m['temperature']:7g} K: ESS {100 * m['ess']:.2f}%, NLL/dof {format_number(m.get('nll_per_dof'))}")
+            continue
         print(f"{m['temperature']:7g} K: ESS {100 * m['ess']:.2f}% ({100 * m['ess_exact_basin_masses']:.2f}% with "
               f"exact basin masses), ΔF {format_pm(m['delta_f_kT']['generator'], None)} k_BT "
               f"(reference {format_pm(m['delta_f_kT']['reference'], m['delta_f_kT']['reference_sem'])}), "
               f"JS {format_number(m.get('js_divergence'))}, NLL/dof {format_number(m.get('nll_per_dof'))}")
+        if len(m["phi_basins"]) > 1:
+            print("          ΔF per residue (k_BT): " + "; ".join(
+                f"{r['label']} {format_pm(r['delta_f_kT']['generator'], None)} (reference "
+                f"{format_pm(r['delta_f_kT']['reference'], r['delta_f_kT']['reference_sem'])})"
+                for r in m["phi_basins"]))
+    if len(result["phi_labels"]) > 1:
+        print(f"ΔF, ESS by basin and JS above: φ/ψ of {result['ramachandran_residue']}")
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'summary.md'}")
     return 0

@@ -191,8 +191,9 @@ def _fmt(value: float | None, width: int) -> str:
 
 
 def _print_table(summary: dict[str, Any]) -> None:
-    """Per temperature: ⟨U⟩, ln Z − ln Z0 and (for a dipeptide) P(φ > 0) and ΔF, with standard errors; then the
-    exchange and overlap diagnostics of each run."""
+    """Per temperature: ⟨U⟩, ln Z − ln Z0 and (for a dipeptide) P(φ > 0) and ΔF, with standard errors; for a
+    peptide with several φ, ΔF and P(φ > 0) of each residue; then the exchange and overlap diagnostics of each
+    run."""
     has_basins = "delta_f" in summary
     header = f"{'T/K':>8} {'<U>/kJ mol-1':>18} {'lnZ-lnZ0':>14}" + (
         f" {'P(phi>0)':>10} {'dF/kJ mol-1':>16} {'dF/kT':>14}" if has_basins else "")
@@ -205,6 +206,7 @@ def _print_table(summary: dict[str, Any]) -> None:
                      f"{_fmt(summary['delta_f_sem'][i], 5)} {_fmt(summary['delta_f_kT'][i], 6)} ± "
                      f"{_fmt(summary['delta_f_sem_kT'][i], 4)}")
         print(line)
+    _print_residues(summary)
     diagnostics = summary.get("diagnostics")
     if diagnostics is None:  # a combination of runs (combine_summaries) has no single ladder to diagnose
         return
@@ -213,3 +215,16 @@ def _print_table(summary: dict[str, Any]) -> None:
         print(f"{run['source'] + ': ' if run['source'] else ''}neighbour acceptance "
               f"{run['diagnostics']['neighbour_acceptance']}; round trips {run['diagnostics']['round_trips']}")
     print(f"min neighbour MBAR overlap {min(diagnostics['overlap_neighbours'], default=float('nan'))}")
+
+
+def _print_residues(summary: dict[str, Any]) -> None:
+    """Per temperature, ΔF_i ± sem (k_BT) and P(φ_i > 0) of each residue of a peptide with several φ."""
+    basins = summary.get("phi_basins")
+    if not basins or len(basins["labels"]) < 2:
+        return
+    print("dF/kT = F(phi>0) - F(phi<0) per residue, with P(phi>0):")
+    print(f"{'T/K':>8}" + "".join(f" {label:>23}" for label in basins["labels"]))
+    for i, t in enumerate(summary["temperatures"]):
+        print(f"{t:8.1f}" + "".join(
+            f" {_fmt(basins['delta_f_kT'][r][i], 6)} ± {_fmt(basins['delta_f_sem_kT'][r][i], 4)} "
+            f"({basins['p_positive'][r][i]:6.4f})" for r in range(len(basins["labels"]))))
