@@ -126,6 +126,11 @@ def test_bad_input_fails_before_any_work_in_one_line(tmp_path: Path, capsys: pyt
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "--t0 200 K lies outside" in errors[0] and "too small" in errors[1]
     assert not out.exists()
+    with pytest.MonkeyPatch.context() as patch:                # a molecule whose MD runs at 100 steps/s
+        patch.setattr("trade_md.recipe.md_stage.measure_md_speed", lambda *args, **kwargs: 100.0)
+        with pytest.raises(InputError, match=r"too small for this molecule.*raise --budget to \d+"):
+            run_recipe(out, options=RunOptions(budget=20.0), progress=False)
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------------------- stages

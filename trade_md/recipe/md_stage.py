@@ -28,11 +28,12 @@ from trade_md.formats.dataset import Dataset, load_dataset, write_dataset
 from trade_md.formats.files import read_json, write_json_atomic
 from trade_md.md import openmm_seed, run_md
 from trade_md.platforms import measure_md_speed, select_platform
-from trade_md.recipe.budget import MD_FIRST_ROUND_SHARE, MD_STARTUP_SHARE, md_length, md_round
+from trade_md.recipe.budget import MD_FIRST_ROUND_SHARE, MD_STARTUP_SHARE, BudgetPlan, md_length, md_round
 from trade_md.recipe.context import RecipeStopped, RunContext, mark_complete, stage_result
 from trade_md.recipe.cost import Meter, record_session
+from trade_md.recipe.options import RunOptions
 
-__all__ = ["md_stage", "needed_length_factor"]
+__all__ = ["check_dataset", "data_cost", "first_round", "md_stage", "needed_length_factor"]
 
 MAX_EXTENSIONS = 3
 """MD rounds at most that extend the MD beyond its share for convergence."""
@@ -68,8 +69,9 @@ def _md_rounds(ctx: RunContext, stage: Path, header: str, meter: Meter, counted:
     state_path = stage / "rounds.json"
     state = read_json(state_path) if state_path.is_file() else None
     if state is None:
-        state = _first_round(ctx)
+        state = first_round(ctx.system, ctx.plan, ctx.options, ctx.allocation_seconds("md"))
         write_json_atomic(state_path, state)
+    if not (stage / "round_0").exists():
         first = state["rounds"][0]
         ctx.say(f"{header} MD at {ctx.t0:g} K: {first['ns']:.3g} ns ({first['replicas']} x "
                 f"{first['ns'] / first['replicas']:.3g} ns, {state['speed_steps_per_s']:.0f} steps/s per replica on "
@@ -132,20 +134,23 @@ def _add_round(ctx: RunContext, stage: Path, state: dict[str, Any], ns: float, k
     write_json_atomic(stage / "rounds.json", state)
 
 
-def _first_round(ctx: RunContext) -> dict[str, Any]:
-    """Round 0's settings from the budget rule and the MD speed measured here (or the --config md section)."""
-    platform, properties = select_platform(ctx.system, "auto", threads=1, purpose="dynamics")
-    speed = measure_md_speed(ctx.system, platform, properties, seconds=1.0)
-    timestep = 2.0 if ctx.system.constraints == "HBonds" else 1.0
-    share = 1.0 if ctx.options.quick else MD_FIRST_ROUND_SHARE
-    settings = md_length(ctx.plan, share * ctx.allocation_seconds("md"), speed, timestep_fs=timestep)
-    settings.update(ctx.options.overrides.get("md", {}))
-    if settings["ns"] < share * ctx.plan.md_min_ns and "ns" not in ctx.options.overrides.get("md", {}):
-        needed = ctx.plan.budget_minutes * share * ctx.plan.md_min_ns / max(settings["ns"], 1e-9)
-        raise InputError(f"--budget {ctx.plan.budget_minutes:g} min is too small for this molecule: its MD share "
-                         f"simulates {settings['ns']:.2g} ns at {speed:.0f} steps/s, at least {ctx.plan.md_min_ns:g} "
-                         f"ns are needed; raise --budget to {math.ceil(needed)} or more, or use --quick")
-    settings.update(timestep_fs=timestep, kind="share", seed=openmm_seed(ctx.options.seed, 0x6D64, 0))
+def first_round(system: Any, plan: BudgetPlan, options: RunOptions, seconds: float) -> dict[str, Any]:
+    """The MD plan's first round (``rounds.json``): the MD share's first part (``seconds`` × the first-round share;
+    all of it with ``--quick``) at the MD speed measured here on ``system``, or the ``--config`` md section.
+    InputError when the budget is too small for the molecule."""
+    platform, properties = select_platform(system, "auto", threads=1, purpose="dynamics")
+    speed = measure_md_speed(system, platform, properties, seconds=1.0)
+    timestep = 2.0 if system.constraints == "HBonds" else 1.0
+    share = 1.0 if options.quick else MD_FIRST_ROUND_SHARE
+    settings = md_length(plan, share * seconds, speed, timestep_fs=timestep)
+    settings.update(options.overrides.get("md", {}))
+    if settings["ns"] < share * plan.md_min_ns and "ns" not in options.overrides.get("md", {}):
+        needed = plan.budget_minutes * share * plan.md_min_ns / max(settings["ns"], 1e-9)
+        raise InputError(f"--budget {plan.budget_minutes:g} min is too small for this molecule: its MD share "
+                         f"simulates {settings['ns'] / share:.2g} ns at {speed:.0f} steps/s, at least "
+                         f"{plan.md_min_ns:g} ns are needed; raise --budget to {math.ceil(needed)} or more, or use "
+                         "--quick")
+    settings.update(timestep_fs=timestep, kind="share", seed=openmm_seed(options.seed, 0x6D64, 0))
     return {"platform": platform, "speed_steps_per_s": speed, "rounds": [settings]}
 
 

@@ -17,10 +17,10 @@ from trade_md.errors import InputError, SystemMismatchError
 from trade_md.formats.dataset import load_dataset
 from trade_md.formats.files import read_json, write_json_atomic
 from trade_md.formats.reference import Reference, default_reference, load_reference
-from trade_md.recipe.budget import DEFAULT_BUDGET_MINUTES, QUICK_BUDGET_MINUTES, plan_budget
+from trade_md.recipe.budget import DEFAULT_BUDGET_MINUTES, QUICK_BUDGET_MINUTES, SHARES, plan_budget
 from trade_md.recipe.check import check_stage
 from trade_md.recipe.context import STAGES, RunContext, stage_result
-from trade_md.recipe.md_stage import md_stage
+from trade_md.recipe.md_stage import first_round, md_stage
 from trade_md.recipe.options import RunOptions
 from trade_md.recipe.report import report_stage
 from trade_md.recipe.training import boundary_stage, transfer_stage
@@ -116,7 +116,6 @@ def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, res
     if resolved.budget is None:
         resolved = dataclasses.replace(resolved, budget=QUICK_BUDGET_MINUTES if resolved.quick
                                        else DEFAULT_BUDGET_MINUTES)
-    plan_budget(system.n_atoms, resolved.budget, quick=bool(resolved.quick))      # budget checks before any work
     _reference(resolved, system)                                                   # reference checks
     if resolved.boundary_data is not None:
         data = load_dataset(resolved.boundary_data)
@@ -126,7 +125,12 @@ def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, res
         if abs(data.temperature - float(resolved.t0)) > 1e-6 * resolved.t0:
             raise InputError(f"--boundary-data {resolved.boundary_data} was sampled at {data.temperature:g} K, not "
                              f"at --t0 {resolved.t0:g} K; drop --t0 or give data at T0")
+    plan = plan_budget(system.n_atoms, resolved.budget, quick=bool(resolved.quick))
+    rounds = None if resolved.boundary_data or resolved.boundary_from else first_round(
+        system, plan, resolved, SHARES["md"] * 60.0 * plan.budget_minutes)       # a budget too small for MD
     out.mkdir(parents=True, exist_ok=True)
+    if rounds is not None:
+        write_json_atomic(out / "md" / "rounds.json", rounds)
     write_json_atomic(out / "system.json", system.serialize())
     write_json_atomic(record, {"format": RECIPE_FORMAT, "options": resolved.to_dict(),
                                "system": system.fingerprint(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
