@@ -10,8 +10,9 @@ Steps (subcommands):
   ``--set KEY=VALUE`` for a nested setting such as ``schedule.learning_rate`` or ``objectives.tilt.span``, or a
   flat key of the layout before the restructure such as ``learning_rate`` or ``tilt_weight``
   (:func:`trade_md.config.apply_flat_overrides`), ``--device``); ``--minutes`` is a wall-time budget: the loop
-  stops at the budget and writes its checkpoint (the cosine schedule still runs to ``steps``, so choose ``steps``
-  to fit the budget). Writes
+  stops at the budget and writes its checkpoint; with ``--fit-steps`` the cosine schedule is fitted to the steps the
+  budget reaches (the trainer's ``schedule.minutes`` and ``schedule.fit_window``, timed over ``--fit-window``
+  steps; ``--steps`` is then an upper bound). Writes
   ``<out>/checkpoint.pt``, ``<out>/summary.json`` (the Trainer's) and ``<out>/benchmark_train.json`` (wall time,
   steps, s/step, energy evaluations, machine).
 - ``evaluate``: loads the checkpoint (:func:`trade_md.formats.checkpoint.load_generator`), draws ``--samples`` weighted samples
@@ -97,8 +98,6 @@ EVAL_TEMPERATURES = (300.0, 450.0, 600.0, 800.0, 1000.0)
 GOAL_DELTA_F_KT = 0.2
 GOAL_ESS = 0.20
 GOAL_ESS_TEMPERATURES = (300.0, 1000.0)
-FIT_WARMUP = 10
-"""TRADE steps left out of the --fit-steps timing window."""
 
 
 def machine_info() -> dict[str, Any]:
@@ -163,11 +162,14 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def train(args: argparse.Namespace) -> int:
-    """Run (or resume) TRADE training under a wall-time budget; see the module docs."""
+    """Run (or resume) training under a wall-time budget; see the module docs. The budget and the fit of the
+    schedule to it are the trainer's (``schedule.minutes``, ``schedule.fit_window``)."""
     torch.set_num_threads(args.threads)
     wall_start = time.time()
-    deadline = math.inf if args.minutes is None else time.perf_counter() + 60.0 * args.minutes
     config = build_config(args)
+    if args.minutes is not None:
+        config = config.updated({"schedule": {"minutes": args.minutes,
+                                              "fit_window": args.fit_window if args.fit_steps else 0}})
     dataset = load_dataset(config.data.path)
     config = config.updated({"temperatures": {"reference": float(dataset.temperature)}})
     out = Path(config.out)
@@ -196,51 +198,27 @@ def train(args: argparse.Namespace) -> int:
                                       "note": "interrupted session; seconds from --prior-seconds"}]
     print(f"[train] {out}: steps {config.schedule.steps}, budget {args.minutes} min, device {config.device}, flow "
           f"{config.flow}", flush=True)
+    last_print = [time.perf_counter()]
+
+    def report(trainer: Trainer, terms: dict[str, float]) -> None:
+        now = time.perf_counter()
+        if now - last_print[0] < args.print_every:
+            return
+        last_print[0] = now
+        shown = {k: v for k, v in (trainer.history[-1] if trainer.history else {}).items()
+                 if k.startswith(("ess", "val"))}
+        print(f"[train] step {trainer.step}/{trainer.stop.total_steps}  "
+              + "  ".join(f"{k} {v:.4g}" for k, v in terms.items())
+              + ("  |  " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()) if shown else ""), flush=True)
+
     with EnergyBridge(dataset.system, n_workers=config.energy.workers, platform=config.energy.platform) as bridge:
         trainer = Trainer(generator, config, record, potential=bridge.potential, data=positions, out=out)
         if checkpoint is not None:
             trainer.load_state(checkpoint, f"checkpoint {out}")
         start_step, start_evals = trainer.step, trainer.energy_evaluations
-        start = time.perf_counter()
-        last_print = start
-        stopped_by = "steps"
-        # the timing window skips the first TRADE steps (one-off warm-up of the double-backward kernels on GPUs)
-        transfer_start = min((o.start for o in trainer.objectives if o.acts_away_from_t0), default=0)
-        fit_at = (max(transfer_start, trainer.step) + FIT_WARMUP + args.fit_window) if args.fit_steps else None
-        fit_mark: tuple[float, int, float] | None = None
-        fitted_steps = None
-        while trainer.step < config.schedule.steps:
-            if time.perf_counter() >= deadline:
-                stopped_by = "time budget"
-                break
-            if fit_at is not None and trainer.step == fit_at - args.fit_window:
-                fit_mark = (time.perf_counter(), trainer.step, trainer.refresh_seconds)
-            terms = trainer.train_step()
-            if fit_mark is not None and trainer.step == fit_at:
-                fitted_steps = fit_steps_to_budget(trainer, fit_mark, deadline)
-                fit_mark = None
-            if trainer.step % config.monitor.validate_every == 0:
-                shown = {**trainer.validate(), **trainer.grid_report()}
-                trainer.history.append({"step": trainer.step, **terms, **shown})
-            if trainer.step % config.monitor.checkpoint_every == 0:
-                trainer.save_checkpoint()
-            now = time.perf_counter()
-            if now - last_print >= args.print_every:
-                last_print = now
-                rate = (trainer.step - start_step) / (now - start)
-                shown = {k: v for k, v in (trainer.history[-1] if trainer.history else {}).items()
-                         if k.startswith(("ess", "val"))}
-                print(f"[train] step {trainer.step}/{config.schedule.steps} {rate:.2f} steps/s  "
-                      + "  ".join(f"{k} {v:.4g}" for k, v in terms.items())
-                      + ("  |  " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()) if shown else ""),
-                      flush=True)
-        if not trainer.history or trainer.history[-1]["step"] != trainer.step:
-            trainer.history.append({"step": trainer.step, **trainer.validate(), **trainer.grid_report()})
-        trainer.save_checkpoint()
-        seconds = time.perf_counter() - start
-        summary = trainer.summary(seconds=seconds, steps_run=trainer.step - start_step)
-        write_json_atomic(out / "summary.json", summary)
+        summary = trainer.run(callback=report)
         platform_name = bridge.platform_name
+    seconds = summary["seconds"]
     session = {
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_start)),
         "seconds": seconds,
@@ -251,8 +229,8 @@ def train(args: argparse.Namespace) -> int:
         "seconds_per_refresh": summary["seconds_per_refresh"],
         "energy_evaluations": trainer.energy_evaluations - start_evals,
         "energy_platform": platform_name,
-        "stopped_by": stopped_by,
-        "fitted_steps": fitted_steps,
+        "stopped_by": summary["stopped_by"],
+        "fitted_steps": summary["fitted_steps"],
     }
     info["session"] = session
     all_sessions = info["previous_sessions"] + [session]
@@ -263,31 +241,9 @@ def train(args: argparse.Namespace) -> int:
         "skipped_steps": trainer.skipped_steps,
     }
     write_json_atomic(info_path, info)
-    print(f"[train] done: step {trainer.step} ({stopped_by}), {seconds:.0f} s, "
+    print(f"[train] done: step {trainer.step} ({summary['stopped_by']}), {seconds:.0f} s, "
           f"{session['seconds_per_step']:.3f} s/step, {trainer.energy_evaluations} energy evaluations", flush=True)
     return 0
-
-
-def fit_steps_to_budget(trainer: Any, mark: tuple[float, int, float], deadline: float) -> int:
-    """Set ``trainer.config.schedule.steps`` so that the run ends at the wall-time deadline.
-
-    mark: (time, step, refresh seconds) at the start of a window of TRADE steps that ends now. The cost of a step
-    is the window's time without grid refreshes plus the mean refresh time / ``grid.refresh_every``; the cosine
-    schedule then decays over the steps that fit (5 % margin).
-    """
-    now = time.perf_counter()
-    start, step, refresh_seconds = mark
-    window = trainer.step - step
-    per_step = (now - start - (trainer.refresh_seconds - refresh_seconds)) / window
-    per_refresh = trainer.refresh_seconds / max(trainer.refreshes, 1)
-    every = trainer.config.grid.refresh_every
-    if every > 0:
-        per_step += per_refresh / every
-    steps = trainer.step + max(int(0.95 * (deadline - now) / per_step), 1)
-    trainer.config.schedule.steps = steps
-    print(f"[train] fitted the schedule to the budget: {per_step:.4f} s/step (refresh {per_refresh:.2f} s every "
-          f"{every}) -> steps = {steps}", flush=True)
-    return steps
 
 
 # --------------------------------------------------------------------------------------------------- evaluate
@@ -569,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a setting (YAML value): nested (schedule.learning_rate) or a flat key of the "
                         "layout before the restructure (learning_rate)")
     p.add_argument("--steps", type=int, help="total optimiser steps (cosine schedule length)")
-    p.add_argument("--minutes", type=float, help="wall-time budget; stops there and writes the checkpoint")
+    p.add_argument("--minutes", type=float,
+                   help="wall-time budget of the run, resumed sessions included (schedule.minutes); stops there and "
+                        "writes the checkpoint")
     p.add_argument("--out", default="runs/ala2_transfer", help="run directory")
     p.add_argument("--data", help="dataset directory (default: the config's)")
     p.add_argument("--device", choices=("cpu", "cuda"))
@@ -578,8 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--print-every", type=float, default=30.0, help="seconds between progress lines")
     p.add_argument("--fit-steps", action="store_true",
-                   help="with --minutes: after --fit-window TRADE steps, set steps so the schedule ends at the budget")
-    p.add_argument("--fit-window", type=int, default=30, help="TRADE steps timed for --fit-steps")
+                   help="with --minutes: after --fit-window steps, fit the schedule's length to the budget (the "
+                        "trainer's schedule.fit_window)")
+    p.add_argument("--fit-window", type=int, default=30, help="steps timed for --fit-steps")
     p.add_argument("--prior-seconds", type=float, default=0.0,
                    help="with --resume: wall seconds of an earlier session that left no benchmark_train.json")
     p.set_defaults(func=train)

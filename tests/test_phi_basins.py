@@ -21,7 +21,7 @@ import torch
 from tiny_model import TINY_TRAIN
 
 from trade_md import cli
-from trade_md.analysis.evaluation import _evaluate_temperature, evaluate
+from trade_md.analysis.evaluation import evaluate_samples, evaluate
 from trade_md.analysis.evaluation_report import summary_markdown, write_figures
 from trade_md.analysis.phi_basins import Backbone
 from trade_md.analysis.remd import analyse_reference
@@ -338,7 +338,7 @@ def test_generator_and_reference_values_belong_to_their_residues(tetra, tetra_mo
     samples = SampleSet(positions, dataset.energies, np.zeros(n), np.full(n, -np.log(n)), np.zeros(n, dtype=bool),
                         temperature)
     generator = load_generator(model).generator
-    metrics, arrays = _evaluate_temperature(temperature, samples, tetra.topology, generator,
+    metrics, arrays = evaluate_samples(temperature, samples, tetra.topology, generator,
                                             Reference(reference, Path("fake.json"), None), seed=0)
     k_t = kT(temperature)
     for r, residue in enumerate(metrics["phi_basins"]):
@@ -371,7 +371,7 @@ def test_a_molecule_without_backbone_phi_is_evaluated_without_basins(tmp_path, m
                         np.zeros(n, dtype=bool), 300.0)
     reference = Reference({"temperatures": [300.0], "mean_energy": [0.5], "mean_energy_sem": [0.1]},
                           Path("fake.json"), None)
-    metrics, arrays = _evaluate_temperature(300.0, samples, topology, None, reference, seed=0)
+    metrics, arrays = evaluate_samples(300.0, samples, topology, None, reference, seed=0)
     assert not {"delta_f", "delta_f_kT", "phi_basins", "ess_by_basin", "basin_populations", "js_divergence"} & set(
         metrics)
     assert metrics["ess"] == pytest.approx(1.0) and metrics["mean_energy"]["reference"] == 0.5

@@ -1,16 +1,41 @@
-"""Tests of trade_md.recipe (`trade-md run`): the quick preset end to end, stage skipping on --resume."""
+"""Tests of trade_md.recipe (`trade-md run`): the budget rule, the options and their checks before any work, the MD
+extension rule, the stage configs; slow: the quick run end to end with resumption and a shared-boundary ablation,
+and the quick run on a molecule the package has never seen."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import numpy as np
 import pytest
 
+from trade_md.cli import main
 from trade_md.cli.run import register
-from trade_md.errors import InputError
-from trade_md.recipe import FULL, QUICK, run_pipeline, train_config
+from trade_md.config import TrainConfig
+from trade_md.errors import InputError, SystemMismatchError
+from trade_md.formats.checkpoint import read_checkpoint
+from trade_md.formats.dataset import write_dataset
+from trade_md.recipe import (
+    DEFAULT_BUDGET_MINUTES,
+    SHARES,
+    TRANSFERS,
+    RecipeStopped,
+    RunOptions,
+    plan_budget,
+    run_recipe,
+    trained_range,
+)
+from trade_md.recipe.budget import MD_MAX_SHARE, check_samples, md_length
+from trade_md.recipe.md_stage import _extension, data_cost, needed_length_factor
+from trade_md.recipe.training import boundary_config, transfer_config
+from trade_md.systems import load_system
+
+REFERENCE = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide" / "reference" / "summary.json"
 
 
 def _run(argv: list[str]) -> int:
@@ -20,75 +45,265 @@ def _run(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_presets_give_valid_trade_configs(tmp_path: Path) -> None:
-    for preset in (QUICK, FULL):
-        config = train_config(preset, tmp_path / "data", tmp_path / "model")
-        assert config.mode == "trade" and config.temperatures.reference == 600.0
-        assert config.trained_range == (280.0, 1050.0)
-        assert config.data.path == str(tmp_path / "data") and config.out == str(tmp_path / "model")
-    assert train_config(FULL, tmp_path, tmp_path).schedule.steps == 40000         # trade.yaml as shipped
-    assert train_config(QUICK, tmp_path, tmp_path).schedule.steps == QUICK.train["schedule"]["steps"] <= 200
+# ------------------------------------------------------------------------------------------------- the budget rule
 
 
-def test_refuses_a_foreign_directory(tmp_path: Path) -> None:
+def test_the_budget_rule_gives_the_j1_flow_for_alanine_dipeptide_and_scales_with_the_atoms() -> None:
+    plan = plan_budget(22, cores=2)
+    assert plan.budget_minutes == DEFAULT_BUDGET_MINUTES == 120.0
+    assert plan.stage_minutes == {"md": 18.0, "boundary": 48.0, "transfer": 42.0, "check": 12.0}
+    assert sum(SHARES.values()) == pytest.approx(1.0) and plan.md_max_minutes == MD_MAX_SHARE * 120.0
+    assert plan.flow == {"n_layers": 8, "hidden": 128, "n_hidden_layers": 2, "n_bins": 8}     # J1's flow
+    assert plan.batch_size == 256 and plan.md_replicas == 2 and plan.n_dof == 60
+    assert plan_budget(42).flow == {"n_layers": 10, "hidden": 256, "n_hidden_layers": 2, "n_bins": 8}
+    assert plan_budget(82).flow["n_layers"] == 12 and plan_budget(82).flow["hidden"] == 512
+    quick = plan_budget(42, quick=True)
+    assert quick.budget_minutes == 1.0 and quick.flow["hidden"] == 32 and quick.md_replicas == 1
+    # MD: 18 min at 28,000 steps/s per replica on 2 cores, 10 % kept for start-up, 100 ps equilibration each
+    md = md_length(plan, 18 * 60.0, 28000.0)
+    assert md["ns"] == pytest.approx(2 * (28.0 * 18 * 60 * 0.9 - 100.0) / 1000.0)
+    assert md["equilibration_ps"] == 100.0 and md["frame_interval_ps"] == 1.0
+    short = md_length(quick, 9.0, 28000.0)
+    assert short["frame_interval_ps"] == 0.1 and short["equilibration_ps"] == pytest.approx(22.7)
+    assert check_samples(plan, 720.0, 7000.0, 5) == 300_000                   # capped at the project's standard
+    assert check_samples(plan, 10.0, 7000.0, 5) == 9_800
+
+
+def test_the_budget_rule_refuses_a_budget_too_small_for_a_run() -> None:
+    with pytest.raises(InputError, match="too small.*--quick"):
+        plan_budget(22, 5.0)
+    with pytest.raises(InputError, match="--budget"):
+        plan_budget(22, -1.0)
+
+
+def test_the_trained_range_is_a_little_wider_than_the_evaluated_temperatures() -> None:
+    assert trained_range((300.0, 450.0, 600.0, 800.0, 1000.0)) == (280.0, 1050.0)
+    assert trained_range((310.0, 370.0)) == (290.0, 390.0)
+
+
+# ------------------------------------------------------------------------------------------------- options
+
+
+def test_options_resolve_to_defaults_and_refuse_impossible_values() -> None:
+    options = RunOptions().resolve(600.0, None)
+    assert options.t0 == 600.0 and options.temperatures == (300.0, 450.0, 600.0, 800.0, 1000.0)
+    assert options.transfer == "tilt+kl" and options.quick is False and options.seed == 0
+    assert RunOptions().resolve(None, None).t0 == 600.0                         # a system without its own T0
+    with pytest.raises(InputError, match="--t0 200 K lies outside"):
+        RunOptions(t0=200.0).resolve(None, None)
+    with pytest.raises(InputError, match="--transfer"):
+        RunOptions(transfer="paper").resolve(None, None)
+    with pytest.raises(InputError, match="use one of them"):
+        RunOptions(boundary_data="a", boundary_from="b").resolve(None, None)
+    with pytest.raises(InputError, match="unknown section 'train'"):
+        RunOptions(overrides={"train": {}}).resolve(None, None)
+    with pytest.raises(InputError, match="md.steps"):
+        RunOptions(overrides={"md": {"steps": 3}}).resolve(None, None)
+
+
+def test_resume_takes_the_stored_options_allows_a_new_budget_and_refuses_contradictions(tmp_path: Path) -> None:
+    stored = RunOptions(quick=True, budget=1.0).resolve(600.0, None)
+    resumed = RunOptions(budget=3.0).resume_from(stored, tmp_path)
+    assert resumed.budget == 3.0 and resumed.quick and resumed.transfer == "tilt+kl"
+    assert RunOptions(temperatures=(1000.0, 300.0, 450.0, 600.0, 800.0)).resume_from(stored, tmp_path).quick
+    with pytest.raises(InputError, match="--transfer 'tilt\\+kl'|--transfer tilt\\+kl"):
+        RunOptions(transfer="kl").resume_from(stored, tmp_path)
+    with pytest.raises(InputError, match="--t0 600"):
+        RunOptions(t0=500.0).resume_from(stored, tmp_path)
+
+
+def test_bad_input_fails_before_any_work_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not a `trade-md run` directory"):
-        run_pipeline(tmp_path, quick=True, progress=False)
+        run_recipe(tmp_path, options=RunOptions(quick=True), progress=False)
+    out = tmp_path / "x"
+    with pytest.raises(SystemMismatchError, match="another system"):      # the alanine-dipeptide reference
+        run_recipe(out, system=load_system("alanine-tetrapeptide"),
+                   options=RunOptions(quick=True, reference=str(REFERENCE)), progress=False)
+    assert not out.exists()
+    assert main(["run", "--t0", "200", "--out", str(out), "--no-progress"]) == 2
+    assert main(["run", "--budget", "3", "--out", str(out), "--no-progress"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "--t0 200 K lies outside" in errors[0] and "too small" in errors[1]
+    assert not out.exists()
+    with pytest.MonkeyPatch.context() as patch:                # a molecule whose MD runs at 100 steps/s
+        patch.setattr("trade_md.recipe.md_stage.measure_md_speed", lambda *args, **kwargs: 100.0)
+        with pytest.raises(InputError, match=r"too small for this molecule.*raise --budget to \d+"):
+            run_recipe(out, options=RunOptions(budget=20.0), progress=False)
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------- stages
+
+
+def _report(entries: int, population: float, error: float) -> dict[str, Any]:
+    return {"converged": False, "warnings": ["x", "y"], "dihedrals": [{
+        "label": "ALA 2", "converged": False, "entries_phi_positive": entries,
+        "population_phi_positive": population, "relative_error": error / population if population else None}]}
+
+
+def test_unconverged_md_is_extended_within_the_budget_or_the_run_stops_with_what_to_do(tmp_path: Path) -> None:
+    assert needed_length_factor(_report(5, 0.05, 0.01)) == pytest.approx(4.0)          # 20 entries wanted
+    assert needed_length_factor(_report(40, 0.05, 0.02)) == pytest.approx(4.0)         # error 40 % -> 20 %
+    assert needed_length_factor(_report(0, 0.0, 0.0)) is None
+    plan = plan_budget(22, 60.0)                              # MD may use 18 min; 9 min spent on 10 ns so far
+    ctx = SimpleNamespace(plan=plan, t0=600.0, out=tmp_path, cost=lambda name: SimpleNamespace(wall_s=540.0))
+    meter = SimpleNamespace(wall_s=0.0)
+    assert _extension(ctx, _report(15, 0.05, 0.005), 10.0, meter) == pytest.approx(6.0)   # 1.2 x 20/15 - 1
+    with pytest.raises(RecipeStopped, match=r"--resume --out .* --budget 144.*--boundary-data"):
+        _extension(ctx, _report(5, 0.05, 0.01), 10.0, meter)                            # 38 more ns: 43 of 18 min
+    with pytest.raises(RecipeStopped, match="never entered"):
+        _extension(ctx, _report(0, 0.0, 0.0), 10.0, meter)
+
+
+def test_boundary_data_from_parallel_tempering_counts_the_md_behind_it(tmp_path: Path) -> None:
+    (tmp_path / "pt_a").mkdir()
+    (tmp_path / "pt_a" / "run.json").write_text(json.dumps({
+        "settings": {"temperatures": [600.0, 800.0], "steps_per_iteration": 500, "timestep_fs": 1.0},
+        "segments": [{"last_iteration": 600, "wall_s": 40.0, "cpu_s": 35.0},
+                     {"last_iteration": 1000, "wall_s": 20.0, "cpu_s": 20.0}]}))
+    meta = {"source": "trade-md remd", "temperature": 600.0,
+            "runs": [{"dir": str(tmp_path / "pt_a"), "ladder": [600.0, 800.0]}]}
+    work, temperatures, note = data_cost(meta)
+    assert work["simulated_ns"] == pytest.approx(1000 * 500 * 1e-6 * 2) and temperatures == [600.0, 800.0]
+    assert work["energy_evaluations"] == 1000 * (500 * 2 + 4)                   # dynamics + exchange energies
+    assert work["recorded"] == {"wall_s": 60.0, "cpu_s": 55.0} and "several temperatures" in note
+
+
+def test_boundary_data_of_another_temperature_or_system_is_refused_before_any_work(tmp_path: Path) -> None:
+    system = load_system("alanine-dipeptide")
+    positions = np.repeat(system.positions[None], 20, axis=0)
+    data = tmp_path / "data"
+    write_dataset(data, system, 600.0, positions=positions, energies=np.zeros(20), times=np.arange(20.0),
+                  run=np.zeros(20, dtype=np.int64), record={}, convergence={})
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="sampled at 600 K, not at --t0 500"):
+        run_recipe(out, options=RunOptions(quick=True, boundary_data=str(data), t0=500.0), progress=False)
+    with pytest.raises(SystemMismatchError, match="another system"):
+        run_recipe(out, system=load_system("alanine-tetrapeptide"),
+                   options=RunOptions(quick=True, boundary_data=str(data), reference=None), progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("transfer", sorted(TRANSFERS))
+def test_every_transfer_variant_is_a_valid_config_from_the_frozen_boundary(tmp_path: Path, transfer: str) -> None:
+    options = RunOptions(transfer=transfer).resolve(600.0, None)
+    ctx = SimpleNamespace(plan=plan_budget(22), t0=600.0, options=options, progress=False)
+    boundary = boundary_config(ctx, "data", tmp_path / "boundary", 48.0)
+    assert [o.name for o in boundary.active_objectives()] == ["nll", "kl"]
+    assert boundary.schedule.minutes == 48.0 and boundary.monitor.select == "val_nll"
+    assert boundary.flow["n_layers"] == 8 and boundary.trained_range == (280.0, 1050.0)
+    config = transfer_config(ctx, "data", tmp_path / "transfer", 42.0, str(tmp_path / "boundary" / "best_t0"))
+    assert isinstance(config, TrainConfig) and config.trainable == "temperature" and config.flow["thermal_scaling"]
+    names = [o.name for o in config.active_objectives()]
+    assert names == {"tilt+kl": ["kl_range", "tilt"], "kl": ["kl_range"], "trade": ["trade"], "none": []}[transfer]
+    if transfer == "tilt+kl":
+        assert config.objectives["tilt"].span == [280.0, 600.0] and config.objectives["kl_range"].span == [600.0, 1050.0]
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+
+
+def _lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return capsys.readouterr().out.strip().splitlines()
 
 
 @pytest.mark.slow
-def test_quick_run_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_run_end_to_end_resume_and_a_shared_boundary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "main"
     assert _run(["--quick", "--out", str(out), "--no-progress"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = _lines(capsys)
     assert lines[-1] == f"report: {out / 'report' / 'summary.md'}"
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["t0"] == 600.0 and report["trained_range"] == [280.0, 1050.0]
+    assert set(report["cost"]["stages"]) == {"md", "boundary", "transfer", "check", "report"}
+    for name in ("md", "boundary", "transfer", "check"):
+        cost = report["cost"]["stages"][name]
+        assert cost["wall_s"] > 0 and cost["cpu_s"] > 0 and cost["energy_evaluations"] > 0, name
+    assert report["cost"]["stages"]["md"]["simulated_ns"] > 0.05 and not report["from_several_temperatures"]
+    assert [row["temperature"] for row in report["self_check"]] == [300.0, 450.0, 600.0, 800.0, 1000.0]
+    assert all(0.0 < row["ess"] <= 1.0 for row in report["self_check"])
+    assert report["flagged"] == [row["temperature"] for row in report["self_check"] if row["pareto_k"] > 0.7
+                                 or row["pareto_k"] != row["pareto_k"]]
+    assert next(row for row in report["self_check"] if row["temperature"] == 600.0)["delta_log_z"] == 0.0
+    assert report["budget"]["rule"]["fitted"]["boundary_steps"] > 30
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["temperatures"] == [300.0, 450.0, 600.0, 800.0, 1000.0]
+    assert all(0.0 < m["ess"] <= 1.0 for m in metrics["per_temperature"])
+    assert all((out / "report" / f"{name}.{ext}").is_file()
+               for name in ("ramachandran", "delta_f", "ess", "energy") for ext in ("png", "svg"))
+    assert (out / "boundary" / "best_t0" / "checkpoint.pt").is_file() and (out / "transfer" / "train.yaml").is_file()
 
-    # an interrupted training stage continues from its checkpoint (written every 25 steps)
-    import shutil
-
-    from trade_md.formats.checkpoint import read_checkpoint
+    # an interrupted transfer continues from its checkpoint (written every 25 steps)
     from trade_md.trainer import Trainer
 
-    shutil.rmtree(out / "model")
-    shutil.rmtree(out / "report")
+    shutil.rmtree(out / "transfer")
+    shutil.rmtree(out / "check")
     original = Trainer.train_step
 
     def interrupted(self: Trainer) -> dict[str, float]:
-        if self.step == 30:
+        if self.config.trainable == "temperature" and self.step == 30:
             raise KeyboardInterrupt
         return original(self)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "train_step", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            _run(["--quick", "--out", str(out), "--resume", "--no-progress"])
-    assert read_checkpoint(out / "model")["step"] == 25
+            _run(["--out", str(out), "--resume", "--no-progress"])
+    assert read_checkpoint(out / "transfer")["step"] == 25
+    assert len(json.loads((out / "transfer" / "cost.json").read_text())["sessions"]) == 1   # the killed session
     capsys.readouterr()
     assert _run(["--quick", "--out", str(out), "--resume", "--no-progress"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert "(resuming at step 25)" in lines[1]
-    assert read_checkpoint(out / "model")["step"] == QUICK.train["schedule"]["steps"]
-    assert lines[-1] == f"report: {out / 'report' / 'summary.md'}"
-    metrics = json.loads((out / "report" / "metrics.json").read_text())
-    assert metrics["temperatures"] == [300.0, 450.0, 600.0, 800.0, 1000.0]
-    assert metrics["training_steps"] == QUICK.train["schedule"]["steps"] and metrics["n_samples"] == QUICK.n_samples
-    assert all(0.0 < m["ess"] <= 1.0 for m in metrics["per_temperature"])
-    assert all((out / "report" / f"{name}.{ext}").is_file()
-               for name in ("ramachandran", "delta_f", "ess", "energy") for ext in ("png", "svg"))
-    assert (out / "train.yaml").is_file() and (out / "data" / "run.json").is_file()
+    lines = _lines(capsys)
+    assert "data at 600 K: complete" in lines[0] and "boundary at 600 K: complete" in lines[1]
+    assert "(resuming at step 25)" in lines[2]
+    transfer = read_checkpoint(out / "transfer")
+    assert transfer["step"] > 25 and transfer["fitted_steps"] is not None and transfer["seconds"] > 0
+    assert json.loads((out / "transfer" / "stage.json").read_text())["result"]["steps"] == transfer["step"]
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["cost"]["stages"]["transfer"]["sessions"] == 2
 
     with pytest.raises(InputError, match="--resume"):                 # no silent overwrite
-        run_pipeline(out, quick=True, progress=False)
-    with pytest.raises(InputError, match="'quick' preset"):
-        run_pipeline(out, quick=False, resume=True, progress=False)
+        run_recipe(out, options=RunOptions(quick=True), progress=False)
+    with pytest.raises(InputError, match="--quick on, not off"):
+        run_recipe(out, options=RunOptions(quick=False), resume=True, progress=False)
 
-    checkpoint = out / "model" / "checkpoint.pt"
-    stamp = checkpoint.stat().st_mtime_ns
-    (out / "report" / "metrics.json").unlink()                        # evaluation incomplete: only it reruns
-    assert _run(["--quick", "--out", str(out), "--resume", "--no-progress"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert "MD at 600 K: complete" in lines[0] and "skipped" in lines[0]
-    assert "training over 280-1050 K: complete" in lines[1]
-    assert "[3/3] evaluation" in lines[2] and "skipped" not in lines[2]
-    assert checkpoint.stat().st_mtime_ns == stamp and (out / "report" / "metrics.json").is_file()
-    assert lines[-1] == f"report: {out / 'report' / 'summary.md'}"
+    (out / "check" / "T1000.json").unlink()                           # one temperature missing: only it is drawn
+    (out / "check" / "stage.json").unlink()
+    stamp = (out / "transfer" / "checkpoint.pt").stat().st_mtime_ns
+    assert _run(["--out", str(out), "--resume", "--no-progress"]) == 0
+    lines = _lines(capsys)
+    assert "transfer (tilt+kl) over 280-1050 K: complete" in lines[2] and "skipped" not in lines[3]
+    assert [line.split()[0] for line in lines if " K: ESS" in line] == ["1000"]
+    assert (out / "transfer" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+    # an ablation from the same boundary: one command, the MD and boundary shared
+    ablation = tmp_path / "trade"
+    assert _run(["--out", str(ablation), "--boundary-from", str(out), "--transfer", "trade", "--no-progress"]) == 0
+    lines = _lines(capsys)
+    assert "shared with" in lines[0] and "shared with" in lines[1] and "transfer (trade)" in lines[2]
+    shared = json.loads((ablation / "report" / "report.json").read_text())
+    assert shared["cost"]["stages"]["boundary"]["shared_from"] == str(out)
+    assert shared["stages"]["transfer"]["objectives"] == ["trade"]
+    assert shared["budget"]["rule"]["fitted"]["transfer_minutes"] == report["budget"]["rule"]["fitted"][
+        "transfer_minutes"]                                            # the same time as the variant it is compared to
+    assert not (ablation / "md").exists() and not (ablation / "boundary").exists()
+
+
+@pytest.mark.slow
+def test_quick_run_on_a_molecule_the_package_has_never_seen(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from trade_md.peptides import write_capped_peptide
+
+    pdb = write_capped_peptide("PHE", tmp_path / "phe.pdb")
+    out = tmp_path / "phe"
+    assert main(["run", "--quick", "--pdb", str(pdb), "--forcefield", "amber99sbildn.xml", "--forcefield",
+                 "amber99_obc.xml", "--out", str(out), "--no-progress"]) == 0
+    lines = _lines(capsys)
+    assert lines[0].startswith("[1/5] MD at 600 K") and lines[-1] == f"report: {out / 'report' / 'summary.md'}"
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["system"]["n_atoms"] == 32 and report["reference"] is None and report["evaluation"] is None
+    assert [row["temperature"] for row in report["self_check"]] == [300.0, 450.0, 600.0, 800.0, 1000.0]
+    assert all(0.0 < row["ess"] <= 1.0 and row["n_samples"] >= 2000 for row in report["self_check"])
+    assert report["cost"]["total"]["energy_evaluations"] > 0 and (out / "report" / "ess.png").is_file()
+    assert "## Self-check" in (out / "report" / "summary.md").read_text()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tiny_model import make_reference_with_frames, make_tiny_model
 
-from trade_md.analysis.evaluation import _evaluate_temperature, evaluate
+from trade_md.analysis.evaluation import evaluate_samples, evaluate
 from trade_md.analysis.metrics import ramachandran_histogram
 from trade_md.cli.common import temperatures_from_text
 from trade_md.cli.evaluate import register
@@ -137,7 +137,7 @@ def test_metrics_of_a_perfect_generator_are_exact(tiny: dict[str, Path]) -> None
     frames = load_reference(tiny["reference"]).frames
     samples = SampleSet(dataset.positions, dataset.energies, np.zeros(n), np.full(n, -np.log(n)),
                         np.zeros(n, dtype=bool), temperature)
-    metrics, arrays = _evaluate_temperature(temperature, samples, system.topology, generator,
+    metrics, arrays = evaluate_samples(temperature, samples, system.topology, generator,
                                             Reference(summary, Path("fake.json"), frames), seed=0)
     assert metrics["ess"] == pytest.approx(1.0)
     assert metrics["ess_exact_basin_masses"] == pytest.approx(1.0)

@@ -8,6 +8,9 @@ takes one Adam step. A step whose loss or gradient is not finite is skipped and 
 optimiser. While any objective acts away from T0 the expectation grid is refreshed every ``grid.refresh_every``
 steps; each refresh whose lowest node ESS beats all earlier ones writes ``<out>/best/checkpoint.pt``.
 
+The run ends at ``schedule.steps`` or earlier, by the wall-time budget or early stopping (:mod:`trade_md.stopping`;
+``stopped_by`` in the summary); ``monitor.select: val_nll`` keeps the best validation in ``<out>/best_t0/``.
+
 Checkpoints (``<out>/checkpoint.pt``, written atomically every ``monitor.checkpoint_every`` steps and at the end)
 hold the model state and config, optimiser state, RNG states, step, the expectation grid, the TrainConfig, the
 trained range, the system's serialisation and fingerprint, and the coordinate normalisation; :meth:`load_state`
@@ -36,15 +39,19 @@ from trade_md.formats.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, Syst
 from trade_md.formats.files import atomic_write_path, write_json_atomic
 from trade_md.objectives import ExpectationGrid, TrainingContext
 from trade_md.progress import progress_bar
+from trade_md.stopping import StopRules
 from trade_md.thermo import reduced_potential
 from trade_md.trade import cap_reduced_energy, importance_estimate
 
-__all__ = ["BEST_DIR", "MAX_CONSECUTIVE_SKIPS", "Trainer"]
+__all__ = ["BEST_DIR", "BEST_T0_DIR", "MAX_CONSECUTIVE_SKIPS", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 """Sub-directory of a run that holds the checkpoint of the grid refresh with the highest lowest-node ESS."""
+BEST_T0_DIR = "best_t0"
+"""Sub-directory of a run that holds the checkpoint of the validation with the lowest validation NLL at T0
+(``monitor.select: val_nll``)."""
 MAX_CONSECUTIVE_SKIPS = 100
 """Training stops with an error after this many consecutive non-finite steps."""
 
@@ -107,6 +114,8 @@ class Trainer:
         self.refreshes = 0
         self.refresh_seconds = 0.0
         self.best_ess = -1.0
+        self.stop = StopRules(config.schedule, config.monitor)   # schedule length, time budget, early stopping
+        self.validation_seconds, self.validation_count = 0.0, 0
         if train is not None and any(o.needs_data_energies for o in self.objectives):
             self.context.evaluate_data_energies()
 
@@ -178,7 +187,7 @@ class Trainer:
         if transferring and self._refresh_due():         # not in boundary-only runs; ESS and best/ for the rest
             self.refresh_grid()
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.schedule.learning_rate_at(self.step)
+            group["lr"] = self.config.schedule.learning_rate_at(self.step, self.stop.total_steps)
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), dtype=self.generator.dtype, device=self.generator.device)
         terms: dict[str, float] = {"boundary": 0.0}
@@ -225,6 +234,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Validation NLL at T0 on held-out frames (mean −log q, nats) and, with a potential, the Kish ESS at T0 of
         ``monitor.ess_samples`` model samples."""
+        started = time.perf_counter()
         self.generator.eval()
         report: dict[str, float] = {}
         t0 = self.generator.reference_temperature
@@ -239,6 +249,8 @@ class Trainer:
             _, ess = importance_estimate(u, u, log_q.to(torch.float64))
             report["val_ess"] = float(ess)                # Kish ESS at T0 (grid ESS: "ess<T>")
         self.generator.train()
+        self.validation_seconds += time.perf_counter() - started
+        self.validation_count += 1
         return report
 
     def grid_report(self) -> dict[str, float]:
@@ -250,26 +262,54 @@ class Trainer:
         index = self.grid.nearest(torch.tensor(shown, dtype=torch.float64))
         return {f"ess{float(self.grid.temperatures[k]):.0f}": float(self.grid.ess[k]) for k in index.tolist()}
 
-    def run(self) -> dict[str, Any]:
-        """Train until ``schedule.steps``; checkpoints on the way and at the end; returns the summary."""
-        monitor, steps = self.config.monitor, self.config.schedule.steps
+    def run(self, callback: Callable[[Trainer, dict[str, float]], None] | None = None) -> dict[str, Any]:
+        """Train until the run ends (:mod:`trade_md.stopping`), checkpointing; returns the summary. callback: called
+        after every step with the trainer and the step's logged terms (e.g. to print progress lines)."""
+        monitor, stop = self.config.monitor, self.stop
         self.generator.train()
         start, start_step = time.perf_counter(), self.step
+        away = [o.start for o in self.objectives if o.acts_away_from_t0]   # the fit's window opens once they act
+        fit_start, transferring = stop.fit_start(self.step, min(away, default=0)), bool(away)
         shown: dict[str, float] = {}
-        with progress_bar(total=steps, initial=self.step, desc=self.config.mode, unit="step",
+        stop.stopped_by = None
+        with progress_bar(total=stop.total_steps, initial=self.step, desc=self.config.mode, unit="step",
                           enabled=monitor.progress and self.is_main) as bar:
-            while self.step < steps:
+            while self.context.everywhere(stop.reason(self.step, stop.seconds + time.perf_counter() - start) is None):
+                if self.step == fit_start:
+                    if self.is_main and not self.validation_count:   # the fit needs the cost of a validation
+                        shown.update(self.validate())
+                    stop.open_window(self.step, self.refresh_seconds, self.validation_seconds)
                 terms = self.train_step()
-                if self.is_main and (self.step % monitor.validate_every == 0 or self.step == steps):
-                    shown.update(self.validate())
-                    shown.update(self.grid_report())
+                fitted = stop.close_window(
+                    self.step, stop.budget_seconds - stop.seconds - (time.perf_counter() - start),
+                    refresh_seconds=self.refresh_seconds, refreshes=self.refreshes if transferring else 0,
+                    refresh_every=self.config.grid.refresh_every, validation_seconds=self.validation_seconds,
+                    validations=self.validation_count)
+                if fitted is not None and self.distributed is not None:   # one schedule for every rank
+                    stop.set_fitted(int(self.distributed.all_reduce(
+                        torch.tensor([float(fitted)], dtype=torch.float64), "max").item()), self.step)
+                bar.total = stop.total_steps
+                if self.is_main and (self.step % stop.validate_every == 0 or self.step == stop.total_steps):
+                    shown.update({**self.validate(), **self.grid_report()})
                     self.history.append({"step": self.step, **terms, **shown})
+                    self._keep_best(shown)
                 if self.out is not None and self.is_main and (self.step % monitor.checkpoint_every == 0
-                                                              or self.step == steps):
-                    self.save_checkpoint()
+                                                              or self.step == stop.total_steps):
+                    self.save_checkpoint(seconds=stop.seconds + time.perf_counter() - start)
                 bar.update(1)
                 bar.set_postfix(_postfix(terms, shown), refresh=False)
-        summary = self.summary(seconds=time.perf_counter() - start, steps_run=self.step - start_step)
+                if callback is not None:
+                    callback(self, terms)
+        stop.stopped_by = stop.stopped_by or "another process"         # (a rank that stopped because another did)
+        if self.is_main and (not self.history or self.history[-1]["step"] != self.step):
+            shown.update({**self.validate(), **self.grid_report()})    # stopped between validations: the last model
+            self.history.append({"step": self.step, **shown})
+            self._keep_best(shown)
+        session = time.perf_counter() - start
+        stop.seconds += session
+        if self.out is not None and self.is_main and self.step > start_step:
+            self.save_checkpoint()
+        summary = self.summary(seconds=session, steps_run=self.step - start_step)
         if self.distributed is not None:
             summary["processes"] = self.distributed.world_size
             summary["energy_evaluations_all_ranks"] = int(self.distributed.all_reduce(
@@ -278,6 +318,10 @@ class Trainer:
             write_json_atomic(self.out / "summary.json", summary)
         return summary
 
+    def _keep_best(self, shown: dict[str, float]) -> None:          # best_t0/: the best validation (select)
+        if self.stop.track(shown, self.step) and self.out is not None:
+            self.save_checkpoint(self.out / BEST_T0_DIR / CHECKPOINT_NAME)
+
     def summary(self, *, seconds: float, steps_run: int) -> dict[str, Any]:
         """JSON-able end-of-run report (also written to ``<out>/summary.json``)."""
         summary: dict[str, Any] = {
@@ -285,6 +329,11 @@ class Trainer:
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "seconds": seconds,
+            "seconds_total": self.stop.seconds,
+            "stopped_by": self.stop.stopped_by,
+            "schedule_steps": self.stop.total_steps,
+            "fitted_steps": self.stop.fitted_steps,
+            "best_validation": self.stop.best_validation or None,
             "seconds_per_step": seconds / steps_run if steps_run else None,
             "seconds_per_refresh": self.refresh_seconds / self.refreshes if self.refreshes else None,
             "energy_evaluations": self.energy_evaluations,
@@ -303,8 +352,9 @@ class Trainer:
         return summary
 
     # ------------------------------------------------------------------------------------------- checkpoints
-    def state(self) -> dict[str, Any]:
-        """The checkpoint payload (see the module docs)."""
+    def state(self, seconds: float | None = None) -> dict[str, Any]:
+        """The checkpoint payload (see the module docs); seconds: training wall time so far (default: that of the
+        finished sessions)."""
         generator_config = self.generator.config()
         span = self.config.trained_range
         return {
@@ -325,15 +375,18 @@ class Trainer:
             "system": dataclasses.asdict(self.system),
             "history": self.history,
             "best_ess": self.best_ess,
+            **self.stop.state_dict(),
+            **({} if seconds is None else {"seconds": seconds}),
         }
 
-    def save_checkpoint(self, path: Path | None = None) -> Path:
-        """Write the checkpoint atomically to ``path`` (default ``<out>/checkpoint.pt``); returns its path."""
+    def save_checkpoint(self, path: Path | None = None, *, seconds: float | None = None) -> Path:
+        """Write the checkpoint atomically to ``path`` (default ``<out>/checkpoint.pt``); returns its path.
+        seconds: the training wall time so far, stored for a time budget that continues across resumes."""
         if self.out is None:
             raise InputError("this trainer has no output directory; pass out=... to save checkpoints")
         path = self.out / CHECKPOINT_NAME if path is None else path
         with atomic_write_path(path) as temp:
-            torch.save(self.state(), temp)
+            torch.save(self.state(seconds), temp)
         return path
 
     def load_state(self, checkpoint: dict[str, Any], where: str = "checkpoint") -> None:
@@ -357,6 +410,7 @@ class Trainer:
         self.last_refresh = checkpoint["last_refresh"]
         self.history = list(checkpoint["history"])
         self.best_ess = float(checkpoint.get("best_ess", -1.0))
+        self.stop.load_state_dict(checkpoint)
 
 
 def _postfix(terms: dict[str, float], shown: dict[str, float]) -> dict[str, str]:

@@ -65,7 +65,7 @@ from trade_md.progress import progress_bar
 from trade_md.sampler import OutOfRangeWarning, Sampler
 from trade_md.thermo import kT
 
-__all__ = ["DEFAULT_TEMPERATURES", "METRICS_FORMAT", "evaluate"]
+__all__ = ["DEFAULT_TEMPERATURES", "METRICS_FORMAT", "evaluate", "evaluate_samples"]
 
 METRICS_FORMAT = "trade-md evaluation/1"
 DEFAULT_TEMPERATURES: tuple[float, ...] = (300.0, 450.0, 600.0, 800.0, 1000.0)
@@ -125,10 +125,13 @@ def _basin_metrics(temperature: float, samples: Any, backbone: Backbone, referen
     return metrics, arrays
 
 
-def _evaluate_temperature(
+def evaluate_samples(
     temperature: float, samples: Any, topology: Any, generator: Any, reference: Reference, seed: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics of one temperature and the arrays the figures need; φ basin metrics for a peptide only."""
+    """Metrics of one temperature's weighted ``samples`` (a :class:`~trade_md.samples.SampleSet` of ``generator``)
+    against ``reference``, and the arrays the figures need (:func:`~trade_md.analysis.evaluation_report.write_figures`);
+    φ basin metrics for a peptide only; ``seed``: of the bootstrap. :func:`evaluate` calls it for each temperature;
+    ``trade-md run`` on its own draws."""
     weights = samples.weights
     finite = np.isfinite(samples.energies)
     metrics: dict[str, Any] = {
@@ -245,8 +248,8 @@ def evaluate(
                 bar.set_postfix({"T": f"{temperature:g} K"})
                 mixture = [(ratio * float(temperature), fraction) for ratio, fraction in mixture_ratios]
                 samples = sampler.sample(n_samples, float(temperature), progress=False, mixture=mixture)
-                metrics, arrays[float(temperature)] = _evaluate_temperature(float(temperature), samples,
-                                                                             system.topology, generator, ref, seed + k)
+                metrics, arrays[float(temperature)] = evaluate_samples(float(temperature), samples,
+                                                                        system.topology, generator, ref, seed + k)
                 metrics["in_trained_range"] = bool(low - 1e-6 <= temperature <= high + 1e-6)
                 per_temperature.append(metrics)
                 bar.update(1)

@@ -11,14 +11,16 @@ A recipe (YAML; see :mod:`trade_md.config.files` for ``base:`` inheritance) read
     temperatures: {reference: 600.0, range: [280.0, 1050.0]}    # T0 (default: the data's) and the trained range, K
     data: {path: data/ala2_600K, validation_fraction: 0.1, stride: 1}   # the last fraction is held out
     flow: {n_layers: 8, hidden: 128, thermal_scaling: true}     # trade_md.flows.ConditionalSplineFlow arguments
-    schedule: {steps: 12000, learning_rate: 1.0e-3, lr_schedule: cosine, lr_final_fraction: 0.05, grad_clip: 1.0}
+    schedule: {steps: 12000, learning_rate: 1.0e-3, lr_schedule: cosine, lr_final_fraction: 0.05, grad_clip: 1.0,
+               minutes: null, fit_window: 30}         # minutes: wall-time budget, the cosine fitted to it
     objectives:                        # trade_md.objectives: each with weight, start, ramp and its own settings
       nll: {weight: 1.0}
       kl: {weight: 0.5, batch_size: 256}
       trade: {weight: 0.1, start: 6000, ramp: 2000, expectation: centred, energy_cap: 50.0}
     grid: {nodes: 26, samples: 2000, refresh_every: 250, decay: 0.5, loss_momentum: 0.9}   # the expectation grid
     energy: {cap: 1000.0, workers: 1, platform: auto}          # reduced-energy cap (k_B T), EnergyBridge workers
-    monitor: {checkpoint_every: 1000, validate_every: 500, ess_samples: 2000, progress_temperatures: [], progress: true}
+    monitor: {checkpoint_every: 1000, validate_every: 500, ess_samples: 2000, progress_temperatures: [], progress: true,
+              validations: 0, select: null, patience: 0, patience_from: 0.0, min_delta: 0.0}  # early stopping
 
 Unknown keys raise :class:`InputError` naming them. In mode ``trade`` the run trains every objective whose weight is
 not 0, in the order of :data:`trade_md.objectives.OBJECTIVES`; in mode ``nll`` only ``objectives.nll`` (default
@@ -80,20 +82,29 @@ class DataConfig:
 @dataclass
 class Schedule:
     """steps: total optimiser steps (the run ends there; raise it and ``--resume`` to train on); Adam with
-    ``learning_rate``, ``"constant"`` or ``"cosine"`` (decays to learning_rate × lr_final_fraction at ``steps``);
-    grad_clip: maximal global gradient norm."""
+    ``learning_rate``, ``"constant"`` or ``"cosine"`` (decays to learning_rate × lr_final_fraction at the end of the
+    schedule); grad_clip: maximal global gradient norm.
+
+    minutes: a wall-time budget of the run (summed over resumed sessions; None: none). The run stops when it is
+    spent, and with ``fit_window`` > 0 the schedule is fitted to it: after :data:`~trade_md.trainer.FIT_WARMUP`
+    steps (counted from the first step of a term that acts away from T0, or from the resumed step) the trainer
+    times ``fit_window`` steps, adds the grid refreshes and validations they left out at their cadence, and sets
+    the schedule's length to the steps that fit the rest of the budget (5 % margin, at most ``steps``), so the
+    cosine decays over the steps the run can reach. The fitted length is kept in the checkpoint."""
 
     steps: int = 20000
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"
     lr_final_fraction: float = 0.05
     grad_clip: float = 1.0
+    minutes: float | None = None
+    fit_window: int = 30
 
-    def learning_rate_at(self, step: int) -> float:
-        """The learning rate of optimiser step ``step``."""
+    def learning_rate_at(self, step: int, total: int | None = None) -> float:
+        """The learning rate of optimiser step ``step`` of a schedule ``total`` steps long (default ``steps``)."""
         if self.lr_schedule == "constant":
             return self.learning_rate
-        progress = min(step / self.steps, 1.0)
+        progress = min(step / (total or self.steps), 1.0)
         factor = self.lr_final_fraction + (1.0 - self.lr_final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.learning_rate * factor
 
@@ -127,19 +138,32 @@ class EnergyConfig:
 class MonitorConfig:
     """Steps between checkpoints and between validations (validation NLL, the Kish ESS at T0 of ``ess_samples``
     model samples, 0: none); progress_temperatures: K whose grid ESS the progress bar shows (default T_min, T0,
-    T_max); progress: show the bar (when the command line asked for bars, :mod:`trade_md.progress`)."""
+    T_max); progress: show the bar (when the command line asked for bars, :mod:`trade_md.progress`).
+
+    validations: with a fitted schedule (``schedule.minutes``), validate about this many times over the fitted run
+    instead of every ``validate_every`` steps (0: keep validate_every). select: ``"val_nll"`` keeps
+    ``<out>/best_t0/checkpoint.pt``, the model of the validation with the lowest validation NLL (None: none);
+    patience: with select, stop the run after this many validations in a row without a new best validation NLL
+    and without a new highest ESS at T0 (0: never), counted from ``patience_from`` × the schedule's length on;
+    min_delta: nats by which the NLL must improve to count."""
 
     checkpoint_every: int = 1000
     validate_every: int = 500
     ess_samples: int = 2000
     progress_temperatures: list[float] = field(default_factory=list)
     progress: bool = True
+    validations: int = 0
+    select: str | None = None
+    patience: int = 0
+    patience_from: float = 0.0
+    min_delta: float = 0.0
 
 
 _SECTIONS: dict[str, type] = {"temperatures": Temperatures, "data": DataConfig, "schedule": Schedule,
                               "grid": GridConfig, "energy": EnergyConfig, "monitor": MonitorConfig}
-_RESUME_MUTABLE = frozenset({"schedule.steps", "device", "monitor.progress", "monitor.checkpoint_every",
-                             "monitor.validate_every", "out"})
+_RESUME_MUTABLE = frozenset({"schedule.steps", "schedule.minutes", "schedule.fit_window", "device", "monitor.progress",
+                             "monitor.checkpoint_every", "monitor.validate_every", "monitor.validations",
+                             "monitor.patience", "monitor.patience_from", "out"})
 """Settings that may differ from the checkpoint's when resuming."""
 
 
@@ -260,6 +284,9 @@ class TrainConfig:
         for name in ("learning_rate", "grad_clip"):
             check(is_number(getattr(s, name), 0.0, open_low=True), where, name, getattr(s, name), "a number > 0")
         check(s.lr_schedule in ("constant", "cosine"), where, "lr_schedule", s.lr_schedule, "'constant' or 'cosine'")
+        check(s.minutes is None or is_number(s.minutes, 0.0, open_low=True, open_high=True), where, "minutes",
+              s.minutes, "a wall-time budget in minutes > 0 (or absent)")
+        check(is_count(s.fit_window, 0), where, "fit_window", s.fit_window, "an integer >= 0 (steps; 0: no fit)")
         check(is_number(s.lr_final_fraction, 0.0, 1.0), where, "lr_final_fraction", s.lr_final_fraction,
               "a number in [0, 1]")
         where = f"{source}: grid"
@@ -276,6 +303,13 @@ class TrainConfig:
         for name in ("checkpoint_every", "validate_every"):
             check(is_count(getattr(m, name), 1), where, name, getattr(m, name), "an integer >= 1")
         check(is_count(m.ess_samples, 0), where, "ess_samples", m.ess_samples, "an integer >= 0")
+        check(is_count(m.validations, 0), where, "validations", m.validations, "an integer >= 0")
+        check(m.select in (None, "val_nll"), where, "select", m.select, "'val_nll' or absent")
+        check(is_count(m.patience, 0), where, "patience", m.patience, "an integer >= 0 (validations)")
+        check(m.patience == 0 or m.select is not None, where, "patience", m.patience,
+              "0 unless monitor.select names the score it waits on (select: val_nll)")
+        check(is_number(m.min_delta, 0.0), where, "min_delta", m.min_delta, "a number >= 0 (nats)")
+        check(is_number(m.patience_from, 0.0, 1.0), where, "patience_from", m.patience_from, "a number in [0, 1]")
         check(isinstance(m.progress_temperatures, list) and all(is_number(v, 0.0, open_low=True)
                                                                 for v in m.progress_temperatures),
               where, "progress_temperatures", m.progress_temperatures, "a list of temperatures in K")

@@ -1,0 +1,97 @@
+"""What every stage of ``trade-md run`` reads: the run directory, the system, the resolved options, the budget plan,
+the reference, and the clock of the budget (:class:`RunContext`); the stage markers; :class:`RecipeStopped`.
+
+A stage is complete when its directory holds ``stage.json`` (:func:`mark_complete`), written last; ``--resume``
+skips complete stages and continues the others from their own checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trade_md.errors import TradeMDError
+from trade_md.formats.files import read_json, write_json_atomic
+from trade_md.formats.reference import Reference
+from trade_md.recipe.budget import SHARES, BudgetPlan
+from trade_md.recipe.cost import Cost, stage_cost
+from trade_md.recipe.options import RunOptions
+from trade_md.systems import MolecularSystem
+
+__all__ = ["STAGES", "STAGE_FILE", "RecipeStopped", "RunContext", "mark_complete", "stage_result"]
+
+logger = logging.getLogger("trade_md.recipe")
+
+STAGES: tuple[str, ...] = ("md", "boundary", "transfer", "check", "report")
+"""Stage directories of a run, in order."""
+STAGE_FILE = "stage.json"
+
+
+class RecipeStopped(TradeMDError):
+    """The run cannot go on within its budget (e.g. MD basins that do not converge); the message says what to do.
+    Finished stages and checkpoints are kept for ``--resume``."""
+
+
+def stage_result(directory: Path) -> dict[str, Any] | None:
+    """The result a complete stage recorded, or None when the stage is not complete."""
+    path = directory / STAGE_FILE
+    return read_json(path)["result"] if path.is_file() else None
+
+
+def mark_complete(directory: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Write ``directory/stage.json`` (last: the stage is complete once it exists); returns ``result``."""
+    write_json_atomic(directory / STAGE_FILE, {"complete": True, "result": result})
+    return result
+
+
+@dataclass
+class RunContext:
+    """out: the run directory; system; options: resolved (:class:`RunOptions`); plan: the budget rule's output;
+    reference: loaded reference or None; shared: the run whose MD and boundary this one shares (--boundary-from) or
+    None; say: one line per message; progress: show progress bars."""
+
+    out: Path
+    system: MolecularSystem
+    options: RunOptions
+    plan: BudgetPlan
+    reference: Reference | None
+    shared: Path | None
+    say: Callable[[str], None]
+    progress: bool
+
+    @property
+    def t0(self) -> float:
+        return float(self.options.t0)
+
+    def stage_dir(self, name: str) -> Path:
+        """Where stage ``name`` writes (a shared run's for the MD and boundary stages of --boundary-from)."""
+        if self.shared is not None and name in ("md", "boundary"):
+            return self.shared / name
+        return self.out / name
+
+    def cost(self, name: str) -> Cost:
+        """The summed sessions of stage ``name`` so far."""
+        return stage_cost(self.stage_dir(name))
+
+    def spent_seconds(self, before: str) -> float:
+        """Wall seconds of the stages before ``before`` (all sessions)."""
+        names = STAGES[: STAGES.index(before)]
+        return sum(self.cost(name).wall_s for name in names)
+
+    def allocation_seconds(self, name: str) -> float:
+        """Wall seconds stage ``name`` may use (the rule of :mod:`trade_md.recipe.budget`): transfer and check get
+        their shares exactly; the boundary gets what is left before them, at least 10 % of the budget; MD its
+        share (its extension up to ``MD_MAX_SHARE`` is decided by the MD stage)."""
+        budget = 60.0 * self.plan.budget_minutes
+        if name in ("md", "transfer", "check"):
+            return SHARES[name] * budget
+        if name == "boundary":
+            reserved = (SHARES["transfer"] + SHARES["check"]) * budget
+            return max(0.1 * budget, budget - self.spent_seconds("boundary") - reserved)
+        return 0.0
+
+    def note(self, line: str) -> None:
+        self.say(f"      {line}")

@@ -1,0 +1,94 @@
+"""What a stage of ``trade-md run`` costs: wall time, CPU time, energy evaluations and simulated nanoseconds.
+
+A :class:`Meter` times one session of a stage: wall time by :func:`time.perf_counter`, CPU time as the user + system
+time of this process and of its finished child processes (:func:`resource.getrusage`; MD replicas and energy workers
+are children that end with their stage). A stage's ``cost.json`` lists its sessions (a resumed stage adds one), each
+written when the session ends, also on an interruption; :func:`stage_cost` sums them.
+
+>>> cost = Cost(wall_s=2.0, cpu_s=3.0, energy_evaluations=10, simulated_ns=0.5)
+>>> (cost + cost).wall_s, (cost + cost).energy_evaluations
+(4.0, 20)
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trade_md.formats.files import read_json, write_json_atomic
+
+__all__ = ["COST_FILE", "Cost", "Meter", "record_session", "stage_cost"]
+
+COST_FILE = "cost.json"
+
+
+@dataclass
+class Cost:
+    """wall_s, cpu_s: seconds; energy_evaluations: potential-energy (MD: force) evaluations; simulated_ns: MD time
+    simulated, all replicas and equilibration included; sessions: how many sessions ran the stage."""
+
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    energy_evaluations: int = 0
+    simulated_ns: float = 0.0
+    sessions: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.wall_s + other.wall_s, self.cpu_s + other.cpu_s,
+                    self.energy_evaluations + other.energy_evaluations, self.simulated_ns + other.simulated_ns,
+                    self.sessions + other.sessions, self.notes + other.notes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Cost:
+        return cls(**{key: values[key] for key in ("wall_s", "cpu_s", "energy_evaluations", "simulated_ns",
+                                                   "sessions", "notes") if key in values})
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class Meter:
+    """Wall and CPU time since it was made (:attr:`wall_s`, :attr:`cpu_s`)."""
+
+    def __init__(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), _cpu_seconds()
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self._wall
+
+    @property
+    def cpu_s(self) -> float:
+        return _cpu_seconds() - self._cpu
+
+
+def record_session(directory: Path, meter: Meter, **work: Any) -> None:
+    """Append this session's wall and CPU time and ``work`` (e.g. ``energy_evaluations=...`` counted in this session)
+    to ``directory/cost.json``."""
+    path = directory / COST_FILE
+    sessions = read_json(path)["sessions"] if path.is_file() else []
+    sessions.append({"wall_s": meter.wall_s, "cpu_s": meter.cpu_s, **work})
+    write_json_atomic(path, {"sessions": sessions})
+
+
+def stage_cost(directory: Path) -> Cost:
+    """The summed sessions of ``directory/cost.json`` (zero when there is none)."""
+    path = directory / COST_FILE
+    if not path.is_file():
+        return Cost()
+    total = Cost()
+    for session in read_json(path)["sessions"]:
+        total = total + Cost(wall_s=session["wall_s"], cpu_s=session["cpu_s"],
+                             energy_evaluations=int(session.get("energy_evaluations", 0)),
+                             simulated_ns=float(session.get("simulated_ns", 0.0)), sessions=1)
+    return total
+
