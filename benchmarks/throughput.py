@@ -25,7 +25,10 @@ Measured, each in a fresh process per tree (a "worker": ``python benchmarks/thro
 With ``--baseline REF`` a temporary ``git worktree`` of REF runs in a second worker. Every measurement is repeated
 ``--repeats`` times, alternating which tree goes first, so that load from other users of the machine hits both
 alike; a speedup is the median over repeats of (new rate / baseline rate) of the same repeat, with its range.
-Compile or warm-up time (the first calls of each measurement, not timed in the rates) is reported per tree.
+Compile or warm-up time (the first calls of each measurement, not timed in the rates) is reported per tree; with
+``--compile`` the current tree runs with ``TRADE_MD_COMPILE=1`` (torch.compile of the flow's passes, opt-in), and
+its compile time is the first repeat's warm-up. Rates are also given per CPU second of the worker process: while
+other users load the machine, that is the steadier measure of the work a tree does (at 1 thread).
 
     python benchmarks/throughput.py --baseline 29047b0              # both molecules, 1 and 2 threads
     python benchmarks/throughput.py --baseline 29047b0 --quick      # a smoke run (fewer steps and repeats)
@@ -370,9 +373,12 @@ def worker_main(platform: str) -> None:
 class Tree:
     """A worker process for one source tree."""
 
-    def __init__(self, name: str, root: Path, platform: str) -> None:
+    def __init__(self, name: str, root: Path, platform: str, compile_flow: bool = False) -> None:
         self.name, self.root = name, root
         env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
+        env.pop("TRADE_MD_COMPILE", None)
+        if compile_flow:
+            env["TRADE_MD_COMPILE"] = "1"
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker", "--platform", platform],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(root))
@@ -425,7 +431,7 @@ def _summary(rows: list[dict[str, Any]], trees: list[str]) -> dict[str, Any]:
         rates = [row[tree]["rate"] for row in rows]
         cpu = [row[tree]["cpu_rate"] for row in rows]
         out[tree] = {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
-                     "cpu_median": statistics.median(cpu)}
+                     "cpu_median": statistics.median(cpu), "first_warmup_seconds": rows[0][tree]["warmup_seconds"]}
     if len(trees) == 2:
         for key, rate in (("speedup", "rate"), ("cpu_speedup", "cpu_rate")):
             ratios = [row[trees[1]][rate] / row[trees[0]][rate] for row in rows]
@@ -450,6 +456,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", nargs="*", default=None, metavar="TASK",
                         help="profile these tasks (sample and/or objectives; no names: sample nll trade)")
     parser.add_argument("--platform", default="Reference", help="OpenMM platform of the energy bridge")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the current tree with TRADE_MD_COMPILE=1 (torch.compile; its compile time is in the "
+                             "warm-up seconds of the first repeat)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 2 steps, 1 batch of 1024")
     parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/throughput/...)")
     args = parser.parse_args(argv)
@@ -478,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
             record["commits"]["baseline"] = _git("rev-parse", "HEAD", cwd=worktree)
             record["commits"]["baseline_ref"] = args.baseline
             trees.append(Tree("baseline", worktree, args.platform))
-        trees.append(Tree("new", ROOT, args.platform))
+        trees.append(Tree("new", ROOT, args.platform, compile_flow=args.compile))
         names = [tree.name for tree in trees]
         record["versions"] = {tree.name: tree.info for tree in trees}
         record["checksums"] = {system: {tree.name: tree.call("checksum", system=system) for tree in trees}
@@ -494,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
                     rows = []
                     for repeat in range(args.repeats):
                         order = trees if repeat % 2 == 0 else trees[::-1]
-                        row: dict[str, Any] = {}
+                        row: dict[str, Any] = {"load_average": list(os.getloadavg())}
                         for tree in order:
                             if task == "sample":
                                 row[tree.name] = tree.call("sample", system=system, threads=threads, n=args.samples,

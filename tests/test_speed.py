@@ -177,6 +177,23 @@ def test_spline_gradients_pass_gradcheck_twice() -> None:
         assert torch.autograd.gradgradcheck(spline, inputs)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_spline_forward_mode_derivatives_match_the_reference() -> None:
+    """Forward-mode AD (torch.func.jvp, forward_ad) goes through the tables' hand-written tangent."""
+    import torch.autograd.forward_ad as fwad
+
+    x, raw, low, high, circular, bins = _spline_case(torch.float64, n=50)
+    tangent = torch.sin(raw)
+    results = []
+    for spline in (rational_quadratic_spline, _reference_spline):
+        with fwad.dual_level():
+            dual = fwad.make_dual(raw.clone().requires_grad_(), tangent)
+            outputs = spline(x, dual[..., :bins], dual[..., bins:2 * bins], dual[..., 2 * bins:], low, high, circular)
+            results.append([fwad.unpack_dual(value).tangent.detach() for value in outputs])
+    for mine, theirs in zip(*results):
+        assert float((mine - theirs).abs().max() / theirs.abs().max()) < 1e-10
+
+
 # ---------------------------------------------------------------- the flow and the thermal scaling layer
 
 
@@ -228,3 +245,31 @@ def test_placement_by_generations_equals_atom_by_atom(name: str) -> None:
     assert len(transform._plan_sizes) < native.shape[0] // 2          # far fewer steps than atoms
     expected = _reference_cartesian(transform, bonds, angles, dihedrals)
     assert torch.equal(transform.cartesian(bonds, angles, dihedrals), expected)
+
+
+def test_compile_is_opt_in_skips_temperature_gradients_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRADE_MD_COMPILE=1 routes a pass through torch.compile; a context with a gradient stays eager (double
+    backward); a compiler that fails warns once and leaves the numbers to the eager pass."""
+    calls: list[str] = []
+
+    def failing_compile(function, **_):
+        calls.append(function.__name__)
+
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    flow = ConditionalSplineFlow([Domain.circular(), Domain.interval(0.0, 1.0)], n_layers=2, hidden=8).double()
+    u = flow.draw_base(10, dtype=torch.float64, device=torch.device("cpu"))
+    context = torch.full((10, 1), 0.3, dtype=torch.float64)
+    expected = flow.transform(u, context)
+    assert calls == []                                            # off by default
+    monkeypatch.setenv(flows.COMPILE_VARIABLE, "1")
+    flow.log_prob(u, context.clone().requires_grad_())            # a temperature gradient: never compiled
+    assert calls == []
+    with pytest.warns(RuntimeWarning, match="running eagerly"):
+        got = flow.transform(u, context)
+    assert calls == ["_transform"] and all(torch.equal(a, b) for a, b in zip(got, expected))
+    flow.transform(u, context)                                    # no second attempt
+    assert calls == ["_transform"]
