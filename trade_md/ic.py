@@ -189,6 +189,10 @@ class InternalCoordinates(nn.Module):
             inverse_order[atom] = position
         self.register_buffer("inverse_order", index(inverse_order), persistent=False)
         self._rank = {atom: position for position, atom in enumerate(zmatrix.order)}
+        plan_rows, refs, self._plan_sizes, atoms = zmatrix.placement_plan()   # for cartesian: placement generations
+        self.register_buffer("_plan_rows", index(plan_rows), persistent=False)
+        self.register_buffer("_plan_refs", index(refs).reshape(3, -1), persistent=False)
+        self.register_buffer("_plan_atoms", index(atoms), persistent=False)
         self.domains = ([Domain.interval(-1.0, 1.0)] * (n_modelled + n - 2)) + [Domain.circular()] * (n - 3)
 
     # ---------------------------------------------------------------- construction
@@ -331,14 +335,14 @@ class InternalCoordinates(nn.Module):
             third = torch.stack([bonds[:, 0] - b2 * torch.cos(a2), b2 * torch.sin(a2), zeros], dim=-1)
         else:  # a2 bonded to a0
             third = torch.stack([b2 * torch.cos(a2), b2 * torch.sin(a2), zeros], dim=-1)
-        placed.append(third)
-        rank = self._rank
-        for m in range(3, len(rows)):
-            _, j, k, l = rows[m]
-            placed.append(_place(placed[rank[j]], placed[rank[k]], placed[rank[l]],
-                                 bonds[:, m - 1], angles[:, m - 2], dihedrals[:, m - 3]))
-        ordered = torch.stack(placed, dim=1)
-        return ordered[:, self.inverse_order]
+        placed = torch.stack(placed + [third], dim=1)                     # [n, 3, 3]: the seeds
+        plan, refs, start = self._plan_rows, self._plan_refs, 0
+        bonds, angles, dihedrals = bonds[:, plan - 1], angles[:, plan - 2], dihedrals[:, plan - 3]
+        for size in self._plan_sizes:  # a generation at once (ZMatrix.placement_plan): its references are placed
+            part, start = slice(start, start + size), start + size
+            j, k, l = (placed.index_select(1, refs[c, part]) for c in range(3))
+            placed = torch.cat([placed, _place(j, k, l, bonds[:, part], angles[:, part], dihedrals[:, part])], dim=1)
+        return placed.index_select(1, self._plan_atoms)
 
     def log_rho(self, bonds: Tensor, angles: Tensor) -> Tensor:
         """``log rho(q)`` ``[n]``: log of the Cartesian volume per internal-coordinate volume (module docstring)."""

@@ -65,6 +65,12 @@ class ThermalScaling(nn.Module):
         self.register_buffer("_low", torch.tensor([dom.low for dom in domains], dtype=torch.float64), persistent=False)
         self.register_buffer("_length", torch.tensor([dom.length for dom in domains], dtype=torch.float64),
                              persistent=False)
+        interval_rows = [i for i, dom in enumerate(domains) if not dom.is_circular]
+        angle_rows = [i for i, dom in enumerate(domains) if dom.is_circular]
+        self.register_buffer("_interval_rows", torch.tensor(interval_rows, dtype=torch.long), persistent=False)
+        self.register_buffer("_angle_rows", torch.tensor(angle_rows, dtype=torch.long), persistent=False)
+        self.register_buffer("_merge", torch.argsort(torch.tensor(interval_rows + angle_rows, dtype=torch.long)),
+                             persistent=False)
 
     @torch.no_grad()
     def initialise(self, z: Tensor, stiff_std: float = STIFF_CIRCULAR_STD) -> None:
@@ -86,34 +92,50 @@ class ThermalScaling(nn.Module):
             interval = self._low.to(folded) + 0.5 * self._length.to(folded) * (folded + 1.0)
             return torch.where(self._circular, wrap_angles(self.centre), interval).detach()
 
-    def _scale(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """``(s [n, d], log s [n, d])`` for context ``log(T / T0)`` ``[n, 1]``."""
-        log_s = 0.5 * self.exponent.to(context.dtype) * context
-        return torch.exp(log_s), log_s
+    def _scale(self, rows: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """``(s, log s)`` ``[len(rows), n]`` of the features ``rows`` at context ``log(T / T0)`` ``[1, n]`` (``1 / s``
+        and ``−log s`` when ``inverse``)."""
+        log_s = (0.5 * self.exponent.to(context.dtype)).index_select(0, rows).unsqueeze(1) * context
+        s = torch.exp(log_s)
+        return (1.0 / s, -log_s) if inverse else (s, log_s)
 
-    def _map(self, z: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        s, log_s = self._scale(context)
-        if inverse:
-            s, log_s = 1.0 / s, -log_s
-        centre = self.centre.to(z.dtype)
-        low, length = self._low.to(z.dtype), self._length.to(z.dtype)
-        v = (2.0 * (z - low) / length - 1.0).clamp(-1.0 + _EDGE, 1.0 - _EDGE)
+    def _intervals(self, z: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The map of the interval features (rows ``_interval_rows`` of ``z [d, n]``) and its log-derivative."""
+        rows, dtype = self._interval_rows, z.dtype
+        s, log_s = self._scale(rows, context, inverse)
+        centre = self.centre.to(dtype).index_select(0, rows).unsqueeze(1)
+        low = self._low.to(dtype).index_select(0, rows).unsqueeze(1)
+        length = self._length.to(dtype).index_select(0, rows).unsqueeze(1)
+        v = (2.0 * (z.index_select(0, rows) - low) / length - 1.0).clamp(-1.0 + _EDGE, 1.0 - _EDGE)
         w = _unfold(v)
         v_new, log_fold_new = _fold(centre + s * (w - centre))
         _, log_fold = _fold(w)
-        interval = low + 0.5 * length * (v_new + 1.0)
-        interval_log = log_s + log_fold_new - log_fold
-        h = 0.5 * wrap_angles(z - centre)
+        return low + 0.5 * length * (v_new + 1.0), log_s + log_fold_new - log_fold
+
+    def _angles(self, z: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The map of the circular features (rows ``_angle_rows`` of ``z [d, n]``) and its log-derivative."""
+        rows = self._angle_rows
+        s, log_s = self._scale(rows, context, inverse)
+        centre = self.centre.to(z.dtype).index_select(0, rows).unsqueeze(1)
+        h = 0.5 * wrap_angles(z.index_select(0, rows) - centre)
         angle = wrap_angles(centre + 2.0 * torch.atan2(s * torch.sin(h), torch.cos(h)))
-        angle_log = log_s - torch.log(torch.cos(h) ** 2 + (s * torch.sin(h)) ** 2)
-        out = torch.where(self._circular, angle, interval)
-        log_derivative = torch.where(self._circular, angle_log, interval_log)
-        return out, log_derivative.sum(dim=-1)
+        return angle, log_s - torch.log(torch.cos(h) ** 2 + (s * torch.sin(h)) ** 2)
+
+    def map_columns(self, z: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The layer on features stored as rows, ``z [d, n]`` and ``context [1, n]`` (the flow's layout):
+        ``(z' [d, n], log|dz'/dz| [n])``; ``inverse`` from the feature side to the flow side. Interval and circular
+        features are mapped apart (each branch only on its own rows)."""
+        interval, interval_log = self._intervals(z, context, inverse)
+        angle, angle_log = self._angles(z, context, inverse)
+        out = torch.cat([interval, angle]).index_select(0, self._merge)
+        return out, torch.cat([interval_log, angle_log]).sum(dim=0)
 
     def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """Flow side to feature side at context ``[n, 1]``: ``(z' [n, d], log|dz'/dz| [n])``."""
-        return self._map(z, context, inverse=False)
+        out, log_derivative = self.map_columns(z.t(), context.t(), inverse=False)
+        return out.t(), log_derivative
 
     def inverse(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """Feature side to flow side: ``(z' [n, d], log|dz'/dz| [n])``."""
-        return self._map(z, context, inverse=True)
+        out, log_derivative = self.map_columns(z.t(), context.t(), inverse=True)
+        return out.t(), log_derivative

@@ -66,6 +66,22 @@ class ZMatrix:
         """Atom indices in placement order."""
         return [row[0] for row in self.rows]
 
+    def placement_plan(self) -> tuple[list[int], list[list[int]], list[int], list[int]]:
+        """The rows after the seeds grouped into generations that can be placed together: a row's generation is one
+        more than the latest of its references' (the seeds are generation 0). Returns the rows in placement order
+        (generation by generation, each in row order), the positions in that order of each row's references
+        ``[[j...], [k...], [l...]]`` (the seeds at 0, 1, 2), the size of each generation, and every atom's position.
+        Alanine dipeptide's 19 rows after the seeds fall into 6 generations, the tetrapeptide's 39 into 12."""
+        rank = {row[0]: m for m, row in enumerate(self.rows)}
+        generation = [0, 0, 0]
+        for _, j, k, l in self.rows[3:]:
+            generation.append(1 + max(generation[rank[j]], generation[rank[k]], generation[rank[l]]))
+        order = [0, 1, 2] + sorted(range(3, len(self.rows)), key=lambda m: (generation[m], m))
+        position = {m: p for p, m in enumerate(order)}
+        refs = [[position[rank[self.rows[m][c]]] for m in order[3:]] for c in (1, 2, 3)]
+        sizes = [generation.count(g) for g in range(1, max(generation) + 1)]
+        return order[3:], refs, sizes, [position[rank[atom]] for atom in range(self.n_atoms)]
+
     @classmethod
     def from_bonds(cls, n_atoms: int, bonds: Iterable[tuple[int, int]], heavy: Sequence[bool]) -> ZMatrix:
         """Build the Z-matrix of one connected molecule from its bond list; heavy[i] is False for hydrogens."""
