@@ -173,15 +173,17 @@ class _BinTables(torch.autograd.Function):
         picked, raw_derivatives, index, above, pair, derivative_pair, weights, total = _bin_tables(
             raw, values, low, length, circular, k, inverse)
         ctx.save_for_backward(raw, weights, total, picked, above, index, pair, derivative_pair)
-        ctx.save_for_forward(weights, total, pair, derivative_pair)
+        ctx.save_for_forward(raw, weights, total, pair, derivative_pair)
         ctx.k = k
         ctx.mark_non_differentiable(index)
         return picked, raw_derivatives, index
 
     @staticmethod
     def jvp(ctx, raw_tangent, *_):  # noqa: ANN001, ANN205 - autograd API (forward-mode AD, torch.func.jvp)
-        weights, total, pair, derivative_pair = ctx.saved_tensors
+        raw, weights, total, pair, derivative_pair = ctx.saved_tensors
         k = ctx.k
+        if torch.is_grad_enabled() and raw.requires_grad:  # the tangent must be differentiable in raw
+            weights, total, _ = _softmax_sizes(raw, k)
         weights_tangent = weights * raw_tangent[:, : 2 * k].unflatten(1, (2, k))
         share = weights * _sum_bins(weights_tangent) / total
         sizes_tangent = (1.0 - MIN_BIN_WIDTH * k) * (weights_tangent - share) / total
