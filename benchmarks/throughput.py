@@ -26,8 +26,8 @@ With ``--baseline REF`` a temporary ``git worktree`` of REF runs in a second wor
 ``--repeats`` times, alternating which tree goes first, so that load from other users of the machine hits both
 alike; a speedup is the median over repeats of (new rate / baseline rate) of the same repeat, with its range.
 Compile or warm-up time (the first calls of each measurement, not timed in the rates) is reported per tree; with
-``--compile`` the current tree runs with ``TRADE_MD_COMPILE=1`` (torch.compile of the flow's passes, opt-in), and
-its compile time is the first repeat's warm-up. Rates are also given per CPU second of the worker process: while
+``--compile`` the current tree runs with ``TRADE_MD_COMPILE=1`` (torch.compile of the flow's passes, opt-in) and an
+empty compile cache, and its cold compile time is the first repeat's warm-up. Rates are also given per CPU second of the worker process: while
 other users load the machine, that is the steadier measure of the work a tree does (at 1 thread).
 
     python benchmarks/throughput.py --baseline 29047b0              # both molecules, 1 and 2 threads
@@ -377,8 +377,9 @@ class Tree:
         self.name, self.root = name, root
         env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
         env.pop("TRADE_MD_COMPILE", None)
-        if compile_flow:
+        if compile_flow:  # a fresh compile cache: the warm-up then shows the cold compile time
             env["TRADE_MD_COMPILE"] = "1"
+            env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="throughput-inductor-")
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker", "--platform", platform],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(root))

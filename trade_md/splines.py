@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 from torch.nn import functional
 
 from trade_md.errors import InputError
@@ -173,20 +174,9 @@ class _BinTables(torch.autograd.Function):
         picked, raw_derivatives, index, above, pair, derivative_pair, weights, total = _bin_tables(
             raw, values, low, length, circular, k, inverse)
         ctx.save_for_backward(raw, weights, total, picked, above, index, pair, derivative_pair)
-        ctx.save_for_forward(weights, total, pair, derivative_pair)
         ctx.k = k
         ctx.mark_non_differentiable(index)
         return picked, raw_derivatives, index
-
-    @staticmethod
-    def jvp(ctx, raw_tangent, *_):  # noqa: ANN001, ANN205 - autograd API (forward-mode AD, torch.func.jvp)
-        weights, total, pair, derivative_pair = ctx.saved_tensors
-        k = ctx.k
-        weights_tangent = weights * raw_tangent[:, : 2 * k].unflatten(1, (2, k))
-        share = weights * _sum_bins(weights_tangent) / total
-        sizes_tangent = (1.0 - MIN_BIN_WIDTH * k) * (weights_tangent - share) / total
-        return (_pick(torch.cumsum(sizes_tangent, dim=2), pair),
-                torch.gather(raw_tangent[:, 2 * k:], 1, derivative_pair), None)
 
     @staticmethod
     def backward(ctx, grad_picked, grad_derivatives, _grad_index):  # noqa: ANN001, ANN205 - autograd API
@@ -198,6 +188,33 @@ class _BinTables(torch.autograd.Function):
         grad = _bin_tables_gradient(raw, weights, total, picked, above, index, derivative_pair, grad_picked,
                                     grad_derivatives, k)
         return grad, None, None, None, None, None, None
+
+
+class _BinTablesWithTangent(_BinTables):
+    """:class:`_BinTables` with forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp``), used only inside
+    a dual level: torch.compile cannot trace a Function that defines ``jvp``."""
+
+    @staticmethod
+    def forward(ctx, raw, values, low, length, circular, k, inverse):  # noqa: ANN001, ANN205 - autograd API
+        picked, raw_derivatives, index, above, pair, derivative_pair, weights, total = _bin_tables(
+            raw, values, low, length, circular, k, inverse)
+        ctx.save_for_backward(raw, weights, total, picked, above, index, pair, derivative_pair)
+        ctx.save_for_forward(raw, weights, total, pair, derivative_pair)
+        ctx.k = k
+        ctx.mark_non_differentiable(index)
+        return picked, raw_derivatives, index
+
+    @staticmethod
+    def jvp(ctx, raw_tangent, *_):  # noqa: ANN001, ANN205 - autograd API
+        raw, weights, total, pair, derivative_pair = ctx.saved_tensors
+        k = ctx.k
+        if torch.is_grad_enabled() and raw.requires_grad:  # the tangent must be differentiable in raw
+            weights, total, _ = _softmax_sizes(raw, k)
+        weights_tangent = weights * raw_tangent[:, : 2 * k].unflatten(1, (2, k))
+        share = weights * _sum_bins(weights_tangent) / total
+        sizes_tangent = (1.0 - MIN_BIN_WIDTH * k) * (weights_tangent - share) / total
+        return (_pick(torch.cumsum(sizes_tangent, dim=2), pair),
+                torch.gather(raw_tangent[:, 2 * k:], 1, derivative_pair), None)
 
 
 def spline_columns(
@@ -217,7 +234,8 @@ def spline_columns(
     length = high - low
     values = torch.minimum(torch.maximum(inputs, low), high)
     if torch.is_grad_enabled() and raw.requires_grad:
-        picked, raw_derivatives, index = _BinTables.apply(raw, values.detach(), low, length, circular, k, inverse)
+        tables = _BinTablesWithTangent if forward_ad._current_level >= 0 else _BinTables   # inside a dual level
+        picked, raw_derivatives, index = tables.apply(raw, values.detach(), low, length, circular, k, inverse)
     else:  # nothing to differentiate in the tables (the knots' dependence on low and length is added below)
         with torch.no_grad():
             picked, raw_derivatives, index = _bin_tables(raw, values, low, length, circular, k, inverse)[:3]
