@@ -29,3 +29,17 @@ def test_notebook_runs_and_shows_its_figures(tmp_path: Path, monkeypatch: pytest
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
     assert f"model: {model}" in text and "Kish ESS" in text and "P(phi>0) ref" in text
     assert "1000 K: Jensen-Shannon divergence" in text
+
+
+@pytest.mark.slow
+def test_notebook_runs_on_the_shipped_model_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRADE_MD_MODEL", raising=False)
+    monkeypatch.delenv("TRADE_MD_N_SAMPLES", raising=False)
+    monkeypatch.setenv("TRADE_MD_REFERENCE", "")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
+    assert "model: alanine-dipeptide" in text and text.count("Kish ESS") == 5

@@ -388,3 +388,22 @@ def test_pooling_a_run_with_itself_reproduces_its_estimates(resumed_run, tmp_pat
 
     (tmp_path / "pooled" / "frames").mkdir()  # another run's frames beside the summary are not taken for its own
     assert load_reference(summary_path).frames is not None
+
+
+def test_combine_summaries_keeps_the_phi_basins_of_each_residue() -> None:
+    # Two copies of the tetrapeptide's reference with residue k's ΔF/kT shifted by +0.2 and −0.2: the combined
+    # phi_basins hold the shipped values with the scatter error std([+0.2, −0.2], ddof=1) / sqrt(2) = 0.2.
+    from trade_md.formats.reference import default_reference
+
+    base = json.loads(default_reference("alanine-tetrapeptide").read_text())
+    runs = []
+    for shift in (0.2, -0.2):
+        run = json.loads(json.dumps(base))
+        run["phi_basins"]["delta_f_kT"] = [[value + shift for value in row] for row in base["phi_basins"]["delta_f_kT"]]
+        runs.append(run)
+    basins = combine_summaries(runs, ["a", "b"])["phi_basins"]
+    assert basins["labels"] == base["phi_basins"]["labels"]
+    np.testing.assert_allclose(basins["delta_f_kT"], base["phi_basins"]["delta_f_kT"], atol=1e-12)
+    np.testing.assert_allclose(basins["delta_f_sem_kT"], 0.2, atol=1e-12)
+    np.testing.assert_allclose(basins["p_positive_sem"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(basins["ramachandran"], base["phi_basins"]["ramachandran"], atol=1e-12)

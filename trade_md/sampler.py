@@ -21,7 +21,7 @@ weights with fewer heavy ones, at ``1 + (levels − 1) × steps`` energies per s
 ``−U/(k_B T) − log W`` (the log-density a plain proposal would need for the same weight ``W``). It starts from
 ``q(x | T)`` itself, so it combines with neither a mixture nor a calibration.
 
-Loading a trained model (:meth:`Sampler.from_checkpoint`) goes through :mod:`trade_md.formats.checkpoint` and
+Loading a trained model (:meth:`Sampler.from_checkpoint`, or a shipped one by name: :meth:`Sampler.from_pretrained`) goes through :mod:`trade_md.formats.checkpoint` and
 imports no training code. The command ``trade-md sample`` lives in :mod:`trade_md.cli.sample`.
 
 >>> from trade_md.toys import HarmonicOscillator, toy_generator
@@ -55,6 +55,7 @@ from trade_md.formats.checkpoint import load_generator
 from trade_md.formats.files import atomic_write_path
 from trade_md.progress import progress_bar
 from trade_md.samples import SampleSet
+from trade_md.systems import pretrained_model
 from trade_md.thermo import reduced_potential, to_kelvin
 
 __all__ = ["OutOfRangeWarning", "Sampler", "write_samples"]
@@ -144,6 +145,13 @@ class Sampler:
                 return system.potential(torch.as_tensor(positions)).double().numpy()
 
         return cls(generator, toy_energy, temperature_range=temperature_range, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs: Any) -> Sampler:
+        """A sampler for the generator shipped with built-in system ``name`` (e.g. ``"alanine-dipeptide"``), with
+        the keywords of :meth:`from_checkpoint`. How it was made and what it measures: the card
+        ``trade_md.systems.pretrained_model(name) / "README.md"``."""
+        return cls.from_checkpoint(pretrained_model(name), **kwargs)
 
     def close(self) -> None:
         """Shut down the energy workers this sampler started (if any)."""

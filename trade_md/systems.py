@@ -56,6 +56,8 @@ __all__ = [
     "MolecularSystem",
     "builtin_config",
     "builtin_systems",
+    "pretrained_model",
+    "resolve_model",
     "from_amber",
     "from_openmm",
     "load_system",
@@ -200,6 +202,32 @@ def builtin_config(name: str) -> dict[str, Any]:
             "(pip install -e .) or pass --pdb FILE --forcefield FILE"
         )
     raise InputError(f"unknown built-in system {name!r}; choose one of {builtin_systems()} or pass a PDB path")
+
+
+MODEL_DIR = "model"
+"""Sub-directory of a built-in system holding its shipped generator (``checkpoint.pt``, ``README.md`` card,
+``card.json`` measurements), written by ``trade-md export``."""
+
+
+def pretrained_model(name: str) -> Path:
+    """The directory of the generator shipped with built-in system ``name`` (an :class:`InputError` naming the
+    systems that have one when it has none)."""
+    config = builtin_config(name)
+    directory = Path(config["pdb"]).parent / MODEL_DIR
+    if not (directory / "checkpoint.pt").is_file():
+        shipped = [system for system in builtin_systems()
+                   if (Path(builtin_config(system)["pdb"]).parent / MODEL_DIR / "checkpoint.pt").is_file()]
+        raise InputError(f"built-in system {name!r} ships no trained generator (systems with one: "
+                         f"{', '.join(shipped) or 'none'}); train one with `trade-md run --system {name}`")
+    return directory
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """A run directory or checkpoint path as given, else the shipped model of the built-in system of that name."""
+    path = Path(model)
+    if path.exists() or str(model) not in builtin_systems():
+        return path
+    return pretrained_model(str(model))
 
 
 # ----------------------------------------------------------------------------------------------------- loaders

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trade_md.cli.remd",
     "trade_md.cli.umbrella",
     "trade_md.cli.sample",
+    "trade_md.cli.export",
     "trade_md.cli.calibrate",
     "trade_md.cli.evaluate",
     "trade_md.cli.peptide",

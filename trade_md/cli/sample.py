@@ -1,6 +1,7 @@
 """``trade-md sample``: weighted samples of a trained generator at one temperature (:mod:`trade_md.sampler`).
 
-``trade-md sample --model runs/x --temperature 450 --n 10000 --out samples/x450`` writes ``samples.dcd`` +
+``trade-md sample --model runs/x --temperature 450 --n 10000 --out samples/x450`` (or ``--system
+alanine-dipeptide`` for the shipped generator) writes ``samples.dcd`` +
 ``topology.pdb`` (mdtraj-readable) and ``samples.npz`` and prints the Kish ESS and the weights' tail shape.
 :func:`parse_mixture` also reads ``trade-md evaluate --mixture-ratio``.
 """
@@ -19,6 +20,7 @@ from trade_md.annealing import Annealing
 from trade_md.errors import InputError
 from trade_md.progress import show_progress
 from trade_md.sampler import Sampler, write_samples
+from trade_md.systems import pretrained_model
 
 __all__ = ["ACCEPTANCE_RANGE", "parse_mixture", "register"]
 
@@ -33,7 +35,10 @@ def register(subparsers: Any) -> None:
         description="Draw samples at one temperature and write samples.dcd + topology.pdb (mdtraj-readable) and "
                     "samples.npz (energies_kj_per_mol, log_q, normalised log_weights, wrong_chirality).",
     )
-    parser.add_argument("--model", required=True, help="run directory written by `trade-md train`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="run directory written by `trade-md train` or `trade-md run`")
+    source.add_argument("--system", metavar="NAME",
+                        help="the generator shipped with this built-in system (e.g. alanine-dipeptide)")
     parser.add_argument("--temperature", type=float, required=True, help="temperature in K")
     parser.add_argument("--n", type=int, default=10000, help="number of samples (default %(default)s)")
     parser.add_argument("--out", required=True, help="output directory")
@@ -74,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     show_progress(not args.no_progress)
     mixture = parse_mixture(args.mixture)
     annealing = None if args.anneal is None else Annealing.parse(args.anneal)
-    with Sampler.from_checkpoint(args.model, n_workers=args.workers, platform=args.platform,
+    model = args.model if args.model is not None else pretrained_model(args.system)
+    with Sampler.from_checkpoint(model, n_workers=args.workers, platform=args.platform,
                                  calibrated=args.calibrated,
                                  out_of_range="error" if args.strict_range else "warn") as sampler:
         if sampler.topology is None:

@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", help="run directory for checkpoint.pt and summary.json")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--steps", type=int, help="total optimiser steps")
+    parser.add_argument("--init-from", metavar="RUN_OR_SYSTEM",
+                        help="start from these weights: a run directory, or a built-in system's shipped generator "
+                             "by name (e.g. alanine-dipeptide); same system, T0 and flow settings")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="torch device")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,6 +49,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config of a `trade-md train` command: the --config file (or defaults) overridden by the flags."""
     values = load_recipe(args.config) if args.config else {}
     overrides = _given({"mode": args.mode, "out": args.out, "seed": args.seed, "device": args.device,
+                        "init_from": args.init_from,
                         "data": {"path": args.data}, "temperatures": {"reference": args.temperature},
                         "schedule": {"steps": args.steps},
                         "monitor": {"progress": False if args.no_progress else None}})

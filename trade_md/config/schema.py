@@ -6,7 +6,7 @@ A recipe (YAML; see :mod:`trade_md.config.files` for ``base:`` inheritance) read
     out: runs/trade                    # run directory (checkpoint.pt, summary.json)
     seed: 0                            # model initialisation and every random draw of the trainer
     device: cpu                        # or cuda;  dtype: float32 or float64 (the model's)
-    init_from: runs/boundary           # start from this run's weights (same system, T0 and flow settings)
+    init_from: runs/boundary           # start from this run's weights (or a shipped model: alanine-dipeptide)
     trainable: all                     # or temperature: only what acts away from T0 (the model at T0 stays)
     temperatures: {reference: 600.0, range: [280.0, 1050.0]}    # T0 (default: the data's) and the trained range, K
     data: {path: data/ala2_600K, validation_fraction: 0.1, stride: 1}   # the last fraction is held out

@@ -26,7 +26,7 @@ import torch
 
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.generator import Generator
-from trade_md.systems import MolecularSystem
+from trade_md.systems import MolecularSystem, resolve_model
 from trade_md.toys import ToySystem, toy_from_spec
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "SystemRecord", "TrainedModel", "load_generator",
@@ -86,12 +86,14 @@ def _describe(record: SystemRecord) -> str:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint from a run directory (or the ``checkpoint.pt`` file itself)."""
-    file = Path(path)
+    """Read a checkpoint from a run directory, the ``checkpoint.pt`` file itself, or the name of a built-in system
+    that ships a trained generator (e.g. ``"alanine-dipeptide"``)."""
+    file = resolve_model(path)
     if file.is_dir():
         file = file / CHECKPOINT_NAME
     if not file.is_file():
-        raise InputError(f"no checkpoint at {file}; pass the --out directory of `trade-md train` or `trade-md run`")
+        raise InputError(f"no checkpoint at {file}; pass the --out directory of `trade-md train` or `trade-md run`, "
+                         "or the name of a built-in system that ships a model")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:  # a damaged or foreign file

@@ -123,7 +123,8 @@ def combine_summaries(summaries: Sequence[dict[str, Any]], sources: Sequence[str
     """One reference from the ``trade-md reference`` summaries of independent runs of one system at the same
     temperatures: per temperature, the mean of each run's estimate, with the standard error from the scatter
     between runs (sample standard deviation / √runs), which holds whatever each run's own error bars missed.
-    Ramachandran histograms are averaged when every run has them; effective samples add up. An estimate that is
+    Ramachandran histograms are averaged when every run has them, and so are the per-residue φ basins
+    (``phi_basins``) when every run has the same residues; effective samples add up. An estimate that is
     null in any run (an empty basin) is null. No frames: the combined reference gives ΔF, ⟨U⟩, ln Z and histograms,
     not the NLL of reference frames. sources: a label per summary (e.g. its path), kept in ``runs``.
     """
@@ -164,6 +165,26 @@ def combine_summaries(summaries: Sequence[dict[str, Any]], sources: Sequence[str
     if all("ramachandran" in summary for summary in summaries):
         combined["ramachandran"] = [round_significant(np.mean(histograms, axis=0)) for histograms in
                                     zip(*(np.asarray(s["ramachandran"], dtype=np.float64) for s in summaries))]
+    basins = [summary.get("phi_basins") for summary in summaries]
+    if all(basins) and all(b["labels"] == basins[0]["labels"] for b in basins):
+        combined["phi_basins"] = _combined_basins(basins, n)
+    return combined
+
+
+def _combined_basins(basins: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
+    """The runs' ``phi_basins`` (lists [residue][temperature]) as one: means, scatter errors, mean histograms."""
+    first = basins[0]
+    combined: dict[str, Any] = {key: first[key] for key in ("convention", "labels", "phi_atoms") if key in first}
+    for name, sem in (("p_positive", "p_positive_sem"), ("delta_f_kT", "delta_f_sem_kT"), ("delta_f", "delta_f_sem")):
+        if all(name in b for b in basins):
+            values = np.asarray([[[math.nan if v is None else v for v in row] for row in b[name]] for b in basins],
+                                dtype=np.float64)
+            combined[name] = json_safe(values.mean(axis=0))
+            combined[sem] = json_safe(values.std(axis=0, ddof=1) / math.sqrt(n))
+    if all("ramachandran" in b for b in basins):
+        combined["ramachandran"] = [[round_significant(np.mean(histograms, axis=0)) for histograms in
+                                     zip(*(np.asarray(b["ramachandran"][i], dtype=np.float64) for b in basins))]
+                                    for i in range(len(first["labels"]))]
     return combined
 
 
