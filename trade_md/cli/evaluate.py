@@ -28,7 +28,9 @@ def register(subparsers: Any) -> None:
         "evaluate", help="evaluate a trained generator against a reference: metrics.json, figures, summary.md",
         description="Sample the generator at each temperature, reweight, and compare with a `trade-md reference` "
                     "analysis: ESS, NLL of reference frames, Ramachandran KL/JS, basin ΔF(T), energy distributions.")
-    parser.add_argument("--model", required=True, help="run directory of `trade-md train` (checkpoint.pt)")
+    parser.add_argument("--model", required=True,
+                        help="run directory of `trade-md train` or `run` (checkpoint.pt), or a built-in system's "
+                             "shipped model by name")
     parser.add_argument("--reference",
                         help="`trade-md reference` directory (summary.json + frames/) or summary JSON (default: the "
                              "shipped reference of a built-in system)")
