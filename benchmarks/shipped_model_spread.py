@@ -8,10 +8,10 @@ reference (``trade_md.analysis.evaluation.evaluate``). It prints a table and wri
 model (read by ``tests/test_shipped_models.py``) and a copy under ``benchmarks/results/shipped_models/``.
 
 The floors, per temperature, from the R draws:
-- ESS floor = max(0, min_r ESS_r − 3 × sd_r(ESS_r)): a draw of the same model falls below it rarely (the minimum of R
-  draws minus three of their standard deviations), a broken model (ESS ≈ 0) always;
-- ΔF tolerance = max_r |ΔF_r − ΔF_ref| + 3 × sd_r(ΔF_r) + 2 × (the reference's standard error), in k_BT: a draw
-  is accepted when |ΔF − ΔF_ref| stays within it.
+- ESS floor = ½ × min_r ESS_r: half the worst of R draws of the same model (the ESS of one draw is heavy-tailed, so a
+  standard deviation says little below the mean), far above the ≲ 0.1 % of a broken model;
+- ΔF tolerance = max_r |ΔF_r − ΔF_ref| + 2 × sd_r(ΔF_r), in k_BT: a draw is accepted when |ΔF − ΔF_ref| stays within
+  it (the reference's own error is a fixed offset, already in the deviations).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def main() -> None:
         ess = [row["ess"] for row in rows]
         deviation = [row["delta_f_kT"] - row["reference"] for row in rows]
         ess_sd, dev_sd = statistics.stdev(ess), statistics.stdev(deviation)
-        floor = max(0.0, min(ess) - 3.0 * ess_sd)
-        tolerance = max(abs(d) for d in deviation) + 3.0 * dev_sd + 2.0 * rows[0]["reference_sem"]
+        floor = 0.5 * min(ess)
+        tolerance = max(abs(d) for d in deviation) + 2.0 * dev_sd
         floors[f"{temperature:g}"] = {"ess_floor": floor, "delta_f_kT_tolerance": tolerance}
         print(f"| {temperature:g} | {100 * statistics.mean(ess):.2f} ± {100 * ess_sd:.2f} ({100 * min(ess):.2f}) | "
               f"{100 * floor:.2f} | {statistics.mean(deviation):+.3f} ± {dev_sd:.3f} "

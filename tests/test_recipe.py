@@ -233,6 +233,12 @@ def test_quick_run_end_to_end_resume_and_a_shared_boundary(tmp_path: Path, capsy
     assert all((out / "report" / f"{name}.{ext}").is_file()
                for name in ("ramachandran", "delta_f", "ess", "energy") for ext in ("png", "svg"))
     assert (out / "boundary" / "best_t0" / "checkpoint.pt").is_file() and (out / "transfer" / "train.yaml").is_file()
+    assert main(["export", str(out), "--out", str(tmp_path / "exported")]) == 0          # the run's model and card
+    card = json.loads((tmp_path / "exported" / "card.json").read_text())
+    assert [row["temperature"] for row in card["per_temperature"]] == [300.0, 450.0, 600.0, 800.0, 1000.0]
+    assert card["per_temperature"][0]["ess"] == report["self_check"][0]["ess"] and card["command"].endswith("--quick")
+    assert card["stage_steps"]["transfer"] == read_checkpoint(tmp_path / "exported")["step"]
+    capsys.readouterr()
 
     # an interrupted transfer continues from its checkpoint (written every 25 steps)
     from trade_md.trainer import Trainer

@@ -19,7 +19,7 @@ import yaml
 from trade_md.analysis.evaluation import evaluate
 from trade_md.systems import SYSTEMS_DIR, pretrained_model
 
-SHIPPED = sorted(path.parent.name for path in SYSTEMS_DIR.glob("*/model/checkpoint.pt"))
+SHIPPED = sorted(path.parent.parent.name for path in SYSTEMS_DIR.glob("*/model/checkpoint.pt"))
 SEED = 1000
 
 

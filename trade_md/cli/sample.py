@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
                         help="the generator shipped with this built-in system (e.g. alanine-dipeptide)")
     parser.add_argument("--temperature", type=float, required=True, help="temperature in K")
     parser.add_argument("--n", type=int, default=10000, help="number of samples (default %(default)s)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", help="output directory (default samples/<T>K, e.g. samples/350K)")
     parser.add_argument("--batch-size", type=int, default=4096, help="samples per batch (default %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="energy worker processes (default %(default)s)")
     parser.add_argument("--platform", default="auto", help="OpenMM platform for energies (default %(default)s)")
@@ -77,6 +77,8 @@ def parse_mixture(items: Sequence[str], option: str = "--mixture") -> list[tuple
 def run(args: argparse.Namespace) -> int:
     """Draw the samples, write them and print the summary (hints and warnings on stderr)."""
     show_progress(not args.no_progress)
+    if args.out is None:
+        args.out = f"samples/{args.temperature:g}K"
     mixture = parse_mixture(args.mixture)
     annealing = None if args.anneal is None else Annealing.parse(args.anneal)
     model = args.model if args.model is not None else pretrained_model(args.system)

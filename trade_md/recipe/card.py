@@ -18,6 +18,7 @@ import torch
 from trade_md.errors import InputError
 from trade_md.formats.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from trade_md.formats.files import atomic_write_path, json_safe, write_json_atomic
+from trade_md.recipe.pipeline import RECIPE_FILE
 
 __all__ = ["CARD_FORMAT", "EXPORTED_KEYS", "export_model", "model_card"]
 
@@ -27,11 +28,12 @@ EXPORTED_KEYS = ("format", "generator_config", "model_state", "system", "config"
 
 
 def export_model(source: str | Path, out: str | Path, *, command: str | None = None) -> dict[str, Any]:
-    """Write the model of run directory ``source`` to ``out`` (``checkpoint.pt``, and with a run report
-    ``card.json`` + ``README.md``); returns the card (sizes in bytes). command: how the run was made, for the card
+    """Write the model of ``source`` to ``out`` (``checkpoint.pt``, and with a run report ``card.json`` +
+    ``README.md``); returns the card (sizes in bytes). source: a ``trade-md run`` directory (its transfer stage's
+    model), a ``trade-md train`` directory or a checkpoint file. command: how the run was made, for the card
     (default: rebuilt from the run's options)."""
     source, out = Path(source), Path(out)
-    checkpoint = read_checkpoint(source)
+    checkpoint = read_checkpoint(source / "transfer" if (source / RECIPE_FILE).is_file() else source)
     missing = [key for key in EXPORTED_KEYS if key not in checkpoint and key not in ("trained_range", "step")]
     if missing:
         raise InputError(f"{source} lacks {', '.join(missing)}; export a checkpoint written by trade-md train or run")
@@ -64,8 +66,12 @@ def model_card(report: dict[str, Any] | None, checkpoint: dict[str, Any], *, com
     if report is None:
         return card
     card["command"] = command or _command(report)
-    card.update({"data": report["data"], "transfer": report["transfer"]["variant"],
-                 "cost": report["cost"], "reference": report.get("reference")})
+    reference = report.get("reference")
+    if reference and "systems/" in str(reference):                 # a built-in system's: where every checkout has it
+        reference = "systems/" + str(reference).rsplit("systems/", 1)[1]
+    card.update({"data": report["data"], "transfer": report["transfer"]["variant"], "cost": report["cost"],
+                 "reference": reference, "stage_steps": {name: report["stages"][name]["steps"]
+                                                         for name in ("boundary", "transfer")}})
     evaluation = {row["temperature"]: row for row in report.get("evaluation") or []}
     for row in report["self_check"]:
         entry = {"temperature": row["temperature"], "n_samples": row["n_samples"], "ess": row["ess"],
@@ -96,6 +102,13 @@ def _command(report: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _steps(card: dict[str, Any]) -> str:
+    stages = card.get("stage_steps")
+    if stages:
+        return f"{stages['boundary']:,} boundary and {stages['transfer']:,} transfer optimiser steps"
+    return f"{card['steps']:,} optimiser steps"
+
+
 def _number(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -106,7 +119,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     flow = card.get("flow") or {}
     lines = [f"# Trained generator: {card['system']}", "",
              f"A normalizing flow q(x | T) over conformations, T0 = {card['t0']:g} K, trained over {low:g}–{high:g} K "
-             f"({card['steps']:,} optimiser steps; {card['parameters']:,} parameters, {card['size_bytes'] / 1e6:.1f} MB"
+             f"({_steps(card)}; {card['parameters']:,} parameters, {card['size_bytes'] / 1e6:.1f} MB"
              + (f"; {flow.get('n_layers')} layers × {flow.get('hidden')} hidden" if flow else "") + ").", "",
              "```bash", f"trade-md sample --system {card['system']} --temperature 350 --n 10000 --out samples/350",
              "```", "", "```python", "from trade_md.sampler import Sampler",
@@ -134,7 +147,7 @@ def card_markdown(card: dict[str, Any]) -> str:
                          f"{row['delta_f_kT']:.2f} ± {_number(row['delta_f_kT_sem'], '.2f')}")
             lines.append(f"| {row['temperature']:g} | {row['n_samples']:,} | {100 * row['ess']:.1f} | "
                          f"{row['pareto_k']:.2f} | {generator} | {reference} |")
-        reference = "" if not card["reference"] else f"; reference: {Path(str(card['reference'])).name}"
+        reference = "" if not card["reference"] else f"; reference: `{card['reference']}`"
         lines += ["", "ΔF: the free-energy difference between the φ basins (the system's reference README defines "
                   f"it){reference}. Tail k above 0.7 marks an ESS that a few samples decide.", ""]
     return "\n".join(lines)
