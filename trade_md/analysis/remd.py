@@ -285,7 +285,8 @@ def analyse_reference(
                    "block_length_iterations iterations (≥ 2 statistical inefficiencies"
                    + (", each run's own, resampled within the run)" if len(runs) > 1 else ")"),
             "log_z_relative": "ln Z(T) − ln Z(Tmin) (Tmin = lowest ladder temperature) = −(f(T) − f(Tmin))",
-            "delta_f": "F(φ>0) − F(φ<0) = −k_B T ln(P(φ>0)/P(φ<0)), φ the first backbone φ with a ψ (per residue: phi_basins)",
+            "delta_f": "F(φ>0) − F(φ<0) = −k_B T ln(P(φ>0)/P(φ<0)), φ the first backbone φ with a ψ (per residue: "
+                       "phi_basins)",
             "ramachandran": f"{RAMACHANDRAN_BINS}×{RAMACHANDRAN_BINS} bins of equal width on [−π, π)², rows φ, "
                             "columns ψ, MBAR-weighted probabilities summing to 1",
             "effective_samples": "Kish effective sample number of the MBAR weights divided by the statistical "
