@@ -64,6 +64,12 @@ def test_a_shipped_model_loads_by_name_in_python_and_on_the_command_line(
                  "Reference", "--no-progress", "--out", str(tmp_path / "s")]) == 0
     assert "50 samples at 450 K, Kish ESS" in capsys.readouterr().out
     assert (tmp_path / "s" / "samples.npz").is_file()
+    draws = []
+    for name in ("a", "b"):                                          # --seed repeats a draw exactly
+        assert main(["sample", "--system", "alanine-dipeptide", "--temperature", "450", "--n", "20", "--seed", "7",
+                     "--platform", "Reference", "--no-progress", "--out", str(tmp_path / name)]) == 0
+        draws.append(np.load(tmp_path / name / "samples.npz")["log_weights"])
+    np.testing.assert_array_equal(*draws)
     with pytest.raises(InputError, match="unknown built-in system"):
         systems.pretrained_model("no-such-molecule")
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from trade_md.analysis.metrics import PARETO_K_UNRELIABLE
 from trade_md.annealing import Annealing
@@ -42,6 +43,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--temperature", type=float, required=True, help="temperature in K")
     parser.add_argument("--n", type=int, default=10000, help="number of samples (default %(default)s)")
     parser.add_argument("--out", help="output directory (default samples/<T>K, e.g. samples/350K)")
+    parser.add_argument("--seed", type=int, help="random seed of the draw (default: a fresh one each time)")
     parser.add_argument("--batch-size", type=int, default=4096, help="samples per batch (default %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="energy worker processes (default %(default)s)")
     parser.add_argument("--platform", default="auto", help="OpenMM platform for energies (default %(default)s)")
@@ -79,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     show_progress(not args.no_progress)
     if args.out is None:
         args.out = f"samples/{args.temperature:g}K"
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
     mixture = parse_mixture(args.mixture)
     annealing = None if args.anneal is None else Annealing.parse(args.anneal)
     model = args.model if args.model is not None else pretrained_model(args.system)
