@@ -11,6 +11,7 @@ values to global means, so an objective reads the same on one process and under 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -54,7 +55,7 @@ def check(ok: bool, where: str, name: str, value: Any, requirement: str) -> None
 
 
 @dataclass(frozen=True)
-class Objective:
+class Objective(ABC):
     """A loss term (see the module docs). Class attributes describe it to the trainer and the config:
 
     name: its key under ``objectives:``; acts_away_from_t0: it trains the model at temperatures other than T0 (the
@@ -85,9 +86,9 @@ class Objective:
         """Whether the term reads the grid's E[U], which must then be refreshed before its first use."""
         return False
 
+    @abstractmethod
     def loss(self, context: TrainingContext) -> tuple[Tensor, dict[str, float]]:
         """``(loss, logged)`` of this step (module docs)."""
-        raise NotImplementedError
 
     def check(self, where: str, trained_range: Sequence[float] | None) -> None:
         """Raise :class:`InputError` naming the first setting with an impossible value (``where``: e.g.
