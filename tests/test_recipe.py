@@ -32,6 +32,7 @@ from trade_md.recipe import (
 )
 from trade_md.recipe.budget import MD_MAX_SHARE, check_samples, md_length
 from trade_md.recipe.md_stage import _extension, data_cost, needed_length_factor
+from trade_md.recipe.report import _reference_table
 from trade_md.recipe.training import boundary_config, transfer_config
 from trade_md.systems import load_system
 
@@ -313,3 +314,19 @@ def test_quick_run_on_a_molecule_the_package_has_never_seen(tmp_path: Path,
     assert all(0.0 < row["ess"] <= 1.0 and row["n_samples"] >= 2000 for row in report["self_check"])
     assert report["cost"]["total"]["energy_evaluations"] > 0 and (out / "report" / "ess.png").is_file()
     assert "## Self-check" in (out / "report" / "summary.md").read_text()
+
+
+def test_the_report_compares_every_residue_of_a_longer_peptide_with_the_reference() -> None:
+    def f_kt(generator: float, reference: float) -> dict[str, float]:
+        return {"generator": generator, "generator_sem": 0.05, "reference": reference, "reference_sem": 0.1}
+
+    dipeptide = {"temperature": 300.0, "delta_f_kT": f_kt(3.8, 3.6), "js_divergence": 0.003,
+                 "mean_energy": {"generator": -59.4, "reference": -59.2},
+                 "phi_basins": [{"label": "ALA 2", "delta_f_kT": f_kt(3.8, 3.6)}]}
+    assert _reference_table([dipeptide])[2] == "| 300 | 3.80 ± 0.05 | 3.60 ± 0.10 | 0.0030 | -0.20 |"
+    tetrapeptide = {**dipeptide, "phi_basins": [{"label": f"ALA {i}", "delta_f_kT": f_kt(2.0 + i, 2.1 + i)}
+                                                for i in (2, 3, 4)]}
+    lines = _reference_table([tetrapeptide])
+    assert lines[0].startswith("| T/K | φ of | ΔF k_BT |") and len(lines) == 5
+    assert lines[2] == "| 300 | ALA 2 | 4.00 ± 0.05 | 4.10 ± 0.10 | 0.0030 | -0.20 |"
+    assert lines[4] == "| 300 | ALA 4 | 6.00 ± 0.05 | 6.10 ± 0.10 | | |"

@@ -133,6 +133,25 @@ def _pm(value: Any, error: Any, spec: str = ".2f") -> str:
     return _number(value, spec) if error is None else f"{_number(value, spec)} ± {_number(error, spec)}"
 
 
+def _reference_table(evaluation: list[dict[str, Any]]) -> list[str]:
+    """ΔF (k_BT) against the reference per temperature; a peptide with several φ gets a row per residue, its JS
+    (of the Ramachandran residue) and ⟨U⟩ on the first."""
+    several = any(len(m.get("phi_basins") or []) > 1 for m in evaluation)
+    lines = ["| T/K | " + ("φ of | " if several else "") + "ΔF k_BT | reference | JS | ⟨U⟩ − reference kJ/mol |",
+             "|---|" + ("---|" if several else "") + "---|---|---|---|"]
+    for m in evaluation:
+        energy = m["mean_energy"]
+        difference = (None if energy.get("reference") is None or energy.get("generator") is None
+                      else energy["generator"] - energy["reference"])
+        shared = f"{_number(m.get('js_divergence'), '.4f')} | {_number(difference)} |"
+        residues = [(r["label"], r["delta_f_kT"]) for r in m["phi_basins"]] if several else [(None, m["delta_f_kT"])]
+        for i, (label, f_kt) in enumerate(residues):
+            lines.append(f"| {m['temperature']:g} | " + ("" if label is None else f"{label} | ")
+                         + f"{_pm(f_kt['generator'], f_kt['generator_sem'])} | "
+                         f"{_pm(f_kt['reference'], f_kt['reference_sem'])} | " + (shared if i == 0 else "| |"))
+    return lines
+
+
 def _markdown(report: dict[str, Any]) -> str:
     system, data = report["system"], report["data"]
     low, high = report["trained_range"]
@@ -161,15 +180,7 @@ def _markdown(report: dict[str, Any]) -> str:
               + (f" ({', '.join(f'{t:g} K' for t in flagged)})." if flagged else " (none here)."),
               "log Z from the weights: log mean w, ± its delta-method error; grid: the training grid's −∫E[U] dβ."]
     if report["evaluation"]:
-        lines += ["", f"## Against the reference ({report['reference']})", "",
-                  "| T/K | ΔF k_BT | reference | JS | ⟨U⟩ − reference kJ/mol |", "|---|---|---|---|---|"]
-        for m in report["evaluation"]:
-            f_kt, energy = m["delta_f_kT"], m["mean_energy"]
-            difference = (None if energy.get("reference") is None or energy.get("generator") is None
-                          else energy["generator"] - energy["reference"])
-            lines.append(f"| {m['temperature']:g} | {_pm(f_kt['generator'], f_kt['generator_sem'])} | "
-                         f"{_pm(f_kt['reference'], f_kt['reference_sem'])} | {_number(m.get('js_divergence'), '.4f')} "
-                         f"| {_number(difference)} |")
+        lines += ["", f"## Against the reference ({report['reference']})", ""] + _reference_table(report["evaluation"])
         lines += ["", "Full metrics and figures: [evaluation.md](evaluation.md), `metrics.json`."]
     lines += ["", "## Cost", "", "| stage | wall min | CPU min | energy evaluations | simulated ns | sessions |",
               "|---|---|---|---|---|---|"]
