@@ -2,7 +2,7 @@
 replica exchange (``trade-md remd`` + MBAR), in CPU-seconds on one machine.
 
     trade-md run --system alanine-dipeptide --out runs/main                                  # (a)
-    trade-md remd --system alanine-dipeptide --ns-per-replica 4 --out ref/race                # (b), one core
+    trade-md remd --system alanine-dipeptide --ns-per-replica 20 --out ref/race               # (b), ~2 CPU-h
     trade-md umbrella --system alanine-dipeptide --temperatures 350 --out ref/umbrella350      # 350 K reference
     python benchmarks/cost_race.py --run runs/main --remd ref/race \
         --reference350 ref/umbrella350/summary.json --out benchmarks/results/cost_race/cost_race.json
@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             reached = side["temperatures"][t]["reached"]
             last = reached or side["temperatures"][t]["series"][-1]
             where = f"{last[key]:,} {key}, {last['cost_cpu_s']:,.0f}" if reached else "not reached"
-            cells.append(f"{where} ({last['delta_f_kT']:.2f} ± {last['sem_kT']:.2f})")
+            value = "–" if last["delta_f_kT"] is None else f"{last['delta_f_kT']:.2f} ± {last['sem_kT']:.2f}"
+            cells.append(f"{where} ({value})")
         print(f"| {t:g} | {refs[t][0]:.2f} ± {refs[t][1]:.2f} | {cells[0]} | {cells[1]} |")
     ratio = None
     if generator["task_cpu_s"] and remd["task_cpu_s"]:
