@@ -5,6 +5,7 @@ and the quick run on a molecule the package has never seen."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,12 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from trade_md.cli import main
 from trade_md.cli.run import register
 from trade_md.config import TrainConfig
 from trade_md.errors import InputError, SystemMismatchError
-from trade_md.formats.checkpoint import read_checkpoint
+from trade_md.formats.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, read_checkpoint
 from trade_md.formats.dataset import write_dataset
 from trade_md.recipe import (
     DEFAULT_BUDGET_MINUTES,
@@ -186,6 +188,13 @@ def test_boundary_data_of_another_temperature_or_system_is_refused_before_any_wo
     assert not out.exists()
 
 
+def _boundary_checkpoint(directory: Path, config: TrainConfig) -> str:
+    """A stand-in for a boundary's kept checkpoint: what transfer_config reads of it (its training config)."""
+    directory.mkdir(parents=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config.to_dict()}, directory / CHECKPOINT_NAME)
+    return str(directory)
+
+
 @pytest.mark.parametrize("transfer", sorted(TRANSFERS))
 def test_every_transfer_variant_is_a_valid_config_from_the_frozen_boundary(tmp_path: Path, transfer: str) -> None:
     options = RunOptions(transfer=transfer).resolve(600.0, None)
@@ -194,7 +203,8 @@ def test_every_transfer_variant_is_a_valid_config_from_the_frozen_boundary(tmp_p
     assert [o.name for o in boundary.active_objectives()] == ["nll", "kl"]
     assert boundary.schedule.minutes == 48.0 and boundary.monitor.select == "val_nll"
     assert boundary.flow["n_layers"] == 8 and boundary.trained_range == (280.0, 1050.0)
-    config = transfer_config(ctx, "data", tmp_path / "transfer", 42.0, str(tmp_path / "boundary" / "best_t0"))
+    kept = _boundary_checkpoint(tmp_path / "boundary" / "best_t0", boundary)
+    config = transfer_config(ctx, "data", tmp_path / "transfer", 42.0, kept)
     assert isinstance(config, TrainConfig) and config.trainable == "temperature" and config.flow["thermal_scaling"]
     names = [o.name for o in config.active_objectives()]
     assert names == {"tilt+kl": ["kl_range", "tilt"], "kl": ["kl_range"], "trade": ["trade"], "none": []}[transfer]
@@ -314,6 +324,18 @@ def test_quick_run_on_a_molecule_the_package_has_never_seen(tmp_path: Path,
     assert all(0.0 < row["ess"] <= 1.0 and row["n_samples"] >= 2000 for row in report["self_check"])
     assert report["cost"]["total"]["energy_evaluations"] > 0 and (out / "report" / "ess.png").is_file()
     assert "## Self-check" in (out / "report" / "summary.md").read_text()
+
+
+def test_a_boundary_flow_set_by_config_carries_over_to_the_transfer(tmp_path: Path) -> None:
+    # a `--config` boundary section that changes the flow used to stop the run at the transfer (init_from mismatch)
+    options = dataclasses.replace(RunOptions(), overrides={"boundary": {"flow": {"n_layers": 4, "hidden": 32}}})
+    ctx = SimpleNamespace(plan=plan_budget(42), t0=600.0, options=options.resolve(600.0, None), progress=False)
+    boundary = boundary_config(ctx, "data", tmp_path / "boundary", 30.0)
+    assert (boundary.flow["n_layers"], boundary.flow["hidden"]) == (4, 32) != (ctx.plan.flow["n_layers"],
+                                                                               ctx.plan.flow["hidden"])
+    kept = _boundary_checkpoint(tmp_path / "boundary" / "best_t0", boundary)
+    transfer = transfer_config(ctx, "data", tmp_path / "transfer", 20.0, kept)
+    assert {**boundary.flow, "thermal_scaling": True} == {k: transfer.flow[k] for k in (*boundary.flow, "thermal_scaling")}
 
 
 def test_the_report_compares_every_residue_of_a_longer_peptide_with_the_reference() -> None:

@@ -73,8 +73,10 @@ def boundary_config(ctx: RunContext, data: str, out: Path, minutes: float) -> Tr
 
 
 def transfer_config(ctx: RunContext, data: str, out: Path, minutes: float, boundary: str) -> TrainConfig:
-    """The transfer's TrainConfig for ``--transfer`` (module docs) from the boundary checkpoint ``boundary``."""
+    """The transfer's TrainConfig for ``--transfer`` (module docs) from the boundary checkpoint ``boundary``, with
+    that checkpoint's flow (whatever the rule or a ``--config`` boundary section chose for it) plus thermal scaling."""
     plan = ctx.plan
+    flow = read_checkpoint(boundary)["config"]["flow"]
     low, high = trained_range(ctx.options.temperatures)
     batch = plan.batch_size
     objectives = {
@@ -90,7 +92,7 @@ def transfer_config(ctx: RunContext, data: str, out: Path, minutes: float, bound
     if ctx.t0 >= high - 1e-9:
         objectives.pop("kl_range", None)
     values = deep_merge(_common(ctx, data, out, minutes), {
-        "init_from": boundary, "trainable": "temperature", "flow": {"thermal_scaling": True},
+        "init_from": boundary, "trainable": "temperature", "flow": {**flow, "thermal_scaling": True},
         "schedule": {"learning_rate": plan.transfer_learning_rate, "lr_final_fraction": 0.1},
         "objectives": objectives, "grid": dict(plan.grid),
         "monitor": {"ess_samples": plan.ess_samples // 2, "progress_temperatures": [low, ctx.t0, high]},
