@@ -20,6 +20,7 @@ from trade_md.config import (
 from trade_md.config.legacy import FLAT_KEYS
 from trade_md.errors import InputError
 from trade_md.objectives import NLL, RangeReverseKL, ReverseKL, TradeResidual
+from trade_md.recipe.options import check_overrides, load_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,6 +100,10 @@ def test_alanine_dipeptide_configs_parse() -> None:
     assert benchmark_configs
     for path in benchmark_configs:                     # the benchmark recipes stay valid configs
         assert TrainConfig.from_yaml(path).temperatures.reference == 600.0
+    run_overrides = sorted((REPO / "benchmarks" / "configs" / "run").glob("*.yaml"))
+    assert run_overrides
+    for path in run_overrides:                         # ... and the `trade-md run --config` files valid overrides
+        check_overrides(load_overrides(path), str(path))
 
 
 def test_the_best_recipe_is_the_split_recipe_with_the_reweighted_nll() -> None:
