@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from trade_md.analysis.phi_basins import Backbone
+from trade_md.features import basin_populations
 from trade_md.analysis.remd import analyse_reference
 from trade_md.formats.files import json_safe, write_json_atomic
 from trade_md.formats.remd import read_storage
@@ -79,8 +80,8 @@ def weighted_delta_f(phi: np.ndarray, log_w: np.ndarray) -> tuple[float | None, 
     """ΔF (k_BT) between the φ basins from unnormalised log-weights ``[n]`` and its delta-method error (module docs)."""
     w = np.exp(log_w - np.max(log_w))
     w /= w.sum()
+    p = basin_populations(phi, w)[1]
     inside = (phi > 0).astype(np.float64)
-    p = float(np.sum(w * inside))
     if not 0.0 < p < 1.0:
         return None, math.inf
     sigma_p = math.sqrt(float(np.sum(w**2 * (inside - p) ** 2)))

@@ -52,6 +52,16 @@ def residue_rows(evaluation: dict) -> list[dict]:
     return rows
 
 
+def stopped_run(run: Path) -> dict:
+    """A run without a report (stopped before its end): each complete stage's result and cost as the run wrote them."""
+    stages = {}
+    for name in ("md", "boundary", "transfer", "check"):
+        if (run / name / "stage.json").is_file():
+            stages[name] = {"result": json.loads((run / name / "stage.json").read_text())["result"],
+                            "cost": json.loads((run / name / "cost.json").read_text())}
+    return {"run": str(run), "stopped_before_report": True, "stages": stages}
+
+
 def run_rows(run: Path, umbrella: dict[str, dict[str, list[float]]]) -> dict:
     report = json.loads((run / "report" / "report.json").read_text())
     evaluation = {row["temperature"]: row for row in report.get("evaluation") or []}
@@ -97,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="JSON to write")
     args = parser.parse_args(argv)
     umbrella = json.loads(args.umbrella.read_text())["umbrella_combined"]
-    results = [run_rows(run, umbrella) for run in args.runs]
+    results = [run_rows(run, umbrella) if (run / "report" / "report.json").is_file() else stopped_run(run)
+               for run in args.runs]
     for result in results:
+        if result.get("stopped_before_report"):
+            print(f"\n{result['run']}: no report (stopped before its end); complete stages: "
+                  + ", ".join(result["stages"]))
+            continue
         print(f"\n{result['run']} ({result['system']}, transfer {result['transfer']})")
         print("| T/K | samples | ESS % | goal ESS % | tail k | ΔF k_BT | − reference (z) |")
         print("|---|---|---|---|---|---|---|")
