@@ -19,7 +19,9 @@ the task's the largest over the six temperatures.
   error of self-normalised importance sampling, σ_P = sqrt(Σ w_i² (1[φ_i > 0] − P)²), σ_ΔF = σ_P / (P (1 − P)).
 - (b) replica exchange: the run truncated to ``--prefixes`` shares of its iterations, MBAR at the six temperatures
   on each (``trade_md.analysis.remd.analyse_reference``); CPU-seconds = the share of the run's own CPU time
-  (``run.json`` segments) plus the analysis' CPU time.
+  (``run.json`` segments) plus the analysis' CPU time. Where the whole run does not reach a temperature, its cost
+  there is also extrapolated from the last point, as for an unbiased estimate whose σ falls as 1/√(CPU-s): the
+  expected |ΔF − ref| + σ is 1.80 σ, so σ must fall to 0.056 k_BT (``extrapolated_cost``).
 
 **Per effective sample at 300 K**, once trained or equilibrated: (a) sampling CPU-s per sample / Kish ESS; (b) the
 full run's CPU-s / its MBAR effective (decorrelated) samples at 300 K. The generator's fixed cost (its training) is
@@ -74,6 +76,19 @@ def reached_at(series: list[dict], reference: float) -> dict | None:
             abs(point["delta_f_kT"] - reference) + point["sem_kT"] <= TARGET_KT
         first = (first or point) if ok else None
     return first
+
+
+EXPECTED_ERROR_PER_SIGMA = 1.0 + math.sqrt(2.0 / math.pi)
+"""E|ΔF − ΔF_ref| + σ in units of σ for an unbiased Gaussian estimate (E|N(0, σ²)| = σ √(2/π))."""
+
+
+def extrapolated_cost(series: list[dict]) -> float | None:
+    """CPU-seconds at which an unbiased method whose σ falls as 1/√(CPU-s) expects |ΔF − ref| + σ ≤ TARGET_KT, from
+    the last point of ``series`` (σ ≤ TARGET_KT / EXPECTED_ERROR_PER_SIGMA = 0.056 k_BT); None without a finite σ."""
+    last = series[-1]
+    if last["delta_f_kT"] is None or not math.isfinite(last["sem_kT"]):
+        return None
+    return last["cost_cpu_s"] * (last["sem_kT"] * EXPECTED_ERROR_PER_SIGMA / TARGET_KT) ** 2
 
 
 def weighted_delta_f(phi: np.ndarray, log_w: np.ndarray) -> tuple[float | None, float]:
@@ -145,13 +160,21 @@ def remd_race(remd: Path, temperatures: list[float], refs: dict, prefixes: list[
             series[t].append({"iterations": n, "cost_cpu_s": cost, "delta_f_kT": value,
                               "sem_kT": math.inf if sem is None else sem})
         effective_300 = summary["effective_samples"][temperatures.index(300.0)] if 300.0 in temperatures else None
-    rows = {t: {"series": s, "reached": reached_at(s, refs[t][0])} for t, s in series.items()}
+    rows = {t: {"series": s, "reached": reached_at(s, refs[t][0]), "extrapolated_cpu_s": extrapolated_cost(s)}
+            for t, s in series.items()}
     return {"remd": str(remd), "ladder_K": full.temperatures.tolist(), "cpu_s": cpu_s,
             "iterations": full.n_iterations, "temperatures": rows,
             "task_cpu_s": max(r["reached"]["cost_cpu_s"] for r in rows.values())
             if all(r["reached"] for r in rows.values()) else None,
+            "task_cpu_s_extrapolated": _task_extrapolated(rows),
             "effective_samples_300": effective_300,
             "cpu_s_per_effective_sample_300": None if not effective_300 else cpu_s / effective_300}
+
+
+def _task_extrapolated(rows: dict) -> float | None:
+    """The task's CPU-s with each temperature not reached by the end of the run extrapolated (extrapolated_cost)."""
+    costs = [r["reached"]["cost_cpu_s"] if r["reached"] else r["extrapolated_cpu_s"] for r in rows.values()]
+    return None if any(c is None for c in costs) else max(costs)
 
 
 def plot(result: dict, path: Path) -> None:
@@ -203,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         for side, key in ((generator, "samples"), (remd, "iterations")):
             reached = side["temperatures"][t]["reached"]
             last = reached or side["temperatures"][t]["series"][-1]
-            where = f"{last[key]:,} {key}, {last['cost_cpu_s']:,.0f}" if reached else "not reached"
+            where = f"{last[key]:,} {key}, {last['cost_cpu_s']:,.0f}" if reached else \
+                f"not reached by {last['cost_cpu_s']:,.0f}"
+            if not reached and side["temperatures"][t].get("extrapolated_cpu_s"):
+                where += f", ~{side['temperatures'][t]['extrapolated_cpu_s']:,.0f} extrapolated"
             value = "–" if last["delta_f_kT"] is None else f"{last['delta_f_kT']:.2f} ± {last['sem_kT']:.2f}"
             cells.append(f"{where} ({value})")
         print(f"| {t:g} | {refs[t][0]:.2f} ± {refs[t][1]:.2f} | {cells[0]} | {cells[1]} |")
@@ -212,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio = generator["task_cpu_s"] / remd["task_cpu_s"]
     c_gen, c_remd = generator["cpu_s_per_effective_sample_300"], remd["cpu_s_per_effective_sample_300"]
     overtake = generator["training_cpu_s"] / (c_remd - c_gen) if c_gen and c_remd and c_remd > c_gen else None
-    print(f"ΔF task CPU-s: generator {generator['task_cpu_s']}, REMD {remd['task_cpu_s']}, ratio {ratio}")
+    extrapolated = remd["task_cpu_s_extrapolated"]
+    ratio_extrapolated = generator["task_cpu_s"] / extrapolated if generator["task_cpu_s"] and extrapolated else None
+    print(f"ΔF task CPU-s: generator {generator['task_cpu_s']}, REMD {remd['task_cpu_s']} (extrapolated where not "
+          f"reached: {extrapolated}), ratio {ratio} (with the extrapolation: {ratio_extrapolated})")
     print(f"CPU-s per effective sample at 300 K: generator {c_gen}, REMD {c_remd}; generator overtakes after "
           f"{overtake} effective samples")
     result = json_safe({
@@ -223,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "generator": {**generator, "temperatures": {str(t): v for t, v in generator["temperatures"].items()}},
         "remd": {**remd, "temperatures": {str(t): v for t, v in remd["temperatures"].items()}},
         "task_ratio_generator_over_remd": ratio,
+        "task_ratio_generator_over_remd_extrapolated": ratio_extrapolated,
         "per_effective_sample_ratio_remd_over_generator": c_remd / c_gen if c_gen and c_remd else None,
         "generator_overtakes_after_effective_samples": overtake,
     })

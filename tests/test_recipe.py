@@ -33,9 +33,11 @@ from trade_md.recipe import (
     trained_range,
 )
 from trade_md.recipe.budget import MD_MAX_SHARE, check_samples, md_length
+from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
+    seconds_per_step
 from trade_md.recipe.md_stage import _extension, data_cost, needed_length_factor
 from trade_md.recipe.report import _reference_table
-from trade_md.recipe.training import boundary_config, transfer_config
+from trade_md.recipe.training import FLOW_CHOICE_FILE, _flow_choice, boundary_config, transfer_config
 from trade_md.systems import load_system
 
 REFERENCE = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide" / "reference" / "summary.json"
@@ -186,6 +188,62 @@ def test_boundary_data_of_another_temperature_or_system_is_refused_before_any_wo
         run_recipe(out, system=load_system("alanine-tetrapeptide"),
                    options=RunOptions(quick=True, boundary_data=str(data), reference=None), progress=False)
     assert not out.exists()
+
+
+def test_the_boundary_flow_shrinks_until_its_time_holds_the_minimum_steps() -> None:
+    rule = plan_budget(42).flow                                                     # 10 x 256
+    sizes = [(c["n_layers"], c["hidden"]) for c in candidates(rule)]
+    assert sizes == [(10, 256), (8, 256), (8, 128)] and candidates(plan_budget(22).flow) == [plan_budget(22).flow]
+    assert all(c["n_bins"] == rule["n_bins"] for c in candidates(rule))
+    development_cpu = {(10, 256): 0.44, (8, 256): 0.35, (8, 128): 0.27}           # s/step, tetrapeptide, 1 thread
+    timed: list[tuple[int, int]] = []
+
+    def time_step(flow: dict[str, Any]) -> float:
+        timed.append((flow["n_layers"], flow["hidden"]))
+        return development_cpu[timed[-1]]
+
+    choice = choose_flow(rule, 48.0, 120.0, time_step)
+    assert timed == sizes and (choice["chosen"]["n_layers"], choice["chosen"]["hidden"]) == (8, 128)
+    assert choice["candidates"][-1]["projected_steps"] == int(0.85 * 48 * 60 / 0.27) == 9066 < MIN_BOUNDARY_STEPS
+    assert choice["budget_short"] and choice["budget_for_min_steps"] == 270.0       # 120 x 20,000 / 9,066, rounded up
+    timed.clear()
+    fast = choose_flow(rule, 48.0, 120.0, lambda flow: timed.append(1) or 0.05)     # a GPU keeps the rule's flow
+    assert fast["chosen"] == rule and timed == [1] and not fast["budget_short"] and fast["budget_for_min_steps"] is None
+    middle = choose_flow(rule, 48.0, 120.0, lambda flow: 0.1 if flow["n_layers"] == 8 else 0.3)
+    assert (middle["chosen"]["n_layers"], middle["chosen"]["hidden"]) == (8, 256) and not middle["budget_short"]
+
+
+def _frames(tmp_path: Path, n: int = 64) -> str:
+    """A dataset of ``n`` frames of alanine dipeptide at 600 K, jittered by 0.005 nm."""
+    system = load_system("alanine-dipeptide")
+    positions = system.positions[None] + 0.005 * np.random.default_rng(0).standard_normal((n, system.n_atoms, 3))
+    write_dataset(tmp_path / "data", system, 600.0, positions=positions, energies=np.zeros(n),
+                  times=np.arange(float(n)), run=np.zeros(n, dtype=np.int64), record={}, convergence={})
+    return str(tmp_path / "data")
+
+
+def test_the_flow_is_timed_on_a_fresh_boundary_and_the_choice_kept_for_a_resume(tmp_path: Path) -> None:
+    data = _frames(tmp_path)
+    options = dataclasses.replace(RunOptions(), overrides={}).resolve(600.0, None)
+    said: list[str] = []
+    ctx = SimpleNamespace(plan=dataclasses.replace(plan_budget(22, 10.0), batch_size=16), t0=600.0, options=options,
+                          progress=False, note=said.append)
+    config = boundary_config(ctx, data, tmp_path / "probe", 4.0, {**ctx.plan.flow, "n_layers": 2, "hidden": 16})
+    seconds, evaluations = seconds_per_step(config)
+    assert 0.0 < seconds < 10.0 and evaluations == (WARMUP_STEPS + PROBE_STEPS) * 16    # kl: one energy per sample
+    assert not (tmp_path / "probe").exists()                                        # the probe writes nothing
+    stage = tmp_path / "boundary"
+    stage.mkdir()
+    assert _flow_choice(ctx, data, stage, 4.0, fresh=False) is None                 # a checkpoint made before
+    choice = _flow_choice(ctx, data, stage, 4.0, fresh=True)                        # 4 min on 8 x 128: short
+    assert choice is not None and choice["chosen"]["n_layers"] == 8 and choice["budget_short"]
+    assert any("warning: fewer than" in line for line in said)
+    assert json.loads((stage / FLOW_CHOICE_FILE).read_text()) == choice
+    assert json.loads((stage / "cost.json").read_text())["sessions"][0]["energy_evaluations"] == (
+        WARMUP_STEPS + PROBE_STEPS) * 16
+    assert _flow_choice(ctx, data, stage, 4.0, fresh=False) == choice               # kept on resume, not retimed
+    quick = SimpleNamespace(**{**vars(ctx), "plan": plan_budget(22, quick=True)})
+    assert _flow_choice(quick, data, tmp_path / "other", 1.0, fresh=True) is None
 
 
 def _boundary_checkpoint(directory: Path, config: TrainConfig) -> str:

@@ -10,7 +10,8 @@ transfer variants trained from one boundary (``--boundary-from``) train for the 
 ``hidden = min(512, 64 ⌈d / 30⌉)``, ``n_layers = min(12, 8 + 2 max(0, ⌈log2(d / 60)⌉))``, two hidden layers of
 the conditioners, 8 spline bins: 8 × 128 for 22 atoms, 10 × 256 for 42 atoms, 12 × 512 for 82 and more. On 42 atoms
 a boundary step (batch 256) took 0.41 s with 8 × 128, 0.48 s with 10 × 128 and 0.60 s with 10 × 256 (one thread,
-development CPU): the layers and the coordinates cost more than the width. ``--quick``: 4 × 32, one hidden layer.
+development CPU): the layers and the coordinates cost more than the width. The boundary stage then sizes this flow
+to its time (:mod:`trade_md.recipe.flow_choice`). ``--quick``: 4 × 32, one hidden layer.
 
 **Batches**: 256 samples or frames per objective and step (``--quick`` 64); validation ESS at T0 from 4,000 model
 samples (256), expectation grid of 16 nodes × 1,000 samples refreshed every 250 steps (6 × 128 every 25).

@@ -196,7 +196,7 @@ def _markdown(report: dict[str, Any]) -> str:
               "one energy per sample."]
     rule = report["budget"]["rule"]
     fitted = rule["fitted"]
-    flow = rule["flow"]
+    flow = report["stages"]["boundary"].get("flow") or rule["flow"]
     lines += ["", "## Budget rule (trade_md.recipe.budget)", "",
               f"Inputs: budget {rule['budget_minutes']:g} min, {rule['n_atoms']} atoms ({rule['n_dof']} degrees of "
               f"freedom), {rule['cores']} cores{', --quick' if rule['quick'] else ''}.", "",
@@ -204,8 +204,7 @@ def _markdown(report: dict[str, Any]) -> str:
               "| stage minutes (MD, boundary, transfer, check) | "
               + ", ".join(f"{rule['stage_minutes'][k]:.1f}" for k in ("md", "boundary", "transfer", "check"))
               + f" (MD up to {rule['md_max_minutes']:.1f}) |",
-              f"| flow | {flow['n_layers']} layers × {flow['hidden']} hidden ({flow['n_hidden_layers']} hidden "
-              f"layers), {flow['n_bins']} bins |",
+              f"| flow | {_flow_line(flow, report['stages']['boundary'])} |",
               f"| batch per objective and step | {rule['batch_size']} |",
               f"| MD | {_number(fitted['md_ns'], '.3g')} ns in {fitted['md_rounds'] or '–'} round(s), "
               f"{rule['md_replicas']} replica(s) |",
@@ -219,3 +218,17 @@ def _markdown(report: dict[str, Any]) -> str:
               f"{_number(best.get('val_nll'))}, ESS at T0 {_number(100 * best['val_ess'] if 'val_ess' in best else None)}"
               " % (from the monitor's samples).", ""]
     return "\n".join(lines)
+
+
+def _flow_line(flow: dict[str, Any], boundary: dict[str, Any]) -> str:
+    """The boundary's flow, and the timings that chose it (:mod:`trade_md.recipe.flow_choice`) when there were any."""
+    line = (f"{flow['n_layers']} layers × {flow['hidden']} hidden ({flow['n_hidden_layers']} hidden layers), "
+            f"{flow['n_bins']} bins")
+    choice = boundary.get("flow_choice")
+    if not choice:
+        return line
+    timed = "; ".join(f"{c['flow']['n_layers']} × {c['flow']['hidden']}: {c['seconds_per_step']:.3f} s/step → "
+                      f"{c['projected_steps']:,} steps" for c in choice["candidates"])
+    short = (f"; fewer than the {choice['min_steps']:,} wanted, --budget {choice['budget_for_min_steps']:g} would "
+             "reach them" if choice["budget_short"] else "")
+    return f"{line} (timed: {timed}{short})"

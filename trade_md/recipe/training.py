@@ -1,7 +1,8 @@
 """Stages 2 and 3 of ``trade-md run``: the boundary fit at T0 and the transfer to the trained range.
 
 **Boundary** (``boundary/``): maximum likelihood on the frames at T0 mixed with reverse KL on the energy at T0
-(``nll`` 1.0 + ``kl`` 0.5: NLL alone overfits a finite MD set), the flow of the budget rule, Adam 1e-3 with a
+(``nll`` 1.0 + ``kl`` 0.5: NLL alone overfits a finite MD set), the budget rule's flow or a smaller one when the
+stage's time holds too few steps of it (:mod:`trade_md.recipe.flow_choice`), Adam 1e-3 with a
 cosine schedule fitted to the stage's time (``schedule.minutes``); validation NLL and Kish ESS at T0 about 40 times;
 the validation with the lowest NLL is kept (``boundary/best_t0/``), and in the second half of the schedule the fit
 stops early after 8 validations in a row without a better NLL or ESS (:mod:`trade_md.stopping`).
@@ -38,20 +39,23 @@ from trade_md.formats.dataset import load_dataset
 from trade_md.formats.files import atomic_write_path, read_json, write_json_atomic
 from trade_md.recipe.context import RunContext, mark_complete, stage_result
 from trade_md.recipe.cost import Meter, record_session
+from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, choose_flow, seconds_per_step
 from trade_md.recipe.options import trained_range
 from trade_md.train import generator_for, train
 from trade_md.trainer import BEST_T0_DIR, Trainer
 
-__all__ = ["boundary_config", "boundary_stage", "transfer_config", "transfer_stage"]
+FLOW_CHOICE_FILE = "flow_choice.json"
+
+__all__ = ["FLOW_CHOICE_FILE", "boundary_config", "boundary_stage", "transfer_config", "transfer_stage"]
 
 
-def _common(ctx: RunContext, data: str, out: Path, minutes: float) -> dict[str, Any]:
+def _common(ctx: RunContext, data: str, out: Path, minutes: float, flow: dict[str, Any]) -> dict[str, Any]:
     plan = ctx.plan
     return {
         "mode": "trade", "out": str(out), "seed": ctx.options.seed, "device": ctx.options.device,
         "temperatures": {"reference": ctx.t0, "range": list(trained_range(ctx.options.temperatures))},
         "data": {"path": data, "validation_fraction": 0.1},
-        "flow": {**plan.flow, "seed": ctx.options.seed},
+        "flow": {**flow, "seed": ctx.options.seed},
         "schedule": {"steps": 1_000_000, "minutes": round(minutes, 4), "fit_window": plan.fit_window},
         "energy": {"workers": 1, "platform": "auto"},
         "monitor": {"checkpoint_every": plan.checkpoint_every, "validate_every": plan.validate_every,
@@ -59,10 +63,12 @@ def _common(ctx: RunContext, data: str, out: Path, minutes: float) -> dict[str, 
     }
 
 
-def boundary_config(ctx: RunContext, data: str, out: Path, minutes: float) -> TrainConfig:
-    """The boundary's TrainConfig (module docs) with the ``--config`` boundary section merged on."""
+def boundary_config(ctx: RunContext, data: str, out: Path, minutes: float,
+                    flow: dict[str, Any] | None = None) -> TrainConfig:
+    """The boundary's TrainConfig (module docs) with ``flow`` (default: the budget rule's) and the ``--config``
+    boundary section merged on."""
     plan = ctx.plan
-    values = deep_merge(_common(ctx, data, out, minutes), {
+    values = deep_merge(_common(ctx, data, out, minutes, plan.flow if flow is None else flow), {
         "schedule": {"learning_rate": plan.boundary_learning_rate, "lr_final_fraction": 0.05},
         "objectives": {"nll": {"weight": 1.0, "batch_size": plan.batch_size},
                        "kl": {"weight": 0.5, "batch_size": plan.batch_size}},
@@ -91,7 +97,7 @@ def transfer_config(ctx: RunContext, data: str, out: Path, minutes: float, bound
         objectives.pop("tilt", None)
     if ctx.t0 >= high - 1e-9:
         objectives.pop("kl_range", None)
-    values = deep_merge(_common(ctx, data, out, minutes), {
+    values = deep_merge(_common(ctx, data, out, minutes, flow), {
         "init_from": boundary, "trainable": "temperature", "flow": {**flow, "thermal_scaling": True},
         "schedule": {"learning_rate": plan.transfer_learning_rate, "lr_final_fraction": 0.1},
         "objectives": objectives, "grid": dict(plan.grid),
@@ -157,9 +163,10 @@ def boundary_stage(ctx: RunContext, header: str, data: str) -> dict[str, Any]:
         raise ValueError("unreachable: a shared boundary is checked complete before the run starts")
     stage.mkdir(parents=True, exist_ok=True)
     minutes = _allocation(ctx, stage, "boundary")
-    config = boundary_config(ctx, data, stage, minutes)
-    _write_config(config, stage)
     step = int(read_checkpoint(stage)["step"]) if (stage / CHECKPOINT_NAME).is_file() else 0
+    choice = _flow_choice(ctx, data, stage, minutes, fresh=not step)
+    config = boundary_config(ctx, data, stage, minutes, choice["chosen"] if choice else None)
+    _write_config(config, stage)
     flow = config.flow
     ctx.say(f"{header} boundary at {ctx.t0:g} K: NLL + reverse KL, flow {flow['n_layers']} x {flow['hidden']}, "
             f"{minutes:.1f} min{f' (resuming at step {step})' if step else ''} -> {stage}")
@@ -167,7 +174,38 @@ def boundary_stage(ctx: RunContext, header: str, data: str) -> dict[str, Any]:
     best = summary["best_validation"] or {}
     ctx.note(f"{summary['step']} steps ({summary['stopped_by']}); best validation at step {best.get('step', 0):.0f}: "
              f"NLL {best.get('val_nll', math.nan):.2f}, ESS at T0 {100 * best.get('val_ess', math.nan):.1f} %")
-    return mark_complete(stage, {**_training_result(summary, config), "model": str(stage / BEST_T0_DIR)})
+    return mark_complete(stage, {**_training_result(summary, config), "model": str(stage / BEST_T0_DIR),
+                                 "flow_choice": choice})
+
+
+def _flow_choice(ctx: RunContext, data: str, stage: Path, minutes: float, *, fresh: bool) -> dict[str, Any] | None:
+    """The flow sized to the boundary's time (:mod:`trade_md.recipe.flow_choice`): stored, else timed on a fresh
+    stage; None (the rule's flow) with ``--quick``, a ``--config`` boundary flow, or a checkpoint made without one."""
+    path = stage / FLOW_CHOICE_FILE
+    if path.is_file():
+        return read_json(path)
+    if ctx.plan.quick or "flow" in ctx.options.overrides.get("boundary", {}) or not fresh:
+        return None
+    rule = ctx.plan.flow
+    ctx.note(f"timing the flow: the rule's {rule['n_layers']} x {rule['hidden']}, smaller if the boundary's "
+             f"{minutes:.1f} min hold fewer than {MIN_BOUNDARY_STEPS:,} steps")
+    meter, evaluations = Meter(), []
+
+    def time_step(flow: dict[str, Any]) -> float:
+        seconds, spent = seconds_per_step(boundary_config(ctx, data, stage, minutes, flow))
+        evaluations.append(spent)
+        return seconds
+
+    choice = choose_flow(rule, minutes, ctx.plan.budget_minutes, time_step)
+    record_session(stage, meter, energy_evaluations=sum(evaluations))
+    chosen = choice["candidates"][-1]
+    ctx.note(f"flow {chosen['flow']['n_layers']} x {chosen['flow']['hidden']}: {chosen['seconds_per_step']:.3f} s "
+             f"per step, about {chosen['projected_steps']:,} steps")
+    if choice["budget_short"]:
+        ctx.note(f"warning: fewer than the {MIN_BOUNDARY_STEPS:,} boundary steps the recipe wants; a run with "
+                 f"--budget {choice['budget_for_min_steps']:g} would reach them")
+    write_json_atomic(path, choice)
+    return choice
 
 
 def transfer_stage(ctx: RunContext, header: str, data: str, boundary: str) -> dict[str, Any]:
