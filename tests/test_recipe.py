@@ -131,6 +131,11 @@ def test_bad_input_fails_before_any_work_in_one_line(tmp_path: Path, capsys: pyt
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "--t0 200 K lies outside" in errors[0] and "too small" in errors[1]
     assert not out.exists()
+    for overrides, message in (({"boundary": {"flow": {"hiden": 64}}}, r"boundary: flow: unknown key\(s\) hiden"),
+                               ({"transfer": {"flow": {"thermal_scaling": "yes"}}}, "thermal_scaling = 'yes'")):
+        with pytest.raises(InputError, match=message):         # a typo in --config: before the MD, not after it
+            run_recipe(out, options=RunOptions(quick=True, overrides=overrides), progress=False)
+    assert not out.exists()
     with pytest.MonkeyPatch.context() as patch:                # a molecule whose MD runs at 100 steps/s
         patch.setattr("trade_md.recipe.md_stage.measure_md_speed", lambda *args, **kwargs: 100.0)
         with pytest.raises(InputError, match=r"too small for this molecule.*raise --budget to \d+"):

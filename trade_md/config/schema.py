@@ -46,7 +46,7 @@ from trade_md.errors import InputError
 from trade_md.objectives import NLL, OBJECTIVES, REMOVED_OBJECTIVES, Objective
 from trade_md.objectives.base import check, is_count, is_number, is_span
 
-__all__ = ["DataConfig", "EnergyConfig", "GridConfig", "MonitorConfig", "Schedule", "Temperatures", "TrainConfig",
+__all__ = ["FLOW_KEYS", "DataConfig", "EnergyConfig", "GridConfig", "MonitorConfig", "Schedule", "Temperatures", "TrainConfig",
            "config_from_checkpoint"]
 
 
@@ -159,6 +159,10 @@ class MonitorConfig:
     min_delta: float = 0.0
 
 
+FLOW_KEYS: dict[str, str] = {"n_layers": "1", "hidden": "1", "n_hidden_layers": "1", "n_bins": "2", "seed": "0",
+                             "thermal_scaling": "bool", "temperature_head": "bool", "width_sigmas": "number"}
+"""The ``flow`` section's keys (:class:`~trade_md.flows.ConditionalSplineFlow` and
+:func:`~trade_md.generator.molecule_generator` arguments): the smallest count, or ``bool`` / ``number``."""
 _SECTIONS: dict[str, type] = {"temperatures": Temperatures, "data": DataConfig, "schedule": Schedule,
                               "grid": GridConfig, "energy": EnergyConfig, "monitor": MonitorConfig}
 _RESUME_MUTABLE = frozenset({"schedule.steps", "schedule.minutes", "schedule.fit_window", "device", "monitor.progress",
@@ -262,8 +266,23 @@ class TrainConfig:
         check(self.init_from is None or isinstance(self.init_from, str), where, "init_from", self.init_from,
               "a path to a run directory or checkpoint file (or absent)")
         check(isinstance(self.flow, dict), where, "flow", self.flow, "a mapping of flow keyword arguments")
+        self._validate_flow(f"{source}: flow")
         self._validate_sections(source)
         self._validate_objectives(source)
+
+    def _validate_flow(self, where: str) -> None:
+        """Known keys of :data:`FLOW_KEYS` with values of their kind (sizes are counts, parts are booleans)."""
+        unknown = sorted(set(self.flow) - set(FLOW_KEYS))
+        if unknown:
+            raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(FLOW_KEYS)}")
+        for key, value in self.flow.items():
+            kind = FLOW_KEYS[key]
+            if kind == "bool":
+                check(isinstance(value, bool), where, key, value, "true or false")
+            elif kind == "number":
+                check(is_number(value, 0.0, math.inf, open_low=True, open_high=True), where, key, value, "a number > 0")
+            else:
+                check(is_count(value, int(kind)), where, key, value, f"an integer >= {kind}")
 
     def _validate_sections(self, source: str) -> None:
         t, d, s, g, e, m = self.temperatures, self.data, self.schedule, self.grid, self.energy, self.monitor

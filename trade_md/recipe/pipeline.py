@@ -23,7 +23,7 @@ from trade_md.recipe.context import STAGES, RunContext, stage_result
 from trade_md.recipe.md_stage import first_round, md_stage
 from trade_md.recipe.options import RunOptions
 from trade_md.recipe.report import report_stage
-from trade_md.recipe.training import boundary_stage, transfer_stage
+from trade_md.recipe.training import boundary_stage, check_stage_configs, transfer_stage
 from trade_md.systems import MolecularSystem, builtin_config, builtin_systems, load_system
 
 __all__ = ["RECIPE_FILE", "RECIPE_FORMAT", "run_recipe"]
@@ -126,6 +126,7 @@ def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, res
             raise InputError(f"--boundary-data {resolved.boundary_data} was sampled at {data.temperature:g} K, not "
                              f"at --t0 {resolved.t0:g} K; drop --t0 or give data at T0")
     plan = plan_budget(system.n_atoms, resolved.budget, quick=bool(resolved.quick))
+    check_stage_configs(RunContext(out, system, resolved, plan, None, shared, lambda line: None, False))
     rounds = None if resolved.boundary_data or resolved.boundary_from else first_round(
         system, plan, resolved, SHARES["md"] * 60.0 * plan.budget_minutes)       # a budget too small for MD
     out.mkdir(parents=True, exist_ok=True)

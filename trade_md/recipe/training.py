@@ -46,7 +46,8 @@ from trade_md.trainer import BEST_T0_DIR, Trainer
 
 FLOW_CHOICE_FILE = "flow_choice.json"
 
-__all__ = ["FLOW_CHOICE_FILE", "boundary_config", "boundary_stage", "transfer_config", "transfer_stage"]
+__all__ = ["FLOW_CHOICE_FILE", "boundary_config", "boundary_stage", "check_stage_configs", "transfer_config",
+           "transfer_stage"]
 
 
 def _common(ctx: RunContext, data: str, out: Path, minutes: float, flow: dict[str, Any]) -> dict[str, Any]:
@@ -78,11 +79,13 @@ def boundary_config(ctx: RunContext, data: str, out: Path, minutes: float,
     return TrainConfig.from_dict(values, source="trade-md run: boundary")
 
 
-def transfer_config(ctx: RunContext, data: str, out: Path, minutes: float, boundary: str) -> TrainConfig:
+def transfer_config(ctx: RunContext, data: str, out: Path, minutes: float, boundary: str,
+                    flow: dict[str, Any] | None = None) -> TrainConfig:
     """The transfer's TrainConfig for ``--transfer`` (module docs) from the boundary checkpoint ``boundary``, with
-    that checkpoint's flow (whatever the rule or a ``--config`` boundary section chose for it) plus thermal scaling."""
+    that checkpoint's flow (whatever the rule or a ``--config`` boundary section chose for it; ``flow`` when given)
+    plus thermal scaling."""
     plan = ctx.plan
-    flow = read_checkpoint(boundary)["config"]["flow"]
+    flow = read_checkpoint(boundary)["config"]["flow"] if flow is None else flow
     low, high = trained_range(ctx.options.temperatures)
     batch = plan.batch_size
     objectives = {
@@ -107,6 +110,13 @@ def transfer_config(ctx: RunContext, data: str, out: Path, minutes: float, bound
         values["schedule"]["steps"] = 1
     values = deep_merge(values, copy.deepcopy(ctx.options.overrides.get("transfer", {})))
     return TrainConfig.from_dict(values, source=f"trade-md run: transfer {ctx.options.transfer}")
+
+
+def check_stage_configs(ctx: RunContext) -> None:
+    """InputError, before any work, when the ``--config`` boundary or transfer section makes an invalid training
+    config (an unknown key, a value of the wrong kind)."""
+    boundary = boundary_config(ctx, "data", ctx.out / "boundary", 1.0)
+    transfer_config(ctx, "data", ctx.out / "transfer", 1.0, str(ctx.out / "boundary"), flow=boundary.flow)
 
 
 def _write_config(config: TrainConfig, stage: Path) -> None:
