@@ -36,7 +36,7 @@ from trade_md.recipe.budget import MD_MAX_SHARE, check_samples, md_length
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
     seconds_per_step
 from trade_md.recipe.md_stage import _extension, data_cost, needed_length_factor
-from trade_md.recipe.report import _reference_table
+from trade_md.recipe.report import _flow_line, _reference_table
 from trade_md.recipe.training import FLOW_CHOICE_FILE, _flow_choice, boundary_config, transfer_config
 from trade_md.systems import load_system
 
@@ -216,6 +216,16 @@ def test_the_boundary_flow_shrinks_until_its_time_holds_the_minimum_steps() -> N
     assert fast["chosen"] == rule and timed == [1] and not fast["budget_short"] and fast["budget_for_min_steps"] is None
     middle = choose_flow(rule, 48.0, 120.0, lambda flow: 0.1 if flow["n_layers"] == 8 else 0.3)
     assert (middle["chosen"]["n_layers"], middle["chosen"]["hidden"]) == (8, 256) and not middle["budget_short"]
+
+
+def test_the_report_names_the_timed_flows_and_the_budget_a_short_boundary_would_need() -> None:
+    rule = plan_budget(32).flow                                                     # 10 x 192
+    times = {10: 0.3, 8: 0.25}
+    choice = choose_flow(rule, 48.9, 120.0, lambda flow: 0.174 if flow["hidden"] == 128 else times[flow["n_layers"]])
+    line = _flow_line(choice["chosen"], {"flow_choice": choice})
+    assert line.startswith("8 layers × 128 hidden (2 hidden layers), 8 bins (timed: 10 × 192: 0.300 s/step → 8,313")
+    assert "8 × 128: 0.174 s/step → 14,332 steps; fewer than the 20,000 wanted, --budget 170 would reach them" in line
+    assert _flow_line(rule, {"flow_choice": None}) == "10 layers × 192 hidden (2 hidden layers), 8 bins"
 
 
 def _frames(tmp_path: Path, n: int = 64) -> str:
