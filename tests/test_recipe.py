@@ -36,7 +36,7 @@ from trade_md.recipe.budget import MD_MAX_SHARE, check_samples, md_length
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
     seconds_per_step
 from trade_md.recipe.md_stage import _extension, data_cost, needed_length_factor
-from trade_md.recipe.report import _flow_line, _reference_table
+from trade_md.recipe.report import _flow_line, _reference_table, _stage_summary
 from trade_md.recipe.training import FLOW_CHOICE_FILE, _flow_choice, boundary_config, transfer_config
 from trade_md.systems import load_system
 
@@ -226,6 +226,7 @@ def test_the_report_names_the_timed_flows_and_the_budget_a_short_boundary_would_
     assert line.startswith("8 layers × 128 hidden (2 hidden layers), 8 bins (timed: 10 × 192: 0.300 s/step → 8,313")
     assert "8 × 128: 0.174 s/step → 14,332 steps; fewer than the 20,000 wanted, --budget 170 would reach them" in line
     assert _flow_line(rule, {"flow_choice": None}) == "10 layers × 192 hidden (2 hidden layers), 8 bins"
+    assert _stage_summary({"flow": choice["chosen"], "flow_choice": choice})["flow_choice"] == choice   # in report.json
 
 
 def _frames(tmp_path: Path, n: int = 64) -> str:

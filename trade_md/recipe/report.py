@@ -122,7 +122,8 @@ def _report(ctx: RunContext, results: dict[str, dict[str, Any]], costs: dict[str
 
 def _stage_summary(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result.get(key) for key in ("steps", "fitted_steps", "stopped_by", "minutes", "seconds_per_step",
-                                             "energy_evaluations", "best_validation", "objectives", "flow", "model")}
+                                             "energy_evaluations", "best_validation", "objectives", "flow",
+                                             "flow_choice", "model")}
 
 
 def _number(value: Any, spec: str = ".2f") -> str:
