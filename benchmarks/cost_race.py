@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from trade_md.analysis.phi_basins import Backbone
-from trade_md.features import basin_populations
 from trade_md.analysis.remd import analyse_reference
+from trade_md.features import basin_populations
 from trade_md.formats.files import json_safe, write_json_atomic
 from trade_md.formats.remd import read_storage
 from trade_md.recipe.cost import Meter

@@ -14,6 +14,8 @@ the process group first and trains data-parallel (:mod:`trade_md.distributed`); 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from trade_md.formats.checkpoint import CHECKPOINT_NAME, SystemRecord, read_chec
 from trade_md.formats.dataset import Dataset, load_dataset
 from trade_md.trainer import Trainer
 
-__all__ = ["TrainingRun", "generator_for", "train"]
+__all__ = ["TrainingRun", "fresh_trainer", "generator_for", "train"]
 
 
 @dataclass
@@ -88,6 +90,17 @@ def _train(config: TrainConfig, resume: bool, distributed: Any) -> TrainingRun:
             trainer.load_state(checkpoint, f"checkpoint {out}")
         summary = trainer.run()
     return TrainingRun(summary, out, trainer.is_main)
+
+
+@contextmanager
+def fresh_trainer(config: TrainConfig, out: Path | None = None) -> Iterator[Trainer]:
+    """A :class:`Trainer` of ``config``'s starting model (:func:`generator_for`, no checkpoint) on its dataset, one
+    process, with the system's energy bridge open while the context lasts; ``out``: where it writes (None: nowhere)."""
+    dataset = load_dataset(config.data.path)
+    generator = generator_for(dataset, config)
+    with EnergyBridge(dataset.system, platform=config.energy.platform) as bridge:
+        yield Trainer(generator, config, SystemRecord.of(dataset.system), potential=bridge.potential,
+                      data=torch.as_tensor(dataset.positions, dtype=torch.float64), out=out)
 
 
 def generator_for(dataset: Dataset, config: TrainConfig, checkpoint: dict[str, Any] | None = None) -> Generator:

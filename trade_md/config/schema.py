@@ -46,8 +46,8 @@ from trade_md.errors import InputError
 from trade_md.objectives import NLL, OBJECTIVES, REMOVED_OBJECTIVES, Objective
 from trade_md.objectives.base import check, is_count, is_number, is_span
 
-__all__ = ["FLOW_KEYS", "DataConfig", "EnergyConfig", "GridConfig", "MonitorConfig", "Schedule", "Temperatures", "TrainConfig",
-           "config_from_checkpoint"]
+__all__ = ["FLOW_KEYS", "DataConfig", "EnergyConfig", "GridConfig", "MonitorConfig", "Schedule", "Temperatures",
+           "TrainConfig", "config_from_checkpoint"]
 
 
 @dataclass
@@ -159,10 +159,10 @@ class MonitorConfig:
     min_delta: float = 0.0
 
 
-FLOW_KEYS: dict[str, str] = {"n_layers": "1", "hidden": "1", "n_hidden_layers": "1", "n_bins": "2", "seed": "0",
-                             "thermal_scaling": "bool", "temperature_head": "bool", "width_sigmas": "number"}
+FLOW_KEYS: dict[str, int | type] = {"n_layers": 1, "hidden": 1, "n_hidden_layers": 1, "n_bins": 2, "seed": 0,
+                                    "thermal_scaling": bool, "temperature_head": bool, "width_sigmas": float}
 """The ``flow`` section's keys (:class:`~trade_md.flows.ConditionalSplineFlow` and
-:func:`~trade_md.generator.molecule_generator` arguments): the smallest count, or ``bool`` / ``number``."""
+:func:`~trade_md.generator.molecule_generator` arguments): a count's smallest value, ``bool``, or ``float`` (> 0)."""
 _SECTIONS: dict[str, type] = {"temperatures": Temperatures, "data": DataConfig, "schedule": Schedule,
                               "grid": GridConfig, "energy": EnergyConfig, "monitor": MonitorConfig}
 _RESUME_MUTABLE = frozenset({"schedule.steps", "schedule.minutes", "schedule.fit_window", "device", "monitor.progress",
@@ -277,9 +277,9 @@ class TrainConfig:
             raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(FLOW_KEYS)}")
         for key, value in self.flow.items():
             kind = FLOW_KEYS[key]
-            if kind == "bool":
+            if kind is bool:
                 check(isinstance(value, bool), where, key, value, "true or false")
-            elif kind == "number":
+            elif kind is float:
                 check(is_number(value, 0.0, math.inf, open_low=True, open_high=True), where, key, value, "a number > 0")
             else:
                 check(is_count(value, int(kind)), where, key, value, f"an integer >= {kind}")

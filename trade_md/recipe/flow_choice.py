@@ -19,14 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from trade_md.config import TrainConfig
-from trade_md.energy import EnergyBridge
-from trade_md.formats.checkpoint import SystemRecord
-from trade_md.formats.dataset import load_dataset
-from trade_md.train import generator_for
-from trade_md.trainer import Trainer
+from trade_md.train import fresh_trainer
 
 __all__ = ["FLOOR", "MIN_BOUNDARY_STEPS", "PROBE_STEPS", "USABLE_SHARE", "candidates", "choose_flow",
            "seconds_per_step"]
@@ -75,11 +69,7 @@ def seconds_per_step(config: TrainConfig) -> tuple[float, int]:
     """Wall seconds of one training step of ``config`` (its flow, objectives and batch, on this machine and its
     threads), timed over :data:`PROBE_STEPS` steps of a fresh model, and the energy evaluations spent; nothing is
     written."""
-    dataset = load_dataset(config.data.path)
-    generator = generator_for(dataset, config)
-    with EnergyBridge(dataset.system, platform=config.energy.platform) as bridge:
-        trainer = Trainer(generator, config, SystemRecord.of(dataset.system), potential=bridge.potential,
-                          data=torch.as_tensor(dataset.positions, dtype=torch.float64), out=None)
+    with fresh_trainer(config) as trainer:
         for _ in range(WARMUP_STEPS):
             trainer.train_step()
         start = time.perf_counter()

@@ -29,20 +29,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from trade_md.config import TrainConfig, deep_merge
-from trade_md.energy import EnergyBridge
-from trade_md.formats.checkpoint import CHECKPOINT_NAME, SystemRecord, read_checkpoint
-from trade_md.formats.dataset import load_dataset
+from trade_md.formats.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from trade_md.formats.files import atomic_write_path, read_json, write_json_atomic
 from trade_md.recipe.context import RunContext, mark_complete, stage_result
 from trade_md.recipe.cost import Meter, record_session
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, choose_flow, seconds_per_step
 from trade_md.recipe.options import trained_range
-from trade_md.train import generator_for, train
-from trade_md.trainer import BEST_T0_DIR, Trainer
+from trade_md.train import fresh_trainer, train
+from trade_md.trainer import BEST_T0_DIR
 
 FLOW_CHOICE_FILE = "flow_choice.json"
 
@@ -250,11 +247,7 @@ def transfer_stage(ctx: RunContext, header: str, data: str, boundary: str) -> di
 def _untrained(ctx: RunContext, config: TrainConfig, stage: Path) -> dict[str, Any]:
     """``--transfer none``: the boundary plus its thermal scaling layer, saved as a checkpoint without training."""
     meter = Meter()
-    dataset = load_dataset(config.data.path)
-    generator = generator_for(dataset, config)
-    with EnergyBridge(dataset.system, platform=config.energy.platform) as bridge:
-        trainer = Trainer(generator, config, SystemRecord.of(dataset.system), potential=bridge.potential,
-                          data=torch.as_tensor(dataset.positions, dtype=torch.float64), out=stage)
+    with fresh_trainer(config, stage) as trainer:
         trainer.save_checkpoint()
         summary = trainer.summary(seconds=0.0, steps_run=0)
     write_json_atomic(stage / "summary.json", summary)
