@@ -25,7 +25,7 @@ from trade_md.formats.files import json_safe, write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 J1_ESS = {300.0: 0.153, 450.0: 0.170, 600.0: 0.163, 800.0: 0.032, 1000.0: 0.026}
-"""Kish ESS of J1 (fraction), 300,000 samples per temperature (results page §2)."""
+"""Kish ESS of J1 (fraction), 300,000 samples per temperature (benchmarks/results/HISTORY.md)."""
 GOAL_DELTA_F_KT = 0.2
 GOAL_ESS_OTHER = 0.05
 """ESS goal of a molecule other than alanine dipeptide, at 300–800 K (issue 26)."""
