@@ -8,7 +8,7 @@ replica exchange (``trade-md remd`` + MBAR), in CPU-seconds on one machine.
 
 **Task.** ΔF = F(φ > 0) − F(φ < 0) in k_BT at 300, 450, 600, 800 and 1000 K (reference: the combined umbrella values,
 ``benchmarks/results/umbrella/compare.json``; 450, 600 and 800 K lie off the default replica ladder), and at other
-temperatures given a reference (``--temperatures ...,350 --reference350 S``, S a ``trade-md umbrella`` summary at
+temperatures given a reference (``--temperatures ...,350 --extra-reference S``, S a ``trade-md umbrella`` summary at
 350 K). A method has *reached* a temperature once |ΔF − ΔF_ref| + σ ≤ 0.1 k_BT, σ its own standard error, and it
 keeps holding to the end of the measured series; its cost is the CPU-seconds at that point, the task's the largest
 over the temperatures.
@@ -56,12 +56,13 @@ TEMPERATURES = (300.0, 450.0, 600.0, 800.0, 1000.0)
 TRAINING_STAGES = ("md", "boundary", "transfer")
 
 
-def references(umbrella_compare: Path, reference350: Path | None) -> dict[float, tuple[float, float]]:
-    """ΔF ± σ (k_BT) of the reference per temperature: the combined umbrella values, and 350 K from its own run."""
+def references(umbrella_compare: Path, extra_reference: Path | None) -> dict[float, tuple[float, float]]:
+    """ΔF ± σ (k_BT) of the reference per temperature: the combined umbrella values, then those of ``extra_reference``
+    (a ``trade-md umbrella`` summary) at temperatures the combined table lacks."""
     combined = json.loads(umbrella_compare.read_text())["umbrella_combined"]
     values = {float(t): tuple(entry["delta_f_kT"]) for t, entry in combined.items()}
-    if reference350 is not None:
-        summary = json.loads(reference350.read_text())
+    if extra_reference is not None:
+        summary = json.loads(extra_reference.read_text())
         for t, value, sem in zip(summary["temperatures"], summary["delta_f_kT"], summary["delta_f_sem_kT"]):
             values.setdefault(float(t), (value, sem))
     return values
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, required=True, help="a finished trade-md run directory")
     parser.add_argument("--remd", type=Path, required=True, help="a trade-md remd directory")
     parser.add_argument("--umbrella", type=Path, default=HERE / "results" / "umbrella" / "compare.json")
-    parser.add_argument("--reference350", type=Path, help="trade-md umbrella summary at 350 K")
+    parser.add_argument("--extra-reference", type=Path, help="a trade-md umbrella summary: reference ΔF at temperatures the combined umbrella table lacks")
     parser.add_argument("--temperatures", default=",".join(f"{t:g}" for t in TEMPERATURES))
     parser.add_argument("--chunk", type=int, default=20000, help="samples per generator chunk")
     parser.add_argument("--max-samples", type=int, default=1_000_000, help="per temperature")
@@ -219,10 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "cost_race" / "cost_race.json")
     args = parser.parse_args(argv)
     temperatures = [float(t) for t in args.temperatures.split(",")]
-    refs = references(args.umbrella, args.reference350)
+    refs = references(args.umbrella, args.extra_reference)
     missing = [t for t in temperatures if t not in refs]
     if missing:
-        parser.error(f"no reference ΔF at {missing} K; pass --reference350 (a trade-md umbrella summary)")
+        parser.error(f"no reference ΔF at {missing} K; pass --extra-reference (a trade-md umbrella summary)")
     generator = generator_race(args.run, temperatures, refs, args.chunk, args.max_samples)
     remd = remd_race(args.remd, temperatures, refs, [float(s) for s in args.prefixes.split(",")])
     print("| T/K | reference ΔF k_BT | generator: samples, CPU-s (ΔF ± σ) | REMD: CPU-s (ΔF ± σ) |")

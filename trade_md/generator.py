@@ -240,6 +240,7 @@ def molecule_generator(
     reference_temperature: float,
     *,
     width_sigmas: float = DEFAULT_WIDTH_SIGMAS,
+    dihedral_windows: bool = False,
     **flow_kwargs: Any,
 ) -> Generator:
     """A :class:`Generator` over the internal coordinates of ``system`` (float32; call ``.double()`` for float64).
@@ -247,11 +248,13 @@ def molecule_generator(
     system: anything with ``.topology`` (openmm Topology) and ``.positions`` ([atoms, 3] nm or a quantity), plus
     ``.constrained_bonds()`` (a ``MolecularSystem``) or ``.system`` (an ``openmm.System``) for bond constraints;
     training_positions: ``[n, atoms, 3]`` nm (normalisation statistics, :meth:`InternalCoordinates.of_system`);
-    reference_temperature: ``T0`` in K; flow_kwargs: :class:`~trade_md.flows.ConditionalSplineFlow` arguments
+    reference_temperature: ``T0`` in K; width_sigmas, dihedral_windows: the normalisation of the internal coordinates
+    (:class:`~trade_md.ic.InternalCoordinates`: stiff dihedrals on windows instead of circles); flow_kwargs: :class:`~trade_md.flows.ConditionalSplineFlow` arguments
     (n_layers, hidden, n_hidden_layers, n_bins, seed, thermal_scaling, temperature_head; the scaling layer's centres
     and exponents come from ``training_positions``).
     """
-    coordinates = InternalCoordinates.of_system(system, training_positions, width_sigmas=width_sigmas)
+    coordinates = InternalCoordinates.of_system(system, training_positions, width_sigmas=width_sigmas,
+                                                dihedral_windows=dihedral_windows)
     flow = ConditionalSplineFlow(coordinates.domains, context_dim=1, **flow_kwargs)
     generator = Generator(coordinates, flow, to_kelvin(reference_temperature)).float()
     if flow.scaling is not None:

@@ -29,7 +29,12 @@ that are not a Z-matrix bond (HAngles, rigid water, ring closures) are rejected.
 Normalisation: each modelled bond and angle is mapped affinely onto ``[-1, 1]`` from the training data range
 ``mean +- width_sigmas * std`` (default 6 standard deviations, widened to include the observed extremes, bonds
 clipped at 0 and angles to ``[0, pi]``), stored as buffers (state dict) and in :meth:`InternalCoordinates.config`;
-its constant log-det is part of every log-det. Dihedrals stay on ``[-pi, pi)``.
+its constant log-det is part of every log-det. Dihedrals stay on ``[-pi, pi)``, except, with ``dihedral_windows``,
+the stiff ones: a dihedral whose training values stay within ``+- pi/2`` of their circular mean (the window
+``mean +- width_sigmas * std``, widened to the observed extremes, is narrower than half the circle; impropers, ring
+torsions, peptide bonds) is unwrapped around that mean and normalised onto ``[-1, 1]`` like an angle, so that the
+flow's spline bins resolve it as finely as they resolve angles; values outside the window are outside the model's
+support.
 
 Chirality: a chiral centre is an atom with four bonded neighbours whose substituent branches differ (Cα of all
 amino acids but glycine). Its handedness is the sign of the triple product of the first three neighbours' bond
@@ -57,6 +62,8 @@ __all__ = ["DEFAULT_WIDTH_SIGMAS", "InternalCoordinates", "canonical_frame"]
 
 DEFAULT_WIDTH_SIGMAS = 6.0
 """Half width of the normalisation interval of bonds and angles, in training-data standard deviations."""
+DIHEDRAL_WINDOW_LIMIT = math.pi / 2
+"""Largest half width (rad) of a dihedral's normalisation window: wider dihedrals stay circular."""
 _MIN_BOND_STD = 1e-5
 """A bond that fluctuates less than this (nm) in the training data was constrained in the MD."""
 
@@ -135,6 +142,7 @@ class InternalCoordinates(nn.Module):
         centres: Sequence[Sequence[int]] = (),
         signs: Sequence[float] = (),
         width_sigmas: float = DEFAULT_WIDTH_SIGMAS,
+        dihedral_range: Sequence[Sequence[float] | None] | None = None,
     ) -> None:
         super().__init__()
         self.zmatrix = zmatrix
@@ -193,7 +201,18 @@ class InternalCoordinates(nn.Module):
         self.register_buffer("_plan_rows", index(plan_rows), persistent=False)
         self.register_buffer("_plan_refs", index(refs).reshape(3, -1), persistent=False)
         self.register_buffer("_plan_atoms", index(atoms), persistent=False)
-        self.domains = ([Domain.interval(-1.0, 1.0)] * (n_modelled + n - 2)) + [Domain.circular()] * (n - 3)
+        windows = [None] * (n - 3) if dihedral_range is None else list(dihedral_range)
+        if len(windows) != max(n - 3, 0) or any(w is not None and not (-2 * math.pi < w[0] < w[1] < 2 * math.pi
+                                                and w[1] - w[0] <= 2 * DIHEDRAL_WINDOW_LIMIT + 1e-9) for w in windows):
+            raise InputError(f"dihedral_range needs {n - 3} entries, each null or [low, high] rad with low < high and "
+                             f"high - low <= {2 * DIHEDRAL_WINDOW_LIMIT:.4f}")
+        window_t = torch.tensor([[-math.pi, math.pi] if w is None else [float(w[0]), float(w[1])] for w in windows],
+                                dtype=torch.float64).reshape(-1, 2)     # [-pi, pi]: a circular one (not used)
+        self.register_buffer("dihedral_range", window_t, persistent=False)       # rebuilt from config()
+        self.register_buffer("windowed", torch.tensor([w is not None for w in windows], dtype=torch.bool),
+                             persistent=False)
+        self.domains = ([Domain.interval(-1.0, 1.0)] * (n_modelled + n - 2)) + [
+            Domain.interval(-1.0, 1.0) if w is not None else Domain.circular() for w in windows]
 
     # ---------------------------------------------------------------- construction
 
@@ -207,10 +226,11 @@ class InternalCoordinates(nn.Module):
         reference_positions: Any = None,
         centres: Sequence[tuple[int, int, int, int]] = (),
         width_sigmas: float = DEFAULT_WIDTH_SIGMAS,
+        dihedral_windows: bool = False,
     ) -> InternalCoordinates:
-        """Normalisation from ``training_positions [n, atoms, 3]`` nm (n >= 2); chirality reference signs at
-        ``centres`` from ``reference_positions [atoms, 3]`` nm (default: the first training frame), checked against
-        the majority of the training frames."""
+        """Normalisation from ``training_positions [n, atoms, 3]`` nm (n >= 2), with ``dihedral_windows`` also of
+        the stiff dihedrals (module docs); chirality reference signs at ``centres`` from ``reference_positions
+        [atoms, 3]`` nm (default: the first training frame), checked against the majority of the training frames."""
         positions = torch.as_tensor(to_nm(training_positions))
         if positions.dim() != 3 or positions.shape[1:] != (zmatrix.n_atoms, 3) or positions.shape[0] < 2:
             raise InputError(f"training positions must have shape [n >= 2, {zmatrix.n_atoms}, 3] nm, got "
@@ -221,7 +241,7 @@ class InternalCoordinates(nn.Module):
             raise InputError(f"width_sigmas must be > 0, got {width_sigmas}")
         probe = cls(zmatrix, [[0.0, 1.0]] * (zmatrix.n_atoms - 1 - _count_matched(zmatrix, constrained_bonds)),
                     [[0.0, math.pi]] * (zmatrix.n_atoms - 2), constrained_bonds)
-        bonds, angles, _ = probe.raw(positions)
+        bonds, angles, dihedrals = probe.raw(positions)
         bonds = bonds[:, probe.modelled_bond]
         bond_std = bonds.std(dim=0)
         tight = torch.nonzero(bond_std < _MIN_BOND_STD).flatten().tolist()
@@ -253,11 +273,13 @@ class InternalCoordinates(nn.Module):
             centres,
             signs.tolist(),
             width_sigmas,
+            _dihedral_windows(dihedrals, width_sigmas) if dihedral_windows else None,
         )
 
     @classmethod
     def of_system(
-        cls, system: Any, training_positions: Any, *, width_sigmas: float = DEFAULT_WIDTH_SIGMAS
+        cls, system: Any, training_positions: Any, *, width_sigmas: float = DEFAULT_WIDTH_SIGMAS,
+        dihedral_windows: bool = False,
     ) -> InternalCoordinates:
         """The transform of a molecule: its Z-matrix, its bond constraints, its stereocentres (reference signs from
         ``system.positions``) and the normalisation of ``training_positions [n, atoms, 3]`` nm (:meth:`from_data`).
@@ -276,6 +298,7 @@ class InternalCoordinates(nn.Module):
             reference_positions=to_nm(system.positions).reshape(len(atoms), 3),
             centres=chiral_centres(len(atoms), bonds, elements),
             width_sigmas=width_sigmas,
+            dihedral_windows=dihedral_windows,
         )
 
     def config(self) -> dict[str, Any]:
@@ -289,6 +312,7 @@ class InternalCoordinates(nn.Module):
             "chiral_centres": self.chiral_centres.tolist(),
             "chiral_signs": self.chiral_signs.tolist(),
             "width_sigmas": self.width_sigmas,
+            "dihedral_range": [w if ok else None for w, ok in zip(self.dihedral_range.tolist(), self.windowed.tolist())],
         }
 
     @classmethod
@@ -301,6 +325,7 @@ class InternalCoordinates(nn.Module):
             config["chiral_centres"],
             config["chiral_signs"],
             config["width_sigmas"],
+            config.get("dihedral_range"),
         )
 
     @property
@@ -353,15 +378,31 @@ class InternalCoordinates(nn.Module):
     def _affine(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         ranges = torch.cat([self.bond_range, self.angle_range]).to(like.dtype)
         low, width = ranges[:, 0], ranges[:, 1] - ranges[:, 0]
-        log_scale = torch.log(2.0 / width).sum()
+        windows = self.dihedral_range[self.windowed].to(like.dtype)
+        log_scale = torch.log(2.0 / width).sum() + torch.log(2.0 / (windows[:, 1] - windows[:, 0])).sum()
         return low, width, log_scale
+
+    def _window(self, dihedrals: Tensor, inverse: bool) -> Tensor:
+        """Dihedral features from dihedrals ``[n, N-3]`` rad: the windowed ones onto ``[-1, 1]`` (unwrapped around
+        their window's centre), the rest unchanged; ``inverse``: features back to dihedrals."""
+        if not bool(self.windowed.any()):
+            return dihedrals
+        window = self.dihedral_range.to(dihedrals.dtype)
+        low, width = window[:, 0], window[:, 1] - window[:, 0]
+        if inverse:
+            mapped = low + (dihedrals + 1.0) * width / 2.0
+        else:
+            centre = low + width / 2.0
+            unwrapped = centre + torch.remainder(dihedrals - centre + math.pi, 2.0 * math.pi) - math.pi
+            mapped = 2.0 * (unwrapped - low) / width - 1.0
+        return torch.where(self.windowed, mapped, dihedrals)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x [n, atoms, 3]`` nm -> ``(z [n, d], log|det dz/dx| [n])``."""
         bonds, angles, dihedrals = self.raw(x)
         low, width, log_scale = self._affine(x)
         scaled = torch.cat([bonds[:, self.modelled_bond], angles], dim=-1)
-        z = torch.cat([2.0 * (scaled - low) / width - 1.0, dihedrals], dim=-1)
+        z = torch.cat([2.0 * (scaled - low) / width - 1.0, self._window(dihedrals, inverse=False)], dim=-1)
         fixed = self.constrained_lengths.to(x.dtype)
         bonds = torch.where(self.modelled_bond, bonds, fixed)
         return z, log_scale - self.log_rho(bonds, angles)
@@ -378,7 +419,7 @@ class InternalCoordinates(nn.Module):
         bonds = scaled[:, :n_modelled][:, self.bond_source] if n_modelled else z.new_zeros(z.shape[0], n_bonds)
         bonds = torch.where(self.modelled_bond, bonds, self.constrained_lengths.to(z.dtype))
         angles = scaled[:, n_modelled:]
-        x = self.cartesian(bonds, angles, z[:, n_scaled:])
+        x = self.cartesian(bonds, angles, self._window(z[:, n_scaled:], inverse=True))
         return x, self.log_rho(bonds, angles) - log_scale
 
     # ---------------------------------------------------------------- chirality
@@ -398,6 +439,16 @@ class InternalCoordinates(nn.Module):
     def _check_positions(self, x: Tensor) -> None:
         if x.dim() != 3 or x.shape[1:] != (self.n_atoms, 3):
             raise InputError(f"positions must have shape [n, {self.n_atoms}, 3] nm, got {list(x.shape)}")
+
+
+def _dihedral_windows(dihedrals: Tensor, width_sigmas: float) -> list[list[float] | None]:
+    """Per dihedral of ``dihedrals [n, N-3]`` rad: the window ``[low, high]`` rad (circular mean ``+- max(width_sigmas
+    * std, largest deviation)``) when its half width is below :data:`DIHEDRAL_WINDOW_LIMIT`, else None (circular)."""
+    centre = torch.atan2(torch.sin(dihedrals).mean(0), torch.cos(dihedrals).mean(0))
+    deviation = torch.remainder(dihedrals - centre + math.pi, 2.0 * math.pi) - math.pi
+    half = torch.maximum(width_sigmas * deviation.std(0), deviation.abs().max(0).values)
+    return [[float(c - h), float(c + h)] if h < DIHEDRAL_WINDOW_LIMIT else None
+            for c, h in zip(centre.tolist(), half.tolist())]
 
 
 def _count_matched(zmatrix: ZMatrix, constrained_bonds: Sequence[tuple[int, int, float]]) -> int:

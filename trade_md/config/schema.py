@@ -160,7 +160,8 @@ class MonitorConfig:
 
 
 FLOW_KEYS: dict[str, int | type] = {"n_layers": 1, "hidden": 1, "n_hidden_layers": 1, "n_bins": 2, "seed": 0,
-                                    "thermal_scaling": bool, "temperature_head": bool, "width_sigmas": float}
+                                    "thermal_scaling": bool, "temperature_head": bool, "width_sigmas": float,
+                                    "dihedral_windows": bool}
 """The ``flow`` section's keys (:class:`~trade_md.flows.ConditionalSplineFlow` and
 :func:`~trade_md.generator.molecule_generator` arguments): a count's smallest value, ``bool``, or ``float`` (> 0)."""
 _SECTIONS: dict[str, type] = {"temperatures": Temperatures, "data": DataConfig, "schedule": Schedule,
