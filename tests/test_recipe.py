@@ -260,6 +260,14 @@ def test_the_flow_is_timed_on_a_fresh_boundary_and_the_choice_kept_for_a_resume(
     assert _flow_choice(ctx, data, stage, 4.0, fresh=False) == choice               # kept on resume, not retimed
     quick = SimpleNamespace(**{**vars(ctx), "plan": plan_budget(22, quick=True)})
     assert _flow_choice(quick, data, tmp_path / "other", 1.0, fresh=True) is None
+    sized = SimpleNamespace(**{**vars(ctx), "options": dataclasses.replace(
+        options, overrides={"boundary": {"flow": {"hidden": 64}}})})
+    assert _flow_choice(sized, data, tmp_path / "sized", 4.0, fresh=True) is None   # --config fixes the size
+    windows = SimpleNamespace(**{**vars(ctx), "options": dataclasses.replace(
+        options, overrides={"boundary": {"flow": {"dihedral_windows": True}}})})
+    (tmp_path / "windows").mkdir()
+    assert _flow_choice(windows, data, tmp_path / "windows", 4.0, fresh=True)["chosen"]["n_layers"] == 8
+    assert boundary_config(windows, data, tmp_path / "w", 4.0, choice["chosen"]).flow["dihedral_windows"] is True
 
 
 def _boundary_checkpoint(directory: Path, config: TrainConfig) -> str:

@@ -42,6 +42,8 @@ from trade_md.train import fresh_trainer, train
 from trade_md.trainer import BEST_T0_DIR
 
 FLOW_CHOICE_FILE = "flow_choice.json"
+FLOW_SIZE_KEYS = frozenset({"n_layers", "hidden", "n_hidden_layers", "n_bins"})
+"""``--config`` boundary flow keys that fix the flow's size (the flow choice is then skipped)."""
 
 __all__ = ["FLOW_CHOICE_FILE", "boundary_config", "boundary_stage", "check_stage_configs", "transfer_config",
            "transfer_stage"]
@@ -187,11 +189,13 @@ def boundary_stage(ctx: RunContext, header: str, data: str) -> dict[str, Any]:
 
 def _flow_choice(ctx: RunContext, data: str, stage: Path, minutes: float, *, fresh: bool) -> dict[str, Any] | None:
     """The flow sized to the boundary's time (:mod:`trade_md.recipe.flow_choice`): stored, else timed on a fresh
-    stage; None (the rule's flow) with ``--quick``, a ``--config`` boundary flow, or a checkpoint made without one."""
+    stage; None (the rule's flow) with ``--quick``, a ``--config`` boundary flow size (:data:`FLOW_SIZE_KEYS`), or a
+    checkpoint made without one. Other ``--config`` flow keys (``dihedral_windows``) apply to every candidate."""
     path = stage / FLOW_CHOICE_FILE
     if path.is_file():
         return read_json(path)
-    if ctx.plan.quick or "flow" in ctx.options.overrides.get("boundary", {}) or not fresh:
+    sized = FLOW_SIZE_KEYS & set(ctx.options.overrides.get("boundary", {}).get("flow", {}))
+    if ctx.plan.quick or sized or not fresh:
         return None
     rule = ctx.plan.flow
     ctx.note(f"timing the flow: the rule's {rule['n_layers']} x {rule['hidden']}, smaller if the boundary's "
