@@ -1,6 +1,8 @@
 """Internal coordinates: the Cartesian <-> feature map of a molecule with exact log|det J|.
 
-The placement order comes from a Z-matrix (:class:`trade_md.zmatrix.ZMatrix`).
+The placement order comes from a Z-matrix (:class:`trade_md.zmatrix.ZMatrix`). The module is longer than 400 lines
+because the map, its inverse with the exact log-det, the normalisation fitted to data and the chirality reference
+share one set of Z-matrix buffers and change together.
 
 Rigid-body convention: the first three atoms ``a0, a1, a2`` (a bonded chain) fix the frame; ``a0`` is at the origin,
 ``a1`` on the +x axis, ``a2`` in the xy-plane with y > 0. Their coordinates are two bond lengths and one angle,
