@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, required=True, help="a finished trade-md run directory")
     parser.add_argument("--remd", type=Path, required=True, help="a trade-md remd directory")
     parser.add_argument("--umbrella", type=Path, default=HERE / "results" / "umbrella" / "compare.json")
-    parser.add_argument("--extra-reference", type=Path, help="a trade-md umbrella summary: reference ΔF at temperatures the combined umbrella table lacks")
+    parser.add_argument("--extra-reference", type=Path,
+                        help="a trade-md umbrella summary: reference ΔF at temperatures the combined table lacks")
     parser.add_argument("--temperatures", default=",".join(f"{t:g}" for t in TEMPERATURES))
     parser.add_argument("--chunk", type=int, default=20000, help="samples per generator chunk")
     parser.add_argument("--max-samples", type=int, default=1_000_000, help="per temperature")

@@ -350,7 +350,6 @@ def test_nll_training_on_alanine_md_lowers_validation_nll(alanine) -> None:
     assert final < initial - 0.8, (initial, final)
 
 
-
 def test_dihedral_windows_normalise_stiff_dihedrals_and_keep_the_map_exact(zmatrix: ZMatrix,
                                                                             native: torch.Tensor) -> None:
     """With dihedral_windows the 18 near-native dihedrals (impropers, the trans peptide bonds at +-pi, methyl

@@ -203,7 +203,7 @@ class InternalCoordinates(nn.Module):
         self.register_buffer("_plan_rows", index(plan_rows), persistent=False)
         self.register_buffer("_plan_refs", index(refs).reshape(3, -1), persistent=False)
         self.register_buffer("_plan_atoms", index(atoms), persistent=False)
-        windows = [None] * (n - 3) if dihedral_range is None else list(dihedral_range)
+        windows = [None] * max(n - 3, 0) if dihedral_range is None else list(dihedral_range)
         if len(windows) != max(n - 3, 0) or any(w is not None and not (-2 * math.pi < w[0] < w[1] < 2 * math.pi
                                                 and w[1] - w[0] <= 2 * DIHEDRAL_WINDOW_LIMIT + 1e-9) for w in windows):
             raise InputError(f"dihedral_range needs {n - 3} entries, each null or [low, high] rad with low < high and "
@@ -213,6 +213,9 @@ class InternalCoordinates(nn.Module):
         self.register_buffer("dihedral_range", window_t, persistent=False)       # rebuilt from config()
         self.register_buffer("windowed", torch.tensor([w is not None for w in windows], dtype=torch.bool),
                              persistent=False)
+        self._dihedral_range = [None if w is None else [float(w[0]), float(w[1])] for w in windows]   # for config()
+        self._has_windows = any(w is not None for w in windows)       # constants: no device sync on the hot path
+        self._window_log_scale = sum(math.log(2.0 / (w[1] - w[0])) for w in windows if w is not None)
         self.domains = ([Domain.interval(-1.0, 1.0)] * (n_modelled + n - 2)) + [
             Domain.interval(-1.0, 1.0) if w is not None else Domain.circular() for w in windows]
 
@@ -314,7 +317,7 @@ class InternalCoordinates(nn.Module):
             "chiral_centres": self.chiral_centres.tolist(),
             "chiral_signs": self.chiral_signs.tolist(),
             "width_sigmas": self.width_sigmas,
-            "dihedral_range": [w if ok else None for w, ok in zip(self.dihedral_range.tolist(), self.windowed.tolist())],
+            "dihedral_range": self._dihedral_range,
         }
 
     @classmethod
@@ -380,14 +383,12 @@ class InternalCoordinates(nn.Module):
     def _affine(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         ranges = torch.cat([self.bond_range, self.angle_range]).to(like.dtype)
         low, width = ranges[:, 0], ranges[:, 1] - ranges[:, 0]
-        windows = self.dihedral_range[self.windowed].to(like.dtype)
-        log_scale = torch.log(2.0 / width).sum() + torch.log(2.0 / (windows[:, 1] - windows[:, 0])).sum()
-        return low, width, log_scale
+        return low, width, torch.log(2.0 / width).sum() + self._window_log_scale
 
     def _window(self, dihedrals: Tensor, inverse: bool) -> Tensor:
         """Dihedral features from dihedrals ``[n, N-3]`` rad: the windowed ones onto ``[-1, 1]`` (unwrapped around
         their window's centre), the rest unchanged; ``inverse``: features back to dihedrals."""
-        if not bool(self.windowed.any()):
+        if not self._has_windows:
             return dihedrals
         window = self.dihedral_range.to(dihedrals.dtype)
         low, width = window[:, 0], window[:, 1] - window[:, 0]
