@@ -58,9 +58,11 @@ def test_the_budget_rule_gives_the_j1_flow_for_alanine_dipeptide_and_scales_with
     assert plan.budget_minutes == DEFAULT_BUDGET_MINUTES == 120.0
     assert plan.stage_minutes == {"md": 18.0, "boundary": 48.0, "transfer": 42.0, "check": 12.0}
     assert sum(SHARES.values()) == pytest.approx(1.0) and plan.md_max_minutes == MD_MAX_SHARE * 120.0
-    assert plan.flow == {"n_layers": 8, "hidden": 128, "n_hidden_layers": 2, "n_bins": 8}     # J1's flow
+    assert plan.flow == {"n_layers": 8, "hidden": 128, "n_hidden_layers": 2, "n_bins": 8,   # J1's flow,
+                         "dihedral_windows": True}                                           # stiff dihedrals windowed
     assert plan.batch_size == 256 and plan.md_replicas == 2 and plan.n_dof == 60
-    assert plan_budget(42).flow == {"n_layers": 10, "hidden": 256, "n_hidden_layers": 2, "n_bins": 8}
+    assert plan_budget(42).flow == {"n_layers": 10, "hidden": 256, "n_hidden_layers": 2, "n_bins": 8,
+                                    "dihedral_windows": True}
     assert plan_budget(82).flow["n_layers"] == 12 and plan_budget(82).flow["hidden"] == 512
     quick = plan_budget(42, quick=True)
     assert quick.budget_minutes == 1.0 and quick.flow["hidden"] == 32 and quick.md_replicas == 1

@@ -8,7 +8,7 @@ transfer variants trained from one boundary (``--boundary-from``) train for the 
 
 **Flow size** from the degrees of freedom d = 3N − 6 of an N-atom molecule (the J1 flow for alanine dipeptide, d = 60):
 ``hidden = min(512, 64 ⌈d / 30⌉)``, ``n_layers = min(12, 8 + 2 max(0, ⌈log2(d / 60)⌉))``, two hidden layers of
-the conditioners, 8 spline bins: 8 × 128 for 22 atoms, 10 × 256 for 42 atoms, 12 × 512 for 82 and more. On 42 atoms
+the conditioners, 8 spline bins, stiff dihedrals on windows (``dihedral_windows``, :mod:`trade_md.ic`): 8 × 128 for 22 atoms, 10 × 256 for 42 atoms, 12 × 512 for 82 and more. On 42 atoms
 a boundary step (batch 256) took 0.41 s with 8 × 128, 0.48 s with 10 × 128 and 0.60 s with 10 × 256 (one thread,
 development CPU): the layers and the coordinates cost more than the width. The boundary stage then sizes this flow
 to its time (:mod:`trade_md.recipe.flow_choice`). ``--quick``: 4 × 32, one hidden layer.
@@ -128,10 +128,10 @@ class BudgetPlan:
 def flow_size(n_dof: int, quick: bool = False) -> dict[str, Any]:
     """ConditionalSplineFlow arguments for a molecule of ``n_dof`` internal degrees of freedom (module docs)."""
     if quick:
-        return {"n_layers": 4, "hidden": 32, "n_hidden_layers": 1, "n_bins": 8}
+        return {"n_layers": 4, "hidden": 32, "n_hidden_layers": 1, "n_bins": 8, "dihedral_windows": True}
     hidden = min(512, 64 * math.ceil(n_dof / 30))
     n_layers = min(12, 8 + 2 * max(0, math.ceil(math.log2(max(n_dof, 1) / 60))))
-    return {"n_layers": n_layers, "hidden": hidden, "n_hidden_layers": 2, "n_bins": 8}
+    return {"n_layers": n_layers, "hidden": hidden, "n_hidden_layers": 2, "n_bins": 8, "dihedral_windows": True}
 
 
 def plan_budget(n_atoms: int, budget_minutes: float | None = None, *, quick: bool = False,
