@@ -333,6 +333,9 @@ def test_quick_run_end_to_end_resume_and_a_shared_boundary(tmp_path: Path, capsy
     assert [row["temperature"] for row in card["per_temperature"]] == [300.0, 450.0, 600.0, 800.0, 1000.0]
     assert card["per_temperature"][0]["ess"] == report["self_check"][0]["ess"] and card["command"].endswith("--quick")
     assert card["stage_steps"]["transfer"] == read_checkpoint(tmp_path / "exported")["step"]
+    assert read_checkpoint(out)["step"] == read_checkpoint(out / "transfer")["step"]    # the run stands for its model
+    assert main(["sample", "--model", str(out), "--temperature", "450", "--n", "64", "--out",
+                 str(tmp_path / "s450"), "--no-progress"]) == 0
     capsys.readouterr()
 
     # an interrupted transfer continues from its checkpoint (written every 25 steps)
@@ -340,6 +343,8 @@ def test_quick_run_end_to_end_resume_and_a_shared_boundary(tmp_path: Path, capsy
 
     shutil.rmtree(out / "transfer")
     shutil.rmtree(out / "check")
+    with pytest.raises(InputError, match=r"transfer stage has not finished.*trade-md run --resume --out"):
+        read_checkpoint(out)                                           # no final model: no silent partial one
     original = Trainer.train_step
 
     def interrupted(self: Trainer) -> dict[str, float]:

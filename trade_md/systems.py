@@ -52,6 +52,8 @@ from trade_md.thermo import to_nm
 __all__ = [
     "CONSTRAINT_CHOICES",
     "IMPLICIT_SOLVENT_CHOICES",
+    "RUN_MODEL_STAGE",
+    "RUN_RECORD_FILE",
     "SYSTEMS_DIR",
     "MolecularSystem",
     "builtin_config",
@@ -222,9 +224,22 @@ def pretrained_model(name: str) -> Path:
     return directory
 
 
+RUN_RECORD_FILE = "recipe.json"
+"""What makes a directory a ``trade-md run`` (its record, :data:`trade_md.recipe.RECIPE_FILE`)."""
+RUN_MODEL_STAGE = "transfer"
+"""The stage of a ``trade-md run`` whose model the run directory stands for; complete once it holds ``stage.json``
+(:data:`trade_md.recipe.context.STAGE_FILE`)."""
+
+
 def resolve_model(model: str | os.PathLike) -> Path:
-    """A run directory or checkpoint path as given, else the shipped model of the built-in system of that name."""
+    """A run directory or checkpoint path as given; a ``trade-md run`` directory's final model (its transfer stage),
+    InputError while that stage is unfinished; else the shipped model of the built-in system of that name."""
     path = Path(model)
+    if (path / RUN_RECORD_FILE).is_file():
+        if not (path / RUN_MODEL_STAGE / "stage.json").is_file():
+            raise InputError(f"{path} is a `trade-md run` whose {RUN_MODEL_STAGE} stage has not finished, so it has "
+                             f"no final model yet; finish it with `trade-md run --resume --out {path}`")
+        return path / RUN_MODEL_STAGE
     if path.exists() or str(model) not in builtin_systems():
         return path
     return pretrained_model(str(model))

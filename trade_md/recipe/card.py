@@ -18,7 +18,6 @@ import torch
 from trade_md.errors import InputError
 from trade_md.formats.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from trade_md.formats.files import atomic_write_path, json_safe, write_json_atomic
-from trade_md.recipe.pipeline import RECIPE_FILE
 
 __all__ = ["CARD_FORMAT", "EXPORTED_KEYS", "export_model", "model_card"]
 
@@ -33,7 +32,7 @@ def export_model(source: str | Path, out: str | Path, *, command: str | None = N
     model), a ``trade-md train`` directory or a checkpoint file. command: how the run was made, for the card
     (default: rebuilt from the run's options)."""
     source, out = Path(source), Path(out)
-    checkpoint = read_checkpoint(source / "transfer" if (source / RECIPE_FILE).is_file() else source)
+    checkpoint = read_checkpoint(source)                     # a run directory: its transfer stage's model
     missing = [key for key in EXPORTED_KEYS if key not in checkpoint and key not in ("trained_range", "step")]
     if missing:
         raise InputError(f"{source} lacks {', '.join(missing)}; export a checkpoint written by trade-md train or run")

@@ -24,13 +24,13 @@ from trade_md.recipe.md_stage import first_round, md_stage
 from trade_md.recipe.options import RunOptions
 from trade_md.recipe.report import report_stage
 from trade_md.recipe.training import boundary_stage, check_stage_configs, transfer_stage
-from trade_md.systems import MolecularSystem, builtin_config, builtin_systems, load_system
+from trade_md.systems import RUN_RECORD_FILE, MolecularSystem, builtin_config, builtin_systems, load_system
 
 __all__ = ["RECIPE_FILE", "RECIPE_FORMAT", "run_recipe"]
 
 logger = logging.getLogger("trade_md.recipe")
 
-RECIPE_FILE = "recipe.json"
+RECIPE_FILE = RUN_RECORD_FILE
 RECIPE_FORMAT = "trade-md run/2"
 DEFAULT_SYSTEM = "alanine-dipeptide"
 
