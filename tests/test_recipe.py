@@ -413,6 +413,9 @@ def test_quick_run_on_a_molecule_the_package_has_never_seen(tmp_path: Path,
     assert all(0.0 < row["ess"] <= 1.0 and row["n_samples"] >= 2000 for row in report["self_check"])
     assert report["cost"]["total"]["energy_evaluations"] > 0 and (out / "report" / "ess.png").is_file()
     assert "## Self-check" in (out / "report" / "summary.md").read_text()
+    ablation = tmp_path / "phe_none"                                   # no system options: the shared run's molecule
+    assert main(["run", "--boundary-from", str(out), "--transfer", "none", "--out", str(ablation), "--no-progress"]) == 0
+    assert json.loads((ablation / "report" / "report.json").read_text())["system"] == report["system"]
 
 
 def test_a_boundary_flow_set_by_config_carries_over_to_the_transfer(tmp_path: Path) -> None:

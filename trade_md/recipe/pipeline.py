@@ -102,6 +102,9 @@ def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, res
         return saved, resolved, shared
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not a `trade-md run` directory; choose another --out")
+    shared_system = None if options.boundary_from is None else Path(options.boundary_from) / "system.json"
+    if system is None and shared_system is not None and shared_system.is_file():
+        system = MolecularSystem.deserialize(read_json(shared_system))             # the shared run's molecule
     system = system or load_system(DEFAULT_SYSTEM)
     default_t0 = (builtin_config(system.name)["reference_temperature"] if system.name in builtin_systems()
                   else None)
@@ -141,7 +144,8 @@ def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, res
 
 def _shared(run: Path, system: MolecularSystem, options: RunOptions) -> tuple[Path, RunOptions]:
     """``--boundary-from RUN``: the run whose complete MD and boundary stages this one shares, and the options
-    with RUN's T0, temperatures, quick and boundary settings (InputError when given ones contradict them)."""
+    with RUN's T0, temperatures, quick and boundary settings (InputError when given ones contradict them) and, unless
+    given, its reference. (Its molecule applies when no system option is given: :func:`_prepare`.)"""
     record = run / RECIPE_FILE
     if not record.is_file():
         raise InputError(f"--boundary-from {run} is not a `trade-md run` directory (no {RECIPE_FILE}); give the --out "
@@ -168,7 +172,9 @@ def _shared(run: Path, system: MolecularSystem, options: RunOptions) -> tuple[Pa
                                                                           sort_keys=True):
         overrides["boundary"] = (stored.overrides or {}).get("boundary")
         overrides = {key: value for key, value in overrides.items() if value is not None}
-    return run, dataclasses.replace(options, **inherited, overrides=overrides, boundary_from=str(run))
+    reference = options.reference if options.reference is not None else stored.reference
+    return run, dataclasses.replace(options, **inherited, overrides=overrides, reference=reference,
+                                    boundary_from=str(run))
 
 
 def _reference(options: RunOptions, system: MolecularSystem) -> Reference | None:
