@@ -414,7 +414,8 @@ def test_quick_run_on_a_molecule_the_package_has_never_seen(tmp_path: Path,
     assert report["cost"]["total"]["energy_evaluations"] > 0 and (out / "report" / "ess.png").is_file()
     assert "## Self-check" in (out / "report" / "summary.md").read_text()
     ablation = tmp_path / "phe_none"                                   # no system options: the shared run's molecule
-    assert main(["run", "--boundary-from", str(out), "--transfer", "none", "--out", str(ablation), "--no-progress"]) == 0
+    assert main(["run", "--boundary-from", str(out), "--transfer", "none", "--out", str(ablation),
+                 "--no-progress"]) == 0
     assert json.loads((ablation / "report" / "report.json").read_text())["system"] == report["system"]
 
 

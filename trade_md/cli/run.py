@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
                              "says it came from several temperatures and counts its MD)")
     parser.add_argument("--boundary-from", metavar="RUN",
                         help="share the MD and boundary stages of an earlier run (an ablation of --transfer at equal "
-                             "budget from one boundary); its molecule, T0, temperatures and reference apply unless given")
+                             "budget from one boundary); its molecule, T0, temperatures and reference apply unless "
+                             "given")
     parser.add_argument("--seed", type=int, help="random seed of MD, models and samples (default 0)")
     parser.add_argument("--config", metavar="FILE",
                         help="YAML overriding the rule: sections md, boundary, transfer (TrainConfig keys), check "
