@@ -12,7 +12,7 @@ import torch
 from trade_md.config import MonitorConfig, Schedule, TrainConfig, deep_merge
 from trade_md.errors import InputError
 from trade_md.formats.checkpoint import SystemRecord, read_checkpoint
-from trade_md.stopping import FIT_WARMUP, StopRules
+from trade_md.stopping import FIT_WARMUP, REFIT_AT, StopRules
 from trade_md.toys import DoubleWell1D, toy_generator
 from trade_md.trainer import BEST_T0_DIR, Trainer
 
@@ -42,7 +42,7 @@ def test_a_fitted_schedule_ends_at_the_time_budget_and_decays_over_the_steps_it_
     assert summary["stopped_by"] in ("fitted steps", "time budget")
     assert summary["seconds_total"] < 0.05 * 60 + 1.0                         # the budget held (1 s of slack)
     assert trainer.step <= stop.fitted_steps and trainer.step >= 0.5 * stop.fitted_steps
-    assert stop.validate_every == max(1, (stop.fitted_steps - FIT_WARMUP - 10) // 4)
+    assert 1 <= stop.validate_every <= max(1, (stop.fitted_steps - FIT_WARMUP - 10) // 4)   # 4 after the refit
     schedule = trainer.config.schedule
     assert schedule.learning_rate_at(stop.fitted_steps, stop.total_steps) == pytest.approx(
         schedule.learning_rate * schedule.lr_final_fraction)                 # the cosine ends at the fitted length
@@ -63,6 +63,22 @@ def test_a_resumed_run_keeps_its_fitted_schedule_and_the_time_already_spent(tmp_
     more = _trainer({"schedule": {"minutes": 0.1, "fit_window": 10}}, tmp_path)  # a larger budget trains on,
     more.load_state(read_checkpoint(tmp_path), "checkpoint")                   # on the same fitted schedule
     assert more.stop.total_steps == first.stop.fitted_steps
+
+
+def test_the_schedule_is_fitted_again_from_the_mean_step_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("trade_md.stopping.time.perf_counter", lambda: clock[0])
+    rules = StopRules(Schedule(steps=100000, minutes=1.0), MonitorConfig())
+    assert rules.fit(per_step=0.1, step=40, remaining=50.0) == 515                  # the window's cost: 0.1 s/step
+    refit_at = 40 + int(REFIT_AT * (515 - 40))
+    window = {"refresh_seconds": 0.0, "refreshes": 0, "refresh_every": 0, "validation_seconds": 0.0, "validations": 0}
+    assert rules.close_window(refit_at - 1, 45.0, **window) is None
+    clock[0] += 0.05 * (refit_at - 40)                                              # the steps took 0.05 s each
+    remaining = 50.0 - 0.05 * (refit_at - 40)
+    assert rules.close_window(refit_at, remaining, **window) == refit_at + int(0.95 * remaining / 0.05)
+    assert rules.total_steps == rules.fitted_steps == refit_at + int(0.95 * remaining / 0.05)
+    clock[0] += 100.0
+    assert rules.close_window(2 * refit_at, 1.0, **window) is None                  # once only
 
 
 def test_early_stopping_keeps_the_best_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -305,6 +305,17 @@ def test_cli_flags_override_the_config_file(tmp_path: Path) -> None:
         config_from_args(args)
 
 
+def test_cli_threads_default_to_one_and_refuse_non_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("train", "run"):
+        assert build_parser().parse_args([command]).threads == 1
+        assert build_parser().parse_args([command, "--threads", "3"]).threads == 3
+        for bad in ("0", "-1", "two"):
+            with pytest.raises(SystemExit) as stop:
+                build_parser().parse_args([command, "--threads", bad])
+            assert stop.value.code == 2
+            assert "positive number of torch threads" in capsys.readouterr().err
+
+
 def test_cli_reports_a_missing_dataset_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["train", "--mode", "nll", "--data", str(tmp_path / "none"), "--temperature", "600",
                    "--out", str(tmp_path / "run")])

@@ -25,8 +25,8 @@ rank, ``LOCAL_RANK`` picks the GPU)::
     torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr HOST --master_port 29500 \\
         -m trade_md.cli train --device cuda --config trade.yaml --out runs/trade16
 
-``torchrun --no-python trade-md train ...`` (the console script) works the same way. Set
-``OMP_NUM_THREADS`` so that ranks × threads × energy workers fits the cores.
+``torchrun --no-python trade-md train ...`` (the console script) works the same way. Each rank uses
+``--threads`` torch threads (default 1): keep ranks × threads × energy workers within the cores.
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@
   away from T0, or from the step a session resumed at) the trainer times ``fit_window`` steps; the cost of a step is
   that window's time without grid refreshes and validations, plus their mean cost at their cadence; the fitted
   length is the steps that fit the rest of the budget with a 5 % margin (at most ``steps``), so the cosine decays
-  over the steps the run reaches. With ``monitor.validations`` the validation cadence is then set to give about
-  that many validations;
+  over the steps the run reaches. After :data:`REFIT_AT` of the fitted steps it is fitted once more, from the mean
+  cost of every step since the first fit (refreshes and validations included as they came): fitted from the window
+  alone, three `trade-md run` transfers ended 11–26 % of their minutes early. With ``monitor.validations`` the
+  validation cadence is then set to give about that many validations;
 - early stopping (``monitor.select: val_nll`` with ``monitor.patience``): the validation with the lowest
   validation NLL is the best (the trainer keeps its checkpoint); after ``patience`` validations in a row that
   neither lowered the NLL by ``min_delta`` nor raised the ESS at T0 above its highest so far, the run stops;
@@ -32,12 +34,14 @@ from typing import Any
 
 from trade_md.config import MonitorConfig, Schedule
 
-__all__ = ["FIT_WARMUP", "StopRules"]
+__all__ = ["FIT_WARMUP", "REFIT_AT", "StopRules"]
 
 FIT_WARMUP = 10
 """Steps left out before the timing window of a fitted schedule (one-off warm-up, e.g. of GPU kernels)."""
 FIT_MARGIN = 0.95
 """Share of the remaining budget the fitted schedule plans to use."""
+REFIT_AT = 0.25
+"""Share of the fitted schedule (counted from the first fit) after which its length is fitted again."""
 
 
 class StopRules:
@@ -56,6 +60,8 @@ class StopRules:
         self.stale_validations = 0
         self.stopped_by: str | None = None
         self._window: tuple[float, int, float, float] | None = None
+        self._refit: tuple[float, int, int] | None = None       # (time and step of the first fit, step to refit at)
+        self._refitted = False
 
     @property
     def budget_seconds(self) -> float:
@@ -76,7 +82,13 @@ class StopRules:
         """Once ``fit_window`` steps are timed: fit the schedule to ``remaining`` seconds (:meth:`fit`) from the
         window's time without the refreshes and validations in it, plus their mean costs (``refresh_seconds`` and
         ``validation_seconds`` so far, over ``refreshes`` and ``validations``; refreshes 0: none are due) and
-        return the fitted length; None while the window is open or when there is none."""
+        return the fitted length; None while the window is open or when there is none. At :data:`REFIT_AT` of the
+        fitted schedule: the length fitted again from the mean cost of the steps since the first fit."""
+        if self._refit is not None and step >= self._refit[2]:
+            started, first, _ = self._refit
+            self._refit, self._refitted = None, True
+            return self.fit(per_step=(time.perf_counter() - started) / max(step - first, 1), step=step,
+                            remaining=remaining)
         if self._window is None or step - self._window[1] < self.schedule.fit_window:
             return None
         started, first, refresh_before, validation_before = self._window
@@ -107,6 +119,8 @@ class StopRules:
     def set_fitted(self, fitted: int, step: int) -> None:
         """Use ``fitted`` as the schedule's length from ``step`` on (and the validation cadence it implies)."""
         self.fitted_steps = self.total_steps = int(fitted)
+        if not self._refitted:
+            self._refit = (time.perf_counter(), step, step + max(1, int(REFIT_AT * (self.total_steps - step))))
         if self.monitor.validations > 0:
             self.validate_every = max(1, (self.total_steps - step) // self.monitor.validations)
 

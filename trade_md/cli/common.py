@@ -1,4 +1,5 @@
-"""Options shared by several commands: the molecular system (--system | --pdb | --prmtop) and temperatures."""
+"""Options shared by several commands: the molecular system (--system | --pdb | --prmtop), temperatures, torch
+threads."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from trade_md.systems import (
 )
 from trade_md.thermo import parse_temperatures
 
-__all__ = ["add_system_arguments", "system_from_args", "temperatures_from_text"]
+__all__ = ["add_system_arguments", "add_threads_argument", "system_from_args", "temperatures_from_text"]
 
 
 def add_system_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,3 +66,16 @@ def system_from_args(args: argparse.Namespace) -> MolecularSystem:
 def temperatures_from_text(text: str, option: str = "--temperatures", *, ladder: bool = False) -> np.ndarray:
     """Temperatures [K] from an option's text (``300,450,600`` or ``Tmin:Tmax:K``); InputError naming ``option``."""
     return parse_temperatures(text, ladder=ladder, what=option)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch threads per process, default 1 (a positive integer, else a one-line error)."""
+    parser.add_argument("--threads", type=_positive_threads, default=1,
+                        help="torch threads per process (default 1: on a 2-core or shared CPU more threads slow the "
+                             "small flows down several times)")
+
+
+def _positive_threads(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of torch threads, e.g. --threads 2")
+    return int(text)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from trade_md.cli.common import add_system_arguments, system_from_args
+from trade_md.cli.common import add_system_arguments, add_threads_argument, system_from_args
 from trade_md.progress import show_progress
 from trade_md.recipe import DEFAULT_BUDGET_MINUTES, QUICK_BUDGET_MINUTES, TRANSFERS, RunOptions, run_recipe
 from trade_md.recipe.options import load_overrides, parse_temperature_list
@@ -53,9 +53,7 @@ def register(subparsers: Any) -> None:
                              "(trade_md.recipe.options)")
     parser.add_argument("--quick", action="store_true", default=None,
                         help="a first look in a minute or two (small flow, short MD and training)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a 2-core or shared CPU more threads slow the small flows "
-                             "down several times)")
+    add_threads_argument(parser)
     parser.add_argument("--out", default="runs/main", help="run directory (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="skip complete stages and continue an interrupted one")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import torch
+
+from trade_md.cli.common import add_threads_argument
 from trade_md.config import TrainConfig, deep_merge, load_recipe
 from trade_md.errors import InputError
 from trade_md.formats.checkpoint import CHECKPOINT_NAME
@@ -41,6 +44,7 @@ def register(subparsers: Any) -> None:
                              "by name (e.g. alanine-dipeptide); same system, T0 and flow settings")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="torch device")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_main, command="train")
 
@@ -69,6 +73,7 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
 
 def _main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    torch.set_num_threads(args.threads)
     show_progress(config.monitor.progress)
     run = train(config, resume=args.resume)
     if not run.is_main:
