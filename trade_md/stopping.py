@@ -8,7 +8,7 @@
   length is the steps that fit the rest of the budget with a 5 % margin (at most ``steps``), so the cosine decays
   over the steps the run reaches. After :data:`REFIT_AT` of the fitted steps it is fitted once more, from the mean
   cost of every step since the first fit (refreshes and validations included as they came): fitted from the window
-  alone, three `trade-md run` transfers ended 11–26 % of their minutes early. With ``monitor.validations`` the
+  alone, three ``trade-md run`` transfers ended 11–26 % of their minutes early. With ``monitor.validations`` the
   validation cadence is then set to give about that many validations;
 - early stopping (``monitor.select: val_nll`` with ``monitor.patience``): the validation with the lowest
   validation NLL is the best (the trainer keeps its checkpoint); after ``patience`` validations in a row that
