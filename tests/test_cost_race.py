@@ -3,18 +3,14 @@ and a bootstrap, the 'reached' rule, and the extrapolation of a run that does no
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "cost_race", Path(__file__).resolve().parents[1] / "benchmarks" / "cost_race.py")
-assert _SPEC is not None and _SPEC.loader is not None
-cost_race = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(cost_race)
+from benchmark_module import load_benchmark
+
+cost_race = load_benchmark("cost_race")
 
 
 def test_weighted_delta_f_is_exact_for_equal_weights_and_its_error_matches_a_bootstrap() -> None:

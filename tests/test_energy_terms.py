@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,11 +9,9 @@ import torch
 from trade_md.energy import EnergyBridge
 from trade_md.systems import load_system
 
-_SPEC = importlib.util.spec_from_file_location(
-    "energy_terms", Path(__file__).resolve().parents[1] / "benchmarks" / "energy_terms.py")
-assert _SPEC is not None and _SPEC.loader is not None
-energy_terms = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(energy_terms)
+from benchmark_module import load_benchmark
+
+energy_terms = load_benchmark("energy_terms")
 
 
 def test_the_force_classes_add_up_to_the_total_energy() -> None:
