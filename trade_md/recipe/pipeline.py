@@ -32,6 +32,8 @@ logger = logging.getLogger("trade_md.recipe")
 
 RECIPE_FILE = RUN_RECORD_FILE
 RECIPE_FORMAT = "trade-md run/2"
+SYSTEM_FILE = "system.json"
+"""The molecule of a run directory (:meth:`MolecularSystem.serialize`)."""
 DEFAULT_SYSTEM = "alanine-dipeptide"
 
 
@@ -92,7 +94,7 @@ def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, res
         stored = read_json(record)
         if stored.get("format") != RECIPE_FORMAT:
             raise InputError(f"{record} is not a {RECIPE_FORMAT} record; choose another --out")
-        saved = MolecularSystem.deserialize(read_json(out / "system.json"))
+        saved = _stored_system(out)
         if system is not None and system.fingerprint() != saved.fingerprint():
             raise SystemMismatchError(f"{out} was started with another system ({saved.name}, {saved.n_atoms} atoms); "
                                       "resume with the same system options (or none), or choose another --out")
@@ -102,9 +104,8 @@ def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, res
         return saved, resolved, shared
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not a `trade-md run` directory; choose another --out")
-    shared_system = None if options.boundary_from is None else Path(options.boundary_from) / "system.json"
-    if system is None and shared_system is not None and shared_system.is_file():
-        system = MolecularSystem.deserialize(read_json(shared_system))             # the shared run's molecule
+    if system is None and options.boundary_from is not None and (Path(options.boundary_from) / SYSTEM_FILE).is_file():
+        system = _stored_system(Path(options.boundary_from))                       # the shared run's molecule
     system = system or load_system(DEFAULT_SYSTEM)
     default_t0 = (builtin_config(system.name)["reference_temperature"] if system.name in builtin_systems()
                   else None)
@@ -135,11 +136,16 @@ def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, res
     out.mkdir(parents=True, exist_ok=True)
     if rounds is not None:
         write_json_atomic(out / "md" / "rounds.json", rounds)
-    write_json_atomic(out / "system.json", system.serialize())
+    write_json_atomic(out / SYSTEM_FILE, system.serialize())
     write_json_atomic(record, {"format": RECIPE_FORMAT, "options": resolved.to_dict(),
                                "system": system.fingerprint(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "sessions": []})
     return system, resolved, shared
+
+
+def _stored_system(run: Path) -> MolecularSystem:
+    """The molecule a `trade-md run` directory was started with."""
+    return MolecularSystem.deserialize(read_json(run / SYSTEM_FILE))
 
 
 def _shared(run: Path, system: MolecularSystem, options: RunOptions) -> tuple[Path, RunOptions]:
@@ -151,7 +157,7 @@ def _shared(run: Path, system: MolecularSystem, options: RunOptions) -> tuple[Pa
         raise InputError(f"--boundary-from {run} is not a `trade-md run` directory (no {RECIPE_FILE}); give the --out "
                          "of an earlier run")
     stored = RunOptions.from_dict(read_json(record)["options"])
-    saved = MolecularSystem.deserialize(read_json(run / "system.json"))
+    saved = _stored_system(run)
     if saved.fingerprint() != system.fingerprint():
         raise SystemMismatchError(f"--boundary-from {run} trained another system ({saved.name}, {saved.n_atoms} atoms)"
                                   "; give the same system options as that run")
