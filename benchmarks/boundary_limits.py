@@ -1,16 +1,25 @@
-"""What limits a boundary fit at T0: steps, objective, flow size or data, compared on one molecule.
+"""What limits a boundary fit at T0: steps, objective, flow size or the amount of T0 data, on one molecule.
 
-    python benchmarks/boundary_limits.py runs/phe_w runs/windows_phe/windows runs/phe_w/boundary \\
-        runs/phe_kl_finetune runs/phe_10x192 runs/phe_half_boundary --samples 100000 --seeds 1,2 \\
-        --out benchmarks/results/boundary_limits/phe.json
+    python benchmarks/boundary_limits.py runs/phe_md76 --fractions 0.25,0.5,1 --steps 4000 \\
+        --work runs/limits_phe_md76 --samples 60000 --seeds 1,2 --out benchmarks/results/boundary_limits/phe_data.json
+    python benchmarks/boundary_limits.py runs/phe_w runs/phe_w/boundary runs/phe_10x192 --samples 60000 \\
+        --seeds 1,2 --out benchmarks/results/boundary_limits/phe.json
 
-The first argument is a finished ``trade-md run`` directory (its molecule); then model directories of
-``trade-md train`` / ``trade-md run`` stages on that molecule at the same T0 (their final weights). Per model it
-prints and writes: steps, flow (couplings × width), frames it was fitted on, the NLL of its training batches and
-of its validation frames (mean of the last five validations, nats; the gap between them is how far the fit has
-moved from what it learns about the molecule onto the frames it saw), and the Kish ESS at T0 with its tail shape k
-from ``--samples`` draws per seed (wrong-handed samples weighted 0, as in ``trade-md evaluate``): the spread over
-seeds is the noise of one draw of heavy-tailed weights. One core, about 1 minute per 100,000 samples of 32 atoms.
+The first argument is a finished ``trade-md run`` directory (its molecule, its T0 data and its boundary config
+``boundary/train.yaml``); then, optionally, model directories of ``trade-md train`` / ``trade-md run`` stages on
+that molecule at the same T0 (their final weights).
+
+``--fractions`` trains the run's boundary config itself, once per fraction, for ``--steps`` steps (cosine schedule
+over those steps, the same seed, one core) in ``WORK/frames_<fraction>`` (a fit already there with its steps is
+reused), on the first ``fraction`` of each MD replica's training frames: the amount of independent T0 data at equal
+steps. Every fraction is validated on the same frames, the ones the run held out (the last ``validation_fraction``
+of the pooled data), so their validation NLLs compare directly.
+
+Per model it prints and writes: steps, flow (couplings × width), frames it was trained on, the NLL of its training
+batches and of its validation frames (mean of the last five validations, nats; the gap between them is how far the
+fit has moved from what it learns about the molecule onto the frames it saw), and the Kish ESS at T0 with its tail
+shape k from ``--samples`` draws per seed (wrong-handed samples weighted 0, as in ``trade-md evaluate``): the spread
+over seeds is the noise of one draw of heavy-tailed weights. One core, about 1 minute per 100,000 samples of 32 atoms.
 """
 
 from __future__ import annotations
@@ -22,16 +31,59 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from trade_md.analysis.metrics import kish_ess, pareto_k
+from trade_md.config import DataConfig, TrainConfig
 from trade_md.energy import EnergyBridge
 from trade_md.formats.checkpoint import load_generator, read_checkpoint
-from trade_md.formats.dataset import load_dataset
+from trade_md.formats.dataset import Dataset, load_dataset, write_dataset
 from trade_md.formats.files import json_safe, write_json_atomic
+from trade_md.recipe.context import run_data
 from trade_md.thermo import reduced_potential
+from trade_md.train import train
 
 LAST_VALIDATIONS = 5
 """Validations averaged for the training and validation NLL."""
+
+
+def data_subset(dataset: Dataset, validation_fraction: float, fraction: float, out: Path) -> float:
+    """Write to ``out`` the first ``fraction`` of each replica's training frames followed by the held-out frames
+    (the last ``validation_fraction`` of ``dataset``); the validation fraction that holds out exactly those."""
+    n_validation = round(validation_fraction * len(dataset))
+    n_training = len(dataset) - n_validation
+    keep = np.zeros(len(dataset), dtype=bool)
+    for replica in np.unique(dataset.run[:n_training]):
+        frames = np.flatnonzero(dataset.run[:n_training] == replica)
+        keep[frames[: max(1, round(fraction * frames.size))]] = True
+    keep[n_training:] = True
+    if not (out / "run.json").exists():
+        write_dataset(out, dataset.system, dataset.temperature, positions=dataset.positions[keep],
+                      energies=dataset.energies[keep], times=dataset.times[keep], run=dataset.run[keep],
+                      record={"subset_of": str(dataset.path), "fraction": fraction},
+                      convergence=dataset.metadata.get("convergence"))
+    subset_fraction = n_validation / int(keep.sum())
+    assert round(subset_fraction * int(keep.sum())) == n_validation
+    return subset_fraction
+
+
+def fraction_fit(run: Path, dataset: Dataset, fraction: float, steps: int, work: Path) -> Path:
+    """The run's boundary config trained for ``steps`` steps on :func:`data_subset` in ``WORK/frames_<fraction>``
+    (unless a fit of that many steps is there); its directory."""
+    values = yaml.safe_load((run / "boundary" / "train.yaml").read_text())
+    out = work / f"frames_{fraction:g}"
+    data = out.with_name(out.name + "_data")
+    values["data"]["validation_fraction"] = data_subset(dataset, values["data"]["validation_fraction"], fraction,
+                                                        data)
+    values.update(out=str(out), init_from=None)
+    values["data"]["path"] = str(data)
+    values["schedule"] = {**values["schedule"], "steps": steps, "minutes": None}
+    values["monitor"] = {**values["monitor"], "validate_every": 250, "validations": 0, "patience": 0,
+                         "progress": False}
+    config = TrainConfig.from_dict(values, source=str(run / "boundary" / "train.yaml"))
+    if not (out / "checkpoint.pt").exists() or read_checkpoint(out)["step"] < steps:
+        train(config, resume=(out / "checkpoint.pt").exists())
+    return out
 
 
 def fit_record(model: Path) -> dict:
@@ -40,7 +92,8 @@ def fit_record(model: Path) -> dict:
     config = checkpoint["config"]
     shown = [h for h in checkpoint["history"] if "nll" in h and "val_nll" in h][-LAST_VALIDATIONS:]
     return {"steps": int(checkpoint["step"]), "flow": f"{config['flow']['n_layers']} x {config['flow']['hidden']}",
-            "data": config["data"]["path"], "data_frames": len(load_dataset(config["data"]["path"])),
+            "data": config["data"]["path"], "training_frames": len(DataConfig(**config["data"]).split(
+                np.arange(len(load_dataset(config["data"]["path"]))))[0]),
             "objectives": {name: term["weight"] for name, term in config["objectives"].items()},
             "train_nll": float(np.mean([h["nll"] for h in shown])),
             "val_nll": float(np.mean([h["val_nll"] for h in shown]))}
@@ -64,23 +117,33 @@ def ess_at_t0(model: Path, bridge: EnergyBridge, samples: int, seed: int) -> dic
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a `trade-md run` directory: the molecule")
-    parser.add_argument("models", type=Path, nargs="+", help="model directories on that molecule")
+    parser.add_argument("models", type=Path, nargs="*", help="model directories on that molecule")
+    parser.add_argument("--fractions", default="", help="comma list of fractions of the run's T0 data to fit on")
+    parser.add_argument("--steps", type=int, default=4000, help="steps of each --fractions fit")
+    parser.add_argument("--work", type=Path, help="where the --fractions fits go")
     parser.add_argument("--samples", type=int, default=100000, help="draws per model and seed")
     parser.add_argument("--seeds", default="1,2", help="comma list of sampling seeds")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
+    fractions = [float(f) for f in args.fractions.split(",") if f]
+    if fractions and args.work is None:
+        parser.error("--fractions needs --work, the directory its fits go to")
+    dataset = load_dataset(run_data(args.run))
+    models = [fraction_fit(args.run, dataset, f, args.steps, args.work) for f in fractions] + args.models
+    if not models:
+        parser.error("give model directories, --fractions, or both")
     rows = {}
-    with EnergyBridge(load_dataset(args.run / "md" / "pooled").system) as bridge:
-        for model in args.models:
+    with EnergyBridge(dataset.system) as bridge:
+        for model in models:
             rows[str(model)] = {**fit_record(model),
                                 "draws": [ess_at_t0(model, bridge, args.samples, seed) for seed in seeds]}
     print(f"{'model':<28} {'steps':>6} {'flow':>8} {'frames':>7} {'train NLL':>10} {'val NLL':>8} {'gap':>5}  "
           f"ESS at T0 % (k) per seed")
     for name, row in rows.items():
         draws = "  ".join(f"{100 * d['ess']:.2f} ({d['tail_k']:.2f})" for d in row["draws"])
-        print(f"{name:<28} {row['steps']:>6} {row['flow']:>8} {row['data_frames']:>7} {row['train_nll']:>10.2f} "
+        print(f"{name:<28} {row['steps']:>6} {row['flow']:>8} {row['training_frames']:>7} {row['train_nll']:>10.2f} "
               f"{row['val_nll']:>8.2f} {row['val_nll'] - row['train_nll']:>5.2f}  {draws}")
     write_json_atomic(args.out, json_safe({
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),

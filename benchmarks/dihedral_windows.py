@@ -1,10 +1,10 @@
-"""Boundary fits with stiff dihedrals on the circle against on windows (``flow: {dihedral_windows: true}``), equal steps.
+"""Boundary fits at equal steps with stiff dihedrals on the circle or on windows (``flow: {dihedral_windows: true}``).
 
     python benchmarks/dihedral_windows.py runs/phe2 --steps 4000 --work runs/windows_phe \\
         --out benchmarks/results/dihedral_windows/phe.json
 
 takes the boundary stage of a finished ``trade-md run`` directory (its effective config ``boundary/train.yaml`` and
-its T0 data ``md/pooled``), trains it twice for ``--steps`` steps on one core (cosine schedule over those steps, the
+its T0 data), trains it twice for ``--steps`` steps on one core (cosine schedule over those steps, the
 same seed), once as the run did and once with ``dihedral_windows``, in ``WORK/circle`` and ``WORK/windows`` (a run
 already there with its steps is reused), then draws ``--samples`` from each model at T0 and prints and writes: the
 validation NLL (nats, Cartesian measure, comparable between the two), the Kish ESS at T0 and its tail k, the median
@@ -29,6 +29,7 @@ from trade_md.energy import EnergyBridge
 from trade_md.formats.checkpoint import load_generator, read_checkpoint
 from trade_md.formats.dataset import load_dataset
 from trade_md.formats.files import json_safe, write_json_atomic
+from trade_md.recipe.context import run_data
 from trade_md.thermo import reduced_potential
 from trade_md.train import train
 
@@ -40,7 +41,7 @@ def variant_config(run: Path, steps: int, out: Path, windows: bool) -> TrainConf
     """The run's boundary config for ``steps`` steps in ``out``, with or without dihedral windows."""
     values = yaml.safe_load((run / "boundary" / "train.yaml").read_text())
     values["out"] = str(out)
-    values["data"]["path"] = str(run / "md" / "pooled")
+    values["data"]["path"] = str(run_data(run))
     values["schedule"] = {**values["schedule"], "steps": steps, "minutes": None}
     values["monitor"] = {**values["monitor"], "validate_every": 250, "progress": False}
     values["flow"] = {**values["flow"], "dihedral_windows": windows}
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    dataset = load_dataset(args.run / "md" / "pooled")
+    dataset = load_dataset(run_data(args.run))
     rows = {}
     with EnergyBridge(dataset.system) as bridge:
         for name, windows in VARIANTS.items():

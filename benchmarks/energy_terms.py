@@ -4,7 +4,7 @@
         --out benchmarks/results/boundary_limits/phe_terms.json
 
 draws ``--samples`` from the boundary model of a finished ``trade-md run`` directory (``--model`` for another) at
-T0, takes as many frames of its T0 data (``md/pooled``), and evaluates each force class of the molecule's OpenMM
+T0, takes as many frames of its T0 data, and evaluates each force class of the molecule's OpenMM
 system on both (its own force group, Reference platform): harmonic bonds, harmonic angles, periodic torsions, and
 the rest (nonbonded and implicit solvent). Prints and writes per class the median and interquartile range of the
 samples' and the data's energies (kJ/mol), and the Kish ESS at T0 of the samples; a sample the model gives the
@@ -30,6 +30,7 @@ from trade_md.energy import EnergyBridge
 from trade_md.formats.checkpoint import load_generator
 from trade_md.formats.dataset import load_dataset
 from trade_md.formats.files import json_safe, write_json_atomic
+from trade_md.recipe.context import run_data
 from trade_md.thermo import reduced_potential
 
 BONDED = {"HarmonicBondForce": "bonds", "HarmonicAngleForce": "angles", "PeriodicTorsionForce": "torsions"}
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    dataset = load_dataset(args.run / "md" / "pooled")
+    dataset = load_dataset(run_data(args.run))
     model_dir = args.model or args.run / "boundary"
     model = load_generator(model_dir).generator.double().eval()
     t0 = model.reference_temperature

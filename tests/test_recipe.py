@@ -33,6 +33,7 @@ from trade_md.recipe import (
     trained_range,
 )
 from trade_md.recipe.budget import MD_MAX_SHARE, check_samples, md_length
+from trade_md.recipe.context import run_data
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
     seconds_per_step
 from trade_md.recipe.md_stage import _extension, data_cost, needed_length_factor
@@ -394,6 +395,12 @@ def test_quick_run_end_to_end_resume_and_a_shared_boundary(tmp_path: Path, capsy
     assert shared["budget"]["rule"]["fitted"]["transfer_minutes"] == report["budget"]["rule"]["fitted"][
         "transfer_minutes"]                                            # the same time as the variant it is compared to
     assert not (ablation / "md").exists() and not (ablation / "boundary").exists()
+    assert run_data(ablation) == run_data(out) == out / "md" / "round_0"   # the frames the boundary was fitted on
+    with pytest.raises(InputError, match="not a `trade-md run` directory"):
+        run_data(tmp_path / "s450")
+    shutil.rmtree(out / "md")
+    with pytest.raises(InputError, match="no finished data stage.*--resume"):
+        run_data(out)
 
 
 @pytest.mark.slow

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trade_md.errors import TradeMDError
+from trade_md.errors import InputError, TradeMDError
 from trade_md.formats.files import read_json, write_json_atomic
 from trade_md.formats.reference import Reference
 from trade_md.recipe.budget import SHARES, BudgetPlan
 from trade_md.recipe.cost import Cost, stage_cost
 from trade_md.recipe.options import RunOptions
-from trade_md.systems import MolecularSystem
+from trade_md.systems import RUN_RECORD_FILE, MolecularSystem
 
-__all__ = ["STAGES", "STAGE_FILE", "RecipeStopped", "RunContext", "mark_complete", "stage_result"]
+__all__ = ["STAGES", "STAGE_FILE", "RecipeStopped", "RunContext", "mark_complete", "run_data", "stage_result"]
 
 logger = logging.getLogger("trade_md.recipe")
 
@@ -39,6 +39,28 @@ def stage_result(directory: Path) -> dict[str, Any] | None:
     """The result a complete stage recorded, or None when the stage is not complete."""
     path = directory / STAGE_FILE
     return read_json(path)["result"] if path.is_file() else None
+
+
+def run_data(run: Path) -> Path:
+    """The T0 dataset directory a ``trade-md run`` trained on: its MD stage's frames (``md/round_0`` for one round,
+    ``md/pooled`` for several), its ``--boundary-data``, or those of its ``--boundary-from`` run. InputError for a
+    directory that is not a run, or whose data stage is unfinished."""
+    run = Path(run)
+    record = run / RUN_RECORD_FILE
+    if not record.is_file():
+        raise InputError(f"{run} is not a `trade-md run` directory (it has no {RUN_RECORD_FILE}); give the --out "
+                         "directory of `trade-md run`")
+    result = stage_result(run / "md")
+    if result is None:
+        shared = read_json(record)["options"].get("boundary_from")
+        if shared:
+            return run_data(Path(shared))
+        raise InputError(f"{run} holds no finished data stage; finish it with `trade-md run --resume --out {run}`")
+    data = Path(result["data"])
+    if not data.is_dir():
+        raise InputError(f"{run}'s data {data} is not there; the path is relative to the directory the run was made "
+                         "in: work from there")
+    return data
 
 
 def mark_complete(directory: Path, result: dict[str, Any]) -> dict[str, Any]:
