@@ -36,7 +36,7 @@ from trade_md.recipe.budget import MD_MAX_SHARE, check_samples, md_length
 from trade_md.recipe.context import run_data
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
     seconds_per_step
-from trade_md.recipe.md_stage import _extension, data_cost, needed_length_factor
+from trade_md.recipe.md_stage import _extension, data_cost, first_round, needed_length_factor
 from trade_md.recipe.report import _flow_line, _reference_table, _stage_summary
 from trade_md.recipe.training import FLOW_CHOICE_FILE, _flow_choice, boundary_config, transfer_config
 from trade_md.systems import load_system
@@ -143,6 +143,9 @@ def test_bad_input_fails_before_any_work_in_one_line(tmp_path: Path, capsys: pyt
         patch.setattr("trade_md.recipe.md_stage.measure_md_speed", lambda *args, **kwargs: 100.0)
         with pytest.raises(InputError, match=r"too small for this molecule.*raise --budget to \d+"):
             run_recipe(out, options=RunOptions(budget=20.0), progress=False)
+        quick = first_round(load_system("alanine-dipeptide"), plan_budget(22, quick=True),
+                            RunOptions(quick=True).resolve(600.0, None), 9.0)
+        assert quick["rounds"][0]["ns"] == 0.05                # --quick on a slow CPU: the minimum MD, not an error
     assert not out.exists()
 
 

@@ -136,13 +136,15 @@ def _add_round(ctx: RunContext, stage: Path, state: dict[str, Any], ns: float, k
 
 def first_round(system: Any, plan: BudgetPlan, options: RunOptions, seconds: float) -> dict[str, Any]:
     """The MD plan's first round (``rounds.json``): the MD share's first part (``seconds`` × the first-round share;
-    all of it with ``--quick``) at the MD speed measured here on ``system``, or the ``--config`` md section.
-    InputError when the budget is too small for the molecule."""
+    all of it with ``--quick``, and at least ``plan.md_min_ns`` there) at the MD speed measured here on ``system``, or
+    the ``--config`` md section. InputError when the budget is too small for the molecule."""
     platform, properties = select_platform(system, "auto", threads=1, purpose="dynamics")
     speed = measure_md_speed(system, platform, properties, seconds=1.0)
     timestep = 2.0 if system.constraints == "HBonds" else 1.0
     share = 1.0 if options.quick else MD_FIRST_ROUND_SHARE
     settings = md_length(plan, share * seconds, speed, timestep_fs=timestep)
+    if options.quick and settings["ns"] < plan.md_min_ns:       # a first look: the minimum MD, however slow the CPU
+        settings = md_round(plan, plan.md_min_ns)
     settings.update(options.overrides.get("md", {}))
     if settings["ns"] < share * plan.md_min_ns and "ns" not in options.overrides.get("md", {}):
         needed = plan.budget_minutes * share * plan.md_min_ns / max(settings["ns"], 1e-9)
