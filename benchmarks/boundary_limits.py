@@ -2,6 +2,8 @@
 
     python benchmarks/boundary_limits.py runs/phe_md76 --fractions 0.25,0.5,1 --steps 4000 \\
         --work runs/limits_phe_md76 --samples 60000 --seeds 1,2 --out benchmarks/results/boundary_limits/phe_data.json
+    python benchmarks/boundary_limits.py runs/phe_md76 --vary objectives.kl.weight=0,2 --steps 4000 \\
+        --work runs/limits_phe_md76 --samples 60000 --seeds 1,2 --out benchmarks/results/boundary_limits/phe_kl.json
     python benchmarks/boundary_limits.py runs/phe_w runs/phe_w/boundary runs/phe_10x192 --samples 60000 \\
         --seeds 1,2 --out benchmarks/results/boundary_limits/phe.json
 
@@ -13,7 +15,9 @@ that molecule at the same T0 (their final weights).
 over those steps, the same seed, one core) in ``WORK/frames_<fraction>`` (a fit already there with its steps is
 reused), on the first ``fraction`` of each MD replica's training frames: the amount of independent T0 data at equal
 steps. Every fraction is validated on the same frames, the ones the run held out (the last ``validation_fraction``
-of the pooled data), so their validation NLLs compare directly.
+of the pooled data), so their validation NLLs compare directly. ``--vary KEY=V1,V2,...`` fits the same way, on all
+the data, once per value of one setting of the config (a dotted path such as ``objectives.kl.weight`` or
+``flow.hidden``), in ``WORK/<KEY>=<value>``.
 
 Per model it prints and writes: steps, flow (couplings × width), frames it was trained on, the NLL of its training
 batches and of its validation frames (mean of the last five validations, nats; the gap between them is how far the
@@ -67,23 +71,61 @@ def data_subset(dataset: Dataset, validation_fraction: float, fraction: float, o
     return subset_fraction
 
 
-def fraction_fit(run: Path, dataset: Dataset, fraction: float, steps: int, work: Path) -> Path:
-    """The run's boundary config trained for ``steps`` steps on :func:`data_subset` in ``WORK/frames_<fraction>``
-    (unless a fit of that many steps is there); its directory."""
-    values = yaml.safe_load((run / "boundary" / "train.yaml").read_text())
-    out = work / f"frames_{fraction:g}"
-    data = out.with_name(out.name + "_data")
-    values["data"]["validation_fraction"] = data_subset(dataset, values["data"]["validation_fraction"], fraction,
-                                                        data)
-    values.update(out=str(out), init_from=None)
-    values["data"]["path"] = str(data)
-    values["schedule"] = {**values["schedule"], "steps": steps, "minutes": None}
-    values["monitor"] = {**values["monitor"], "validate_every": 250, "validations": 0, "patience": 0,
-                         "progress": False}
+def boundary_values(run: Path) -> dict:
+    """The run's boundary config, ``RUN/boundary/train.yaml``, as a dict."""
+    return yaml.safe_load((run / "boundary" / "train.yaml").read_text())
+
+
+def fit(run: Path, values: dict, out: Path, steps: int) -> Path:
+    """``values`` (a boundary config of ``run``) trained for ``steps`` steps in ``out`` (cosine schedule over those
+    steps, validated every 250), unless a fit of that many steps is there; ``out``."""
+    values = {**values, "out": str(out), "init_from": None,
+              "schedule": {**values["schedule"], "steps": steps, "minutes": None}}
+    values["monitor"] = {**values["monitor"], "validate_every": 250, "progress": False}
     config = TrainConfig.from_dict(values, source=str(run / "boundary" / "train.yaml"))
     if not (out / "checkpoint.pt").exists() or read_checkpoint(out)["step"] < steps:
         train(config, resume=(out / "checkpoint.pt").exists())
     return out
+
+
+def subset_values(run: Path, dataset: Dataset, fraction: float, work: Path) -> dict:
+    """The run's boundary config on :func:`data_subset` (written to ``WORK/frames_<fraction>_data``), validated
+    on every validation frame and never stopped early."""
+    values = boundary_values(run)
+    data = work / f"frames_{fraction:g}_data"
+    values["data"] = {**values["data"], "path": str(data),
+                      "validation_fraction": data_subset(dataset, values["data"]["validation_fraction"], fraction,
+                                                         data)}
+    values["monitor"] = {**values["monitor"], "validations": 0, "patience": 0}
+    return values
+
+
+def fraction_fit(run: Path, dataset: Dataset, fraction: float, steps: int, work: Path) -> Path:
+    """The run's boundary config trained for ``steps`` steps on the first ``fraction`` of its T0 data, in
+    ``WORK/frames_<fraction>``."""
+    return fit(run, subset_values(run, dataset, fraction, work), work / f"frames_{fraction:g}", steps)
+
+
+def variation(text: str) -> tuple[str, list]:
+    """``KEY=V1,V2,...`` (KEY a dotted path into the boundary config, each value YAML) -> (KEY, values)."""
+    key, _, values = text.partition("=")
+    if not key or not values:
+        raise argparse.ArgumentTypeError(f"--vary {text!r}: expected KEY=V1,V2,... such as objectives.kl.weight=0,2")
+    return key, [yaml.safe_load(value) for value in values.split(",")]
+
+
+def varied_fit(run: Path, dataset: Dataset, key: str, value: object, steps: int, work: Path) -> Path:
+    """The run's boundary config with ``key`` set to ``value``, on all its T0 data, trained for ``steps`` steps in
+    ``WORK/<key>=<value>``."""
+    values = subset_values(run, dataset, 1.0, work)                    # a fresh dict, read from the run's file
+    node, names = values, key.split(".")
+    for depth, name in enumerate(names):
+        if not isinstance(node, dict) or name not in node:
+            raise SystemExit(f"--vary {key}: the run's boundary config has no {'.'.join(names[:depth + 1])}")
+        if depth < len(names) - 1:
+            node = node[name]
+    node[names[-1]] = value
+    return fit(run, values, work / f"{key}={value}", steps)
 
 
 def fit_record(model: Path) -> dict:
@@ -119,8 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", type=Path, help="a `trade-md run` directory: the molecule")
     parser.add_argument("models", type=Path, nargs="*", help="model directories on that molecule")
     parser.add_argument("--fractions", default="", help="comma list of fractions of the run's T0 data to fit on")
-    parser.add_argument("--steps", type=int, default=4000, help="steps of each --fractions fit")
-    parser.add_argument("--work", type=Path, help="where the --fractions fits go")
+    parser.add_argument("--vary", type=variation, metavar="KEY=V1,V2,...",
+                        help="fit the run's boundary config with KEY (a dotted path in it) set to each value")
+    parser.add_argument("--steps", type=int, default=4000, help="steps of each --fractions or --vary fit")
+    parser.add_argument("--work", type=Path, help="where the --fractions and --vary fits go")
     parser.add_argument("--samples", type=int, default=100000, help="draws per model and seed")
     parser.add_argument("--seeds", default="1,2", help="comma list of sampling seeds")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -128,12 +172,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     fractions = [float(f) for f in args.fractions.split(",") if f]
-    if fractions and args.work is None:
-        parser.error("--fractions needs --work, the directory its fits go to")
+    if (fractions or args.vary) and args.work is None:
+        parser.error("--fractions and --vary need --work, the directory their fits go to")
     dataset = load_dataset(run_data(args.run))
-    models = [fraction_fit(args.run, dataset, f, args.steps, args.work) for f in fractions] + args.models
+    models = [fraction_fit(args.run, dataset, f, args.steps, args.work) for f in fractions]
+    if args.vary:
+        key, values = args.vary
+        models += [varied_fit(args.run, dataset, key, value, args.steps, args.work) for value in values]
+    models += args.models
     if not models:
-        parser.error("give model directories, --fractions, or both")
+        parser.error("give model directories, --fractions, --vary, or a mix")
     rows = {}
     with EnergyBridge(dataset.system) as bridge:
         for model in models:

@@ -21,39 +21,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from trade_md.analysis.metrics import kish_ess, pareto_k
-from trade_md.config import TrainConfig
 from trade_md.energy import EnergyBridge
-from trade_md.formats.checkpoint import load_generator, read_checkpoint
+from trade_md.formats.checkpoint import load_generator
 from trade_md.formats.dataset import load_dataset
 from trade_md.formats.files import json_safe, write_json_atomic
 from trade_md.recipe.context import run_data
 from trade_md.thermo import reduced_potential
-from trade_md.train import train
+
+from boundary_limits import boundary_values, fit  # benchmarks/, the script's directory
 
 VARIANTS = {"circle": False, "windows": True}
 """Variant name -> ``flow.dihedral_windows``."""
 
 
-def variant_config(run: Path, steps: int, out: Path, windows: bool) -> TrainConfig:
-    """The run's boundary config for ``steps`` steps in ``out``, with or without dihedral windows."""
-    values = yaml.safe_load((run / "boundary" / "train.yaml").read_text())
-    values["out"] = str(out)
-    values["data"]["path"] = str(run_data(run))
-    values["schedule"] = {**values["schedule"], "steps": steps, "minutes": None}
-    values["monitor"] = {**values["monitor"], "validate_every": 250, "progress": False}
+def variant_values(run: Path, windows: bool) -> dict:
+    """The run's boundary config on its T0 data, with or without dihedral windows."""
+    values = boundary_values(run)
+    values["data"] = {**values["data"], "path": str(run_data(run))}
     values["flow"] = {**values["flow"], "dihedral_windows": windows}
-    return TrainConfig.from_dict(values, source=str(run / "boundary" / "train.yaml"))
-
-
-def trained(config: TrainConfig, steps: int) -> dict:
-    """Train ``config`` unless its directory already holds a run of ``steps`` steps; its summary."""
-    out = Path(config.out)
-    if (out / "checkpoint.pt").exists() and read_checkpoint(out)["step"] >= steps:
-        return json.loads((out / "summary.json").read_text())
-    return train(config, resume=(out / "checkpoint.pt").exists()).summary
+    return values
 
 
 def evaluate(out: Path, data_energies: np.ndarray, bridge: EnergyBridge, samples: int, seed: int) -> dict:
@@ -85,10 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = {}
     with EnergyBridge(dataset.system) as bridge:
         for name, windows in VARIANTS.items():
-            config = variant_config(args.run, args.steps, args.work / name, windows)
-            summary = trained(config, args.steps)
+            values = variant_values(args.run, windows)
+            summary = json.loads((fit(args.run, values, args.work / name, args.steps) / "summary.json").read_text())
             rows[name] = {"steps": summary["step"], "val_nll": summary["best_validation"]["val_nll"],
-                          "seconds_per_step": summary["seconds_per_step"], "flow": config.flow,
+                          "seconds_per_step": summary["seconds_per_step"], "flow": values["flow"],
                           **evaluate(args.work / name, dataset.energies, bridge, args.samples, seed=1)}
     print(f"{'dihedrals':<10} {'steps':>6} {'val NLL':>9} {'ESS T0 %':>9} {'tail k':>7} {'U above data':>13} "
           f"{'wrong hand':>10} {'s/step':>7}")
