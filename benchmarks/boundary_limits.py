@@ -19,11 +19,12 @@ of the pooled data), so their validation NLLs compare directly. ``--vary KEY=V1,
 the data, once per value of one setting of the config (a dotted path such as ``objectives.kl.weight`` or
 ``flow.hidden``), in ``WORK/<KEY>=<value>``.
 
-Per model it prints and writes: steps, flow (couplings × width), frames it was trained on, the NLL of its training
-batches and of its validation frames (mean of the last five validations, nats; the gap between them is how far the
-fit has moved from what it learns about the molecule onto the frames it saw), and the Kish ESS at T0 with its tail
-shape k from ``--samples`` draws per seed (wrong-handed samples weighted 0, as in ``trade-md evaluate``): the spread
-over seeds is the noise of one draw of heavy-tailed weights. One core, about 1 minute per 100,000 samples of 32 atoms.
+Per model it prints and writes: steps, wall seconds per step (fits made side by side shared the CPU), flow
+(couplings × width), frames it was trained on, the NLL of its training batches and of its validation frames (mean of
+the last five validations, nats; the gap between them is how far the fit has moved from what it learns about the
+molecule onto the frames it saw), and the Kish ESS at T0 with its tail shape k from ``--samples`` draws per seed
+(wrong-handed samples weighted 0, as in ``trade-md evaluate``): the spread over seeds is the noise of one draw of
+heavy-tailed weights. One core, about 1 minute per 100,000 samples of 32 atoms.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def varied_fit(run: Path, dataset: Dataset, key: str, value: object, steps: int,
 
 
 def fit_record(model: Path) -> dict:
-    """Steps, flow, data and the training / validation NLL of the model's last validations."""
+    """Steps, flow, data, seconds per step (wall, all sessions) and the training / validation NLL of the model's last
+    validations."""
     checkpoint = read_checkpoint(model)
     config = checkpoint["config"]
     shown = [h for h in checkpoint["history"] if "nll" in h and "val_nll" in h][-LAST_VALIDATIONS:]
@@ -137,6 +139,7 @@ def fit_record(model: Path) -> dict:
             "data": config["data"]["path"], "training_frames": len(DataConfig(**config["data"]).split(
                 np.arange(len(load_dataset(config["data"]["path"]))))[0]),
             "objectives": {name: term["weight"] for name, term in config["objectives"].items()},
+            "seconds_per_step": float(checkpoint["seconds"]) / max(int(checkpoint["step"]), 1),
             "train_nll": float(np.mean([h["nll"] for h in shown])),
             "val_nll": float(np.mean([h["val_nll"] for h in shown]))}
 
@@ -187,12 +190,13 @@ def main(argv: list[str] | None = None) -> None:
         for model in models:
             rows[str(model)] = {**fit_record(model),
                                 "draws": [ess_at_t0(model, bridge, args.samples, seed) for seed in seeds]}
-    print(f"{'model':<28} {'steps':>6} {'flow':>8} {'frames':>7} {'train NLL':>10} {'val NLL':>8} {'gap':>5}  "
-          f"ESS at T0 % (k) per seed")
+    print(f"{'model':<28} {'steps':>6} {'s/step':>6} {'flow':>8} {'frames':>7} {'train NLL':>10} {'val NLL':>8} "
+          f"{'gap':>5}  ESS at T0 % (k) per seed")
     for name, row in rows.items():
         draws = "  ".join(f"{100 * d['ess']:.2f} ({d['tail_k']:.2f})" for d in row["draws"])
-        print(f"{name:<28} {row['steps']:>6} {row['flow']:>8} {row['training_frames']:>7} {row['train_nll']:>10.2f} "
-              f"{row['val_nll']:>8.2f} {row['val_nll'] - row['train_nll']:>5.2f}  {draws}")
+        print(f"{name:<28} {row['steps']:>6} {row['seconds_per_step']:>6.3f} {row['flow']:>8} "
+              f"{row['training_frames']:>7} {row['train_nll']:>10.2f} {row['val_nll']:>8.2f} "
+              f"{row['val_nll'] - row['train_nll']:>5.2f}  {draws}")
     write_json_atomic(args.out, json_safe({
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version,
