@@ -47,10 +47,7 @@ from trade_md.formats.files import json_safe, write_json_atomic
 from trade_md.recipe.context import run_data
 from trade_md.thermo import reduced_potential
 from trade_md.train import train
-
-LAST_VALIDATIONS = 5
-"""Validations averaged for the training and validation NLL."""
-
+from trade_md.trainer import fit_gap
 
 def data_subset(dataset: Dataset, validation_fraction: float, fraction: float, out: Path) -> float:
     """Write to ``out`` the first ``fraction`` of each replica's training frames followed by the held-out frames
@@ -134,14 +131,13 @@ def fit_record(model: Path) -> dict:
     validations."""
     checkpoint = read_checkpoint(model)
     config = checkpoint["config"]
-    shown = [h for h in checkpoint["history"] if "nll" in h and "val_nll" in h][-LAST_VALIDATIONS:]
+    gap = fit_gap(checkpoint["history"])
     return {"steps": int(checkpoint["step"]), "flow": f"{config['flow']['n_layers']} x {config['flow']['hidden']}",
             "data": config["data"]["path"], "training_frames": len(DataConfig(**config["data"]).split(
                 np.arange(len(load_dataset(config["data"]["path"]))))[0]),
             "objectives": {name: term["weight"] for name, term in config["objectives"].items()},
             "seconds_per_step": float(checkpoint["seconds"]) / max(int(checkpoint["step"]), 1),
-            "train_nll": float(np.mean([h["nll"] for h in shown])),
-            "val_nll": float(np.mean([h["val_nll"] for h in shown]))}
+            "train_nll": gap["train_nll"], "val_nll": gap["val_nll"]}
 
 
 def ess_at_t0(model: Path, bridge: EnergyBridge, samples: int, seed: int) -> dict:

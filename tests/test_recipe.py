@@ -326,6 +326,8 @@ def test_quick_run_end_to_end_resume_and_a_shared_boundary(tmp_path: Path, capsy
                                  or row["pareto_k"] != row["pareto_k"]]
     assert next(row for row in report["self_check"] if row["temperature"] == 600.0)["delta_log_z"] == 0.0
     assert report["budget"]["rule"]["fitted"]["boundary_steps"] > 30
+    assert report["stages"]["boundary"]["fit_gap"]["validations"] > 0 and report["diagnosis"]    # what limits it
+    assert "## What limits this run" in (out / "report" / "summary.md").read_text()
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["temperatures"] == [300.0, 450.0, 600.0, 800.0, 1000.0]
     assert all(0.0 < m["ess"] <= 1.0 for m in metrics["per_temperature"])

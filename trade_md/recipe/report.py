@@ -4,8 +4,9 @@ It states what was run (system, T0, temperatures, trained range, transfer, where
 per temperature (self-check; the reference comparison when there is one), the cost of each stage (wall time, CPU
 time, energy evaluations, simulated ns; the MD behind ``--boundary-data`` and the stages shared through
 ``--boundary-from`` included and marked) and the budget rule's inputs and outputs, with the step counts the training
-stages fitted to their time. With a reference, ``report/metrics.json`` and the figures (Ramachandran, ΔF, ESS,
-energy) are those of ``trade-md evaluate``, drawn from the check stage's samples.
+stages fitted to their time, and what limits the run (:mod:`trade_md.recipe.diagnosis`). With a reference,
+``report/metrics.json`` and the figures (Ramachandran, ΔF, ESS, energy) are those of ``trade-md evaluate``, drawn from
+the check stage's samples.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from trade_md.formats.files import atomic_write_path, json_safe, write_json_atom
 from trade_md.recipe.check import load_arrays
 from trade_md.recipe.context import STAGES, RunContext, mark_complete
 from trade_md.recipe.cost import Cost, Meter, record_session
+from trade_md.recipe.diagnosis import diagnose
 from trade_md.recipe.options import TRANSFERS, trained_range
 
 __all__ = ["report_stage"]
@@ -46,10 +48,13 @@ def report_stage(ctx: RunContext, header: str, results: dict[str, dict[str, Any]
     record_session(stage, meter)
     costs = {name: ctx.cost(name) for name in STAGES}
     report = json_safe(_report(ctx, results, costs))
+    report["diagnosis"] = diagnose(report)
     write_json_atomic(stage / "report.json", report)
     with atomic_write_path(stage / "summary.md") as temp:
         temp.write_text(_markdown(report))
     mark_complete(stage, {"summary": str(stage / "summary.md")})
+    for finding in report["diagnosis"]:
+        ctx.note(finding.replace("`", ""))
     total = report["cost"]["total"]
     ctx.note(f"cost: {total['wall_s'] / 60:.1f} min wall, {total['cpu_s'] / 60:.1f} min CPU, "
              f"{total['energy_evaluations']:,} energy evaluations, {total['simulated_ns']:.3g} ns simulated")
@@ -122,7 +127,7 @@ def _report(ctx: RunContext, results: dict[str, dict[str, Any]], costs: dict[str
 
 def _stage_summary(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result.get(key) for key in ("steps", "fitted_steps", "stopped_by", "minutes", "seconds_per_step",
-                                             "energy_evaluations", "best_validation", "objectives", "flow",
+                                             "energy_evaluations", "best_validation", "fit_gap", "objectives", "flow",
                                              "flow_choice", "model")}
 
 
@@ -180,6 +185,8 @@ def _markdown(report: dict[str, Any]) -> str:
               "shape of the largest weights; ⚠ marks k > 0.7, where this draw's ESS and estimates are unreliable"
               + (f" ({', '.join(f'{t:g} K' for t in flagged)})." if flagged else " (none here)."),
               "log Z from the weights: log mean w, ± its delta-method error; grid: the training grid's −∫E[U] dβ."]
+    lines += ["", "## What limits this run", "", *(f"- {finding}" for finding in report["diagnosis"]),
+              "", "(The rules: `trade_md.recipe.diagnosis`.)"]
     if report["evaluation"]:
         lines += ["", f"## Against the reference ({report['reference']})", ""] + _reference_table(report["evaluation"])
         lines += ["", "Full metrics and figures: [evaluation.md](evaluation.md), `metrics.json`."]

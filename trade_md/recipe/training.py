@@ -155,7 +155,7 @@ def _training_result(summary: dict[str, Any], config: TrainConfig) -> dict[str, 
     return {"steps": summary["step"], "fitted_steps": summary["fitted_steps"], "stopped_by": summary["stopped_by"],
             "minutes": config.schedule.minutes, "seconds_per_step": summary["seconds_per_step"],
             "energy_evaluations": summary["energy_evaluations"], "best_validation": summary.get("best_validation"),
-            "last": summary.get("last", {}), "grid": summary.get("grid"),
+            "last": summary.get("last", {}), "fit_gap": summary.get("fit_gap"), "grid": summary.get("grid"),
             "objectives": [o.name for o in config.active_objectives()], "flow": config.flow}
 
 
