@@ -2,7 +2,7 @@
 
     python benchmarks/boundary_limits.py runs/phe_md76 --fractions 0.25,0.5,1 --steps 4000 \\
         --work runs/limits_phe_md76 --samples 60000 --seeds 1,2 --out benchmarks/results/boundary_limits/phe_data.json
-    python benchmarks/boundary_limits.py runs/phe_md76 --vary objectives.kl.weight=0,2 --steps 4000 \\
+    python benchmarks/boundary_limits.py runs/phe_md76 --vary objectives.kl.weight=1,2 --steps 4000 \\
         --work runs/limits_phe_md76 --samples 60000 --seeds 1,2 --out benchmarks/results/boundary_limits/phe_kl.json
     python benchmarks/boundary_limits.py runs/phe_w runs/phe_w/boundary runs/phe_10x192 --samples 60000 \\
         --seeds 1,2 --out benchmarks/results/boundary_limits/phe.json
@@ -48,6 +48,7 @@ from trade_md.recipe.context import run_data
 from trade_md.thermo import reduced_potential
 from trade_md.train import train
 from trade_md.trainer import fit_gap
+
 
 def data_subset(dataset: Dataset, validation_fraction: float, fraction: float, out: Path) -> float:
     """Write to ``out`` the first ``fraction`` of each replica's training frames followed by the held-out frames
