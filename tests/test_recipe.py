@@ -32,7 +32,7 @@ from trade_md.recipe import (
     run_recipe,
     trained_range,
 )
-from trade_md.recipe.budget import MD_MAX_SHARE, check_samples, md_length
+from trade_md.recipe.budget import check_samples, md_length
 from trade_md.recipe.context import run_data
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
     seconds_per_step
@@ -58,7 +58,13 @@ def test_the_budget_rule_gives_the_j1_flow_for_alanine_dipeptide_and_scales_with
     plan = plan_budget(22, cores=2)
     assert plan.budget_minutes == DEFAULT_BUDGET_MINUTES == 120.0
     assert plan.stage_minutes == {"md": 18.0, "boundary": 48.0, "transfer": 42.0, "check": 12.0}
-    assert sum(SHARES.values()) == pytest.approx(1.0) and plan.md_max_minutes == MD_MAX_SHARE * 120.0
+    assert sum(SHARES.values()) == pytest.approx(1.0) and plan.md_max_minutes == 36.0
+    # a larger molecule: MD 15 % x d/60 (at most 30 %) from the boundary's share; transfer and check unchanged
+    phe, ala4, big = plan_budget(32), plan_budget(42), plan_budget(82)
+    assert phe.shares == pytest.approx({"md": 0.225, "boundary": 0.325, "transfer": 0.35, "check": 0.10})
+    assert phe.md_max_minutes == pytest.approx(45.0)
+    assert ala4.shares["md"] == big.shares["md"] == pytest.approx(0.30) and big.shares["boundary"] == pytest.approx(0.25)
+    assert all(sum(p.shares.values()) == pytest.approx(1.0) for p in (phe, ala4, big))
     assert plan.flow == {"n_layers": 8, "hidden": 128, "n_hidden_layers": 2, "n_bins": 8,   # J1's flow,
                          "dihedral_windows": True}                                           # stiff dihedrals windowed
     assert plan.batch_size == 256 and plan.md_replicas == 2 and plan.n_dof == 60

@@ -38,6 +38,7 @@ from trade_md.recipe.budget import (
     BudgetPlan,
     flow_size,
     plan_budget,
+    stage_shares,
 )
 from trade_md.recipe.context import STAGES, RecipeStopped
 from trade_md.recipe.options import DEFAULT_TEMPERATURES, TRANSFERS, RunOptions, trained_range
@@ -57,5 +58,6 @@ __all__ = [
     "flow_size",
     "plan_budget",
     "run_recipe",
+    "stage_shares",
     "trained_range",
 ]

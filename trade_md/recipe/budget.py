@@ -1,10 +1,14 @@
 """The budget rule of ``trade-md run``: one function, :func:`plan_budget`, turns ``--budget`` and the molecule's size
 into every size and share of the run. The README's "Budget rule" section states the same rule.
 
-**Stage shares** of the budget B (wall-clock minutes, the whole job): MD at T0 15 % (:data:`SHARES`; it may grow to
-30 %, :data:`MD_MAX_SHARE`, when the basins are not converged), boundary fit 40 % (plus whatever MD left unused, minus
-what it overran), transfer 35 %, self-check and evaluation 10 %. Transfer and check get their shares exactly, so that
-transfer variants trained from one boundary (``--boundary-from``) train for the same time.
+**Stage shares** of the budget B (wall-clock minutes, the whole job; :func:`stage_shares`): for a molecule of up to
+d = 60 internal degrees of freedom (d = 3N − 6; alanine dipeptide) MD at T0 15 %, boundary fit 40 %, transfer 35 %,
+self-check and evaluation 10 % (:data:`SHARES`). A larger molecule needs more T0 data per fit (results §0e: capped PHE,
+d = 90, overfit 38 ns of it and not 76 ns), so MD takes 15 % × d / 60, at most 30 % (capped PHE 22.5 %, alanine
+tetrapeptide 30 %), and the boundary gives up what MD gains. MD may grow by :data:`MD_EXTENSION_SHARE` (15 % of B)
+when its basins are not converged. The boundary gets its share plus whatever MD left unused, minus what it overran.
+Transfer and check get their shares exactly, so that transfer variants trained from one boundary
+(``--boundary-from``) train for the same time.
 
 **Flow size** from the degrees of freedom d = 3N − 6 of an N-atom molecule (the J1 flow for alanine dipeptide, d = 60):
 ``hidden = min(512, 64 ⌈d / 30⌉)``, ``n_layers = min(12, 8 + 2 max(0, ⌈log2(d / 60)⌉))``, two hidden layers of
@@ -53,6 +57,7 @@ from trade_md.errors import InputError
 __all__ = [
     "DEFAULT_BUDGET_MINUTES",
     "MAX_CHECK_SAMPLES",
+    "MD_EXTENSION_SHARE",
     "MD_FIRST_ROUND_SHARE",
     "MD_MAX_SHARE",
     "MIN_BUDGET_MINUTES",
@@ -64,14 +69,20 @@ __all__ = [
     "md_length",
     "md_round",
     "plan_budget",
+    "stage_shares",
 ]
 
 SHARES: dict[str, float] = {"md": 0.15, "boundary": 0.40, "transfer": 0.35, "check": 0.10}
-"""Nominal share of the budget of each stage (the report takes no measurable time)."""
+"""Share of the budget of each stage for a molecule of up to :data:`REFERENCE_DOF` internal degrees of freedom (the
+report takes no measurable time); :func:`stage_shares` for any molecule."""
+REFERENCE_DOF = 60
+"""Internal degrees of freedom (3N − 6) up to which :data:`SHARES` hold: alanine dipeptide's, on which they were set."""
+MD_MAX_SHARE = 0.30
+"""The MD share grows with the molecule up to this share of the budget."""
+MD_EXTENSION_SHARE = 0.15
+"""MD may extend by up to this share of the budget beyond its own when its basins are not converged."""
 MD_FIRST_ROUND_SHARE = 0.5
 """Share of the MD share the first MD round fills at the speed measured on one replica alone."""
-MD_MAX_SHARE = 0.30
-"""MD may use up to this share of the budget when its basins are not converged after its nominal share."""
 DEFAULT_BUDGET_MINUTES = 120.0
 """The whole job on a 2-core laptop CPU."""
 QUICK_BUDGET_MINUTES = 1.0
@@ -135,6 +146,17 @@ def flow_size(n_dof: int, quick: bool = False) -> dict[str, Any]:
     return {"n_layers": n_layers, "hidden": hidden, "n_hidden_layers": 2, "n_bins": 8, "dihedral_windows": True}
 
 
+def stage_shares(n_dof: int) -> dict[str, float]:
+    """Share of the budget of each stage for a molecule of ``n_dof`` internal degrees of freedom (module docs): MD
+    :data:`SHARES`' 15 % × n_dof / :data:`REFERENCE_DOF`, between 15 % and :data:`MD_MAX_SHARE`, taken from the boundary.
+
+    >>> stage_shares(90)["md"], stage_shares(90)["boundary"]
+    (0.225, 0.325)
+    """
+    md = round(min(MD_MAX_SHARE, SHARES["md"] * max(1.0, n_dof / REFERENCE_DOF)), 4)
+    return {**SHARES, "md": md, "boundary": round(SHARES["boundary"] - (md - SHARES["md"]), 4)}
+
+
 def plan_budget(n_atoms: int, budget_minutes: float | None = None, *, quick: bool = False,
                 cores: int | None = None) -> BudgetPlan:
     """The budget rule (module docs) for a molecule of ``n_atoms`` atoms and ``budget_minutes`` of wall time
@@ -153,10 +175,11 @@ def plan_budget(n_atoms: int, budget_minutes: float | None = None, *, quick: boo
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n_dof = 3 * n_atoms - 6
-    stage_minutes = {name: share * budget_minutes for name, share in SHARES.items()}
+    shares = stage_shares(n_dof)
     return BudgetPlan(
         budget_minutes=float(budget_minutes), n_atoms=int(n_atoms), n_dof=n_dof, cores=int(cores), quick=quick,
-        shares=dict(SHARES), stage_minutes=stage_minutes, md_max_minutes=MD_MAX_SHARE * budget_minutes,
+        shares=shares, stage_minutes={name: share * budget_minutes for name, share in shares.items()},
+        md_max_minutes=(shares["md"] + MD_EXTENSION_SHARE) * budget_minutes,
         flow=flow_size(n_dof, quick), batch_size=64 if quick else 256, ess_samples=256 if quick else 4000,
         validations=10 if quick else 40, validate_every=10 if quick else 100,
         checkpoint_every=25 if quick else 250, patience=0 if quick else 8, fit_window=10 if quick else 30,

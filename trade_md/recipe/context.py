@@ -16,7 +16,7 @@ from typing import Any
 from trade_md.errors import InputError, TradeMDError
 from trade_md.formats.files import read_json, write_json_atomic
 from trade_md.formats.reference import Reference
-from trade_md.recipe.budget import SHARES, BudgetPlan
+from trade_md.recipe.budget import BudgetPlan
 from trade_md.recipe.cost import Cost, stage_cost
 from trade_md.recipe.options import RunOptions
 from trade_md.systems import RUN_RECORD_FILE, MolecularSystem
@@ -106,12 +106,12 @@ class RunContext:
     def allocation_seconds(self, name: str) -> float:
         """Wall seconds stage ``name`` may use (the rule of :mod:`trade_md.recipe.budget`): transfer and check get
         their shares exactly; the boundary gets what is left before them, at least 10 % of the budget; MD its
-        share (its extension up to ``MD_MAX_SHARE`` is decided by the MD stage)."""
+        share (its extension, up to the plan's ``md_max_minutes``, is decided by the MD stage)."""
         budget = 60.0 * self.plan.budget_minutes
         if name in ("md", "transfer", "check"):
-            return SHARES[name] * budget
+            return self.plan.shares[name] * budget
         if name == "boundary":
-            reserved = (SHARES["transfer"] + SHARES["check"]) * budget
+            reserved = (self.plan.shares["transfer"] + self.plan.shares["check"]) * budget
             return max(0.1 * budget, budget - self.spent_seconds("boundary") - reserved)
         return 0.0
 

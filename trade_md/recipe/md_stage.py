@@ -3,9 +3,9 @@
 By default Langevin MD at T0 only (:func:`trade_md.md.run_md`), in rounds under ``md/round_<k>/`` that fill the MD
 share of the budget: the first half of it at the MD speed of one replica measured alone on the molecule
 (:func:`trade_md.recipe.budget.md_length`), the rest in up to two more rounds at the speed the rounds reached with
-every replica running (on a shared CPU much lower; ``--quick``: one round). Then the basin convergence of the pooled frames (:mod:`trade_md.convergence`) decides: converged (or nothing to judge:
-no backbone φ, or ``--quick``) → done; not converged → another round with a new seed, as long as the estimated
-length that converges fits the MD allowance (``MD_MAX_SHARE`` of the budget); otherwise the run stops
+every replica running (on a shared CPU much lower; ``--quick``: one round). Then the basin convergence of the pooled
+frames (:mod:`trade_md.convergence`) decides: converged (or nothing to judge: no backbone φ, or ``--quick``) → done;
+not converged → another round with a new seed, as long as the estimated length that converges fits the MD allowance (the plan's ``md_max_minutes``); otherwise the run stops
 (:class:`~trade_md.recipe.context.RecipeStopped`) and says what to do. Rounds pool into ``md/pooled/``.
 
 With ``--boundary-data DIR`` the stage takes that dataset instead (e.g. ``trade-md remd-data``: frames at T0 from

@@ -17,7 +17,7 @@ from trade_md.errors import InputError, SystemMismatchError
 from trade_md.formats.dataset import load_dataset
 from trade_md.formats.files import read_json, write_json_atomic
 from trade_md.formats.reference import Reference, default_reference, load_reference
-from trade_md.recipe.budget import DEFAULT_BUDGET_MINUTES, QUICK_BUDGET_MINUTES, SHARES, plan_budget
+from trade_md.recipe.budget import DEFAULT_BUDGET_MINUTES, QUICK_BUDGET_MINUTES, plan_budget
 from trade_md.recipe.check import check_stage
 from trade_md.recipe.context import STAGES, RunContext, stage_result
 from trade_md.recipe.md_stage import first_round, md_stage
@@ -132,7 +132,7 @@ def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, res
     plan = plan_budget(system.n_atoms, resolved.budget, quick=bool(resolved.quick))
     check_stage_configs(RunContext(out, system, resolved, plan, None, shared, lambda line: None, False))
     rounds = None if resolved.boundary_data or resolved.boundary_from else first_round(
-        system, plan, resolved, SHARES["md"] * 60.0 * plan.budget_minutes)       # a budget too small for MD
+        system, plan, resolved, plan.shares["md"] * 60.0 * plan.budget_minutes)  # a budget too small for MD
     out.mkdir(parents=True, exist_ok=True)
     if rounds is not None:
         write_json_atomic(out / "md" / "rounds.json", rounds)
