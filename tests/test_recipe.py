@@ -37,6 +37,7 @@ from trade_md.recipe.context import run_data
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
     seconds_per_step
 from trade_md.recipe.md_stage import _extension, data_cost, first_round, needed_length_factor
+from trade_md.recipe.options import load_overrides
 from trade_md.recipe.report import _flow_line, _reference_table, _stage_summary
 from trade_md.recipe.training import FLOW_CHOICE_FILE, _flow_choice, boundary_config, transfer_config
 from trade_md.systems import load_system
@@ -59,12 +60,13 @@ def test_the_budget_rule_gives_the_j1_flow_for_alanine_dipeptide_and_scales_with
     assert plan.budget_minutes == DEFAULT_BUDGET_MINUTES == 120.0
     assert plan.stage_minutes == {"md": 18.0, "boundary": 48.0, "transfer": 42.0, "check": 12.0}
     assert sum(SHARES.values()) == pytest.approx(1.0) and plan.md_max_minutes == 36.0
-    # a larger molecule: MD 15 % x d/60 (at most 30 %) from the boundary's share; transfer and check unchanged
-    phe, ala4, big = plan_budget(32), plan_budget(42), plan_budget(82)
-    assert phe.shares == pytest.approx({"md": 0.225, "boundary": 0.325, "transfer": 0.35, "check": 0.10})
-    assert phe.md_max_minutes == pytest.approx(45.0)
-    assert ala4.shares["md"] == big.shares["md"] == pytest.approx(0.30) and big.shares["boundary"] == pytest.approx(0.25)
-    assert all(sum(p.shares.values()) == pytest.approx(1.0) for p in (phe, ala4, big))
+    # a larger molecule: MD 15 % + 0.5 % per DOF beyond 60 (at most 30 %) from the boundary's share; transfer and
+    # check unchanged; --config md: {share: ...} instead of the rule
+    mid, phe, ala4, own = plan_budget(26), plan_budget(32), plan_budget(42), plan_budget(32, md_share=0.15)
+    assert mid.shares == pytest.approx({"md": 0.21, "boundary": 0.34, "transfer": 0.35, "check": 0.10})  # d = 72
+    assert phe.shares["md"] == ala4.shares["md"] == 0.30 and phe.shares["boundary"] == 0.25
+    assert phe.md_max_minutes == pytest.approx(54.0) and own.stage_minutes == plan.stage_minutes
+    assert all(sum(p.shares.values()) == pytest.approx(1.0) for p in (mid, phe, ala4))
     assert plan.flow == {"n_layers": 8, "hidden": 128, "n_hidden_layers": 2, "n_bins": 8,   # J1's flow,
                          "dihedral_windows": True}                                           # stiff dihedrals windowed
     assert plan.batch_size == 256 and plan.md_replicas == 2 and plan.n_dof == 60
@@ -124,6 +126,21 @@ def test_resume_takes_the_stored_options_allows_a_new_budget_and_refuses_contrad
         RunOptions(transfer="kl").resume_from(stored, tmp_path)
     with pytest.raises(InputError, match="--t0 600"):
         RunOptions(t0=500.0).resume_from(stored, tmp_path)
+
+
+def test_config_md_share_replaces_the_rule_share_and_is_checked(tmp_path: Path) -> None:
+    options = RunOptions(budget=120.0, overrides={"md": {"share": 0.3}}).resolve(600.0, None)
+    plan = plan_budget(22, 120.0, md_share=options.md_share, cores=2)
+    assert plan.shares["md"] == 0.3 and plan.shares["boundary"] == 0.25
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("trade_md.recipe.md_stage.measure_md_speed", lambda *args, **kwargs: 28000.0)
+        (settings,) = first_round(load_system("alanine-dipeptide"), plan, options, 0.3 * 7200.0)["rounds"]
+    assert "share" not in settings
+    assert settings["ns"] == pytest.approx(md_length(plan, 0.5 * 0.3 * 7200.0, 28000.0)["ns"])
+    for share in (0.6, 0, "most"):
+        (tmp_path / "run.yaml").write_text(f"md: {{share: {share}}}\n")
+        with pytest.raises(InputError, match=r"md.share .* must be a fraction of the budget in \(0, 0.45\]"):
+            load_overrides(tmp_path / "run.yaml")
 
 
 def test_bad_input_fails_before_any_work_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,12 +3,13 @@ into every size and share of the run. The README's "Budget rule" section states 
 
 **Stage shares** of the budget B (wall-clock minutes, the whole job; :func:`stage_shares`): for a molecule of up to
 d = 60 internal degrees of freedom (d = 3N − 6; alanine dipeptide) MD at T0 15 %, boundary fit 40 %, transfer 35 %,
-self-check and evaluation 10 % (:data:`SHARES`). A larger molecule needs more T0 data per fit (results §0e: capped PHE,
-d = 90, overfit 38 ns of it and not 76 ns), so MD takes 15 % × d / 60, at most 30 % (capped PHE 22.5 %, alanine
-tetrapeptide 30 %), and the boundary gives up what MD gains. MD may grow by :data:`MD_EXTENSION_SHARE` (15 % of B)
-when its basins are not converged. The boundary gets its share plus whatever MD left unused, minus what it overran.
-Transfer and check get their shares exactly, so that transfer variants trained from one boundary
-(``--boundary-from``) train for the same time.
+self-check and evaluation 10 % (:data:`SHARES`). A larger molecule needs more T0 data: MD takes 0.5 % more per degree of
+freedom beyond 60, at most 30 % (d ≥ 90: capped PHE, alanine tetrapeptide), and the boundary gives up what MD gains.
+Measured on capped PHE (d = 90, results §0e): with 38 ns of MD (15 %) the boundary overfit its frames and the ESS was
+about 1 % at 300–600 K; with 76 ns (what 30 % simulates on that section's faster CPU) 3.9–4.3 %. MD may grow by
+:data:`MD_EXTENSION_SHARE` (15 % of B) when its basins are not converged; ``--config`` ``md: {share: ...}`` sets its
+share. The boundary gets its share plus whatever MD left unused, minus what it overran. Transfer and check get their
+shares exactly, so that transfer variants trained from one boundary (``--boundary-from``) train for the same time.
 
 **Flow size** from the degrees of freedom d = 3N − 6 of an N-atom molecule (the J1 flow for alanine dipeptide, d = 60):
 ``hidden = min(512, 64 ⌈d / 30⌉)``, ``n_layers = min(12, 8 + 2 max(0, ⌈log2(d / 60)⌉))``, two hidden layers of
@@ -60,6 +61,7 @@ __all__ = [
     "MD_EXTENSION_SHARE",
     "MD_FIRST_ROUND_SHARE",
     "MD_MAX_SHARE",
+    "MD_SHARE_PER_DOF",
     "MIN_BUDGET_MINUTES",
     "QUICK_BUDGET_MINUTES",
     "SHARES",
@@ -76,9 +78,11 @@ SHARES: dict[str, float] = {"md": 0.15, "boundary": 0.40, "transfer": 0.35, "che
 """Share of the budget of each stage for a molecule of up to :data:`REFERENCE_DOF` internal degrees of freedom (the
 report takes no measurable time); :func:`stage_shares` for any molecule."""
 REFERENCE_DOF = 60
-"""Internal degrees of freedom (3N − 6) up to which :data:`SHARES` hold: alanine dipeptide's, on which they were set."""
+"""Internal degrees of freedom (3N − 6) up to which :data:`SHARES` hold: alanine dipeptide's, where they were set."""
+MD_SHARE_PER_DOF = 0.005
+"""The MD share grows by this much per internal degree of freedom beyond :data:`REFERENCE_DOF` ..."""
 MD_MAX_SHARE = 0.30
-"""The MD share grows with the molecule up to this share of the budget."""
+"""... up to this share of the budget (reached at d = 90)."""
 MD_EXTENSION_SHARE = 0.15
 """MD may extend by up to this share of the budget beyond its own when its basins are not converged."""
 MD_FIRST_ROUND_SHARE = 0.5
@@ -146,22 +150,26 @@ def flow_size(n_dof: int, quick: bool = False) -> dict[str, Any]:
     return {"n_layers": n_layers, "hidden": hidden, "n_hidden_layers": 2, "n_bins": 8, "dihedral_windows": True}
 
 
-def stage_shares(n_dof: int) -> dict[str, float]:
+def stage_shares(n_dof: int, md_share: float | None = None) -> dict[str, float]:
     """Share of the budget of each stage for a molecule of ``n_dof`` internal degrees of freedom (module docs): MD
-    :data:`SHARES`' 15 % × n_dof / :data:`REFERENCE_DOF`, between 15 % and :data:`MD_MAX_SHARE`, taken from the boundary.
+    15 % + 0.5 % per degree of freedom beyond :data:`REFERENCE_DOF`, at most :data:`MD_MAX_SHARE`, or ``md_share``;
+    the boundary gives up what MD takes beyond 15 %.
 
-    >>> stage_shares(90)["md"], stage_shares(90)["boundary"]
-    (0.225, 0.325)
+    >>> stage_shares(60)["md"], stage_shares(72)["md"], stage_shares(72)["boundary"], stage_shares(120)["md"]
+    (0.15, 0.21, 0.34, 0.3)
     """
-    md = round(min(MD_MAX_SHARE, SHARES["md"] * max(1.0, n_dof / REFERENCE_DOF)), 4)
+    if md_share is None:
+        md_share = min(MD_MAX_SHARE, SHARES["md"] + MD_SHARE_PER_DOF * max(0, n_dof - REFERENCE_DOF))
+    md = round(md_share, 4)
     return {**SHARES, "md": md, "boundary": round(SHARES["boundary"] - (md - SHARES["md"]), 4)}
 
 
 def plan_budget(n_atoms: int, budget_minutes: float | None = None, *, quick: bool = False,
-                cores: int | None = None) -> BudgetPlan:
+                cores: int | None = None, md_share: float | None = None) -> BudgetPlan:
     """The budget rule (module docs) for a molecule of ``n_atoms`` atoms and ``budget_minutes`` of wall time
     (default :data:`DEFAULT_BUDGET_MINUTES`, with ``quick`` :data:`QUICK_BUDGET_MINUTES`); cores: CPU cores for MD
-    replicas (default: those this process may use). InputError when the budget is too small."""
+    replicas (default: those this process may use); md_share: MD's share of the budget instead of the rule's
+(``--config`` ``md: {share: ...}``). InputError when the budget is too small."""
     if budget_minutes is None:
         budget_minutes = QUICK_BUDGET_MINUTES if quick else DEFAULT_BUDGET_MINUTES
     if not (isinstance(budget_minutes, (int, float)) and math.isfinite(budget_minutes) and budget_minutes > 0):
@@ -175,7 +183,7 @@ def plan_budget(n_atoms: int, budget_minutes: float | None = None, *, quick: boo
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n_dof = 3 * n_atoms - 6
-    shares = stage_shares(n_dof)
+    shares = stage_shares(n_dof, md_share)
     return BudgetPlan(
         budget_minutes=float(budget_minutes), n_atoms=int(n_atoms), n_dof=n_dof, cores=int(cores), quick=quick,
         shares=shares, stage_minutes={name: share * budget_minutes for name, share in shares.items()},

@@ -5,8 +5,9 @@ share of the budget: the first half of it at the MD speed of one replica measure
 (:func:`trade_md.recipe.budget.md_length`), the rest in up to two more rounds at the speed the rounds reached with
 every replica running (on a shared CPU much lower; ``--quick``: one round). Then the basin convergence of the pooled
 frames (:mod:`trade_md.convergence`) decides: converged (or nothing to judge: no backbone φ, or ``--quick``) → done;
-not converged → another round with a new seed, as long as the estimated length that converges fits the MD allowance (the plan's ``md_max_minutes``); otherwise the run stops
-(:class:`~trade_md.recipe.context.RecipeStopped`) and says what to do. Rounds pool into ``md/pooled/``.
+not converged → another round with a new seed, as long as the estimated length that converges fits the MD allowance
+(the plan's ``md_max_minutes``); otherwise the run stops (:class:`~trade_md.recipe.context.RecipeStopped`) and says
+what to do. Rounds pool into ``md/pooled/``.
 
 With ``--boundary-data DIR`` the stage takes that dataset instead (e.g. ``trade-md remd-data``: frames at T0 from
 parallel tempering over several temperatures) and counts the MD that made it: wall and CPU time of the tempering
@@ -145,7 +146,7 @@ def first_round(system: Any, plan: BudgetPlan, options: RunOptions, seconds: flo
     settings = md_length(plan, share * seconds, speed, timestep_fs=timestep)
     if options.quick and settings["ns"] < plan.md_min_ns:       # a first look: the minimum MD, however slow the CPU
         settings = md_round(plan, plan.md_min_ns)
-    settings.update(options.overrides.get("md", {}))
+    settings.update({key: value for key, value in options.overrides.get("md", {}).items() if key != "share"})
     if settings["ns"] < share * plan.md_min_ns and "ns" not in options.overrides.get("md", {}):
         needed = plan.budget_minutes * share * plan.md_min_ns / max(settings["ns"], 1e-9)
         raise InputError(f"--budget {plan.budget_minutes:g} min is too small for this molecule: its MD share "

@@ -8,6 +8,7 @@ stopped unconverged go on).
 The ``--config`` file (YAML) overrides what the rule chooses, section by section::
 
     md: {ns: 30.0, replicas: 2, frame_interval_ps: 1.0, equilibration_ps: 100.0}   # fixed MD instead of the rule's
+    md: {share: 0.3}                                 # or MD's share of the budget (0 < share <= 0.45)
     boundary: {schedule: {learning_rate: 5.0e-4}}    # deep-merged onto the boundary's TrainConfig (trade_md.config)
     transfer: {grid: {nodes: 26}}                    # ... onto the transfer's
     check: {samples: 100000}                         # self-check samples per temperature
@@ -42,9 +43,11 @@ TRANSFERS: dict[str, str] = {
     "none": "no transfer training: the boundary with its thermal scaling layer at the harmonic start (a = 1)",
 }
 """``--transfer`` variants, all from the same boundary."""
-_OVERRIDE_SECTIONS = {"md": {"ns", "replicas", "frame_interval_ps", "equilibration_ps"}, "boundary": None,
+_OVERRIDE_SECTIONS = {"md": {"ns", "replicas", "frame_interval_ps", "equilibration_ps", "share"}, "boundary": None,
                       "transfer": None, "check": {"samples"}}
 _MUTABLE = ("budget", "device")
+MAX_MD_SHARE_OVERRIDE = 0.45
+"""``md: {share: ...}`` at most: the boundary keeps at least 10 % of the budget."""
 
 
 def trained_range(temperatures: tuple[float, ...]) -> tuple[float, float]:
@@ -77,6 +80,11 @@ class RunOptions:
     seed: int | None = None
     overrides: dict[str, Any] | None = None
     config_file: str | None = None
+
+    @property
+    def md_share(self) -> float | None:
+        """MD's share of the budget from ``--config`` ``md: {share: ...}``, else None (the budget rule's)."""
+        return (self.overrides or {}).get("md", {}).get("share")
 
     def resolve(self, default_t0: float | None, default_reference: str | None) -> RunOptions:
         """Every field set: the given values, else the defaults (``default_t0``: the system's or the boundary
@@ -163,6 +171,10 @@ def check_overrides(values: dict[str, Any], source: str) -> None:
         if unknown:
             raise InputError(f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; valid keys are "
                              f"{', '.join(sorted(allowed))}")
+    share = values.get("md", {}).get("share")
+    if share is not None and not (isinstance(share, (int, float)) and 0.0 < share <= MAX_MD_SHARE_OVERRIDE):
+        raise InputError(f"{source}: md.share {share!r} must be a fraction of the budget in (0, "
+                         f"{MAX_MD_SHARE_OVERRIDE:g}], e.g. 0.3")
 
 
 def load_overrides(path: str | Path) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def _run(out: Path, system: MolecularSystem | None, options: RunOptions, resume:
     started = time.perf_counter()
     system, options, shared = _prepare(out, system, options, resume)
     budget = options.budget
-    plan = plan_budget(system.n_atoms, budget, quick=bool(options.quick))
+    plan = plan_budget(system.n_atoms, budget, quick=bool(options.quick), md_share=options.md_share)
     reference = _reference(options, system)
     ctx = RunContext(out, system, options, plan, reference, shared, say, progress)
     _record_session(out, options, plan)
@@ -129,7 +129,7 @@ def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, res
         if abs(data.temperature - float(resolved.t0)) > 1e-6 * resolved.t0:
             raise InputError(f"--boundary-data {resolved.boundary_data} was sampled at {data.temperature:g} K, not "
                              f"at --t0 {resolved.t0:g} K; drop --t0 or give data at T0")
-    plan = plan_budget(system.n_atoms, resolved.budget, quick=bool(resolved.quick))
+    plan = plan_budget(system.n_atoms, resolved.budget, quick=bool(resolved.quick), md_share=resolved.md_share)
     check_stage_configs(RunContext(out, system, resolved, plan, None, shared, lambda line: None, False))
     rounds = None if resolved.boundary_data or resolved.boundary_from else first_round(
         system, plan, resolved, plan.shares["md"] * 60.0 * plan.budget_minutes)  # a budget too small for MD
