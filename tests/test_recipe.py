@@ -143,6 +143,13 @@ def test_config_md_share_replaces_the_rule_share_and_is_checked(tmp_path: Path) 
             load_overrides(tmp_path / "run.yaml")
 
 
+def test_the_run_configs_of_the_results_page_are_valid() -> None:
+    configs = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "run").glob("*.yaml"))
+    assert {path.name for path in configs} >= {"md_share_15.yaml", "circle_dihedrals.yaml", "md_76ns.yaml"}
+    assert all(isinstance(load_overrides(path), dict) for path in configs)
+    assert load_overrides(configs[0].with_name("md_share_15.yaml")) == {"md": {"share": 0.15}}
+
+
 def test_bad_input_fails_before_any_work_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not a `trade-md run` directory"):
