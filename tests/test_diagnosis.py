@@ -13,7 +13,8 @@ def _report(ess: dict[float, float], *, gap: float | None = 0.6, short: bool = F
     and flow choice, the data's ns."""
     return {
         "t0": t0, "data": {"ns": 38.0},
-        "self_check": [{"temperature": t, "ess": e, "pareto_k": k, "unreliable": k > 0.7} for t, e in ess.items()],
+        "self_check": [{"temperature": t, "ess": e, "pareto_k": k, "unreliable": k > 0.7, "n_samples": 300000}
+                       for t, e in ess.items()],
         "stages": {"boundary": {
             "steps": 9525, "best_validation": {"val_ess": 0.03},
             "fit_gap": None if gap is None else {"train_nll": -304.29, "val_nll": -304.29 + gap, "gap": gap},
@@ -44,11 +45,13 @@ def test_a_good_boundary_points_at_the_transfer_and_heavy_tails_are_named() -> N
                         "(`--transfer`, `--boundary-from` for one boundary) are compared in the results page's §0."]
     heavy = _report(dict(zip(FIVE, (0.25, 0.31, 0.25, 0.068, 0.15))))
     heavy["self_check"][4].update(pareto_k=0.9, unreliable=True)
-    assert diagnose(heavy) == ["Heavy tails at 1000 K (k > 0.7): their ESS and estimates rest on a few weights; draw "
-                               "more samples there (`trade-md sample --model RUN --n ...`) before trusting them."]
+    assert diagnose(heavy, "runs/phe") == [
+        "Heavy tails at 1000 K (k > 0.7): their ESS and estimates rest on a few weights; draw more samples there "
+        "before trusting them, e.g. `trade-md sample --model runs/phe --temperature 1000 --n 900000`."]
     assert diagnose(_report(dict(zip(FIVE, (0.25, 0.31, 0.25, 0.068, 0.15)))))[0].startswith("Nothing limits")
 
 
 def test_without_a_t0_row_the_boundary_validation_decides() -> None:
     (finding,) = diagnose(_report({300.0: 0.2, 1000.0: 0.1}, gap=None))
-    assert finding.startswith("The fit at T0 limits this run: ESS 3.00 % at 600 K") and "had its steps, so neither" in finding
+    assert finding.startswith("The fit at T0 limits this run: ESS 3.00 % at 600 K")
+    assert "had its steps, so neither" in finding

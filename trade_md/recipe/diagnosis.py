@@ -32,8 +32,9 @@ GAP_LIMIT = 1.5
 reached 0.8 with an ESS at T0 of 25 %, capped PHE 2.9 on 38 ns of MD and 0.55 on 76 ns (results §0e)."""
 
 
-def diagnose(report: dict[str, Any]) -> list[str]:
-    """The findings (one sentence or two each, markdown) for a report dict of :mod:`trade_md.recipe.report`."""
+def diagnose(report: dict[str, Any], run: str = "RUN") -> list[str]:
+    """The findings (one sentence or two each, markdown) for a report dict of :mod:`trade_md.recipe.report` of the
+    run directory ``run`` (named in the commands it suggests)."""
     rows = {row["temperature"]: row for row in report["self_check"]}
     boundary = report["stages"]["boundary"]
     t0 = report["t0"]
@@ -49,9 +50,10 @@ def diagnose(report: dict[str, Any]) -> list[str]:
                         "one boundary) are compared in the results page's §0.")
     heavy = [t for t, row in rows.items() if row["unreliable"]]
     if heavy:
+        n = max(row["n_samples"] for row in rows.values())
         findings.append(f"Heavy tails at {_temperatures(heavy)} (k > 0.7): their ESS and estimates rest on a few "
-                        "weights; draw more samples there (`trade-md sample --model RUN --n ...`) before trusting "
-                        "them.")
+                        f"weights; draw more samples there before trusting them, e.g. `trade-md sample --model {run} "
+                        f"--temperature {min(heavy):g} --n {3 * n}`.")
     return findings or [f"Nothing limits this run by these rules: ESS at least {100 * ESS_GOAL:g} % and tails "
                         "k ≤ 0.7 at every evaluated temperature."]
 

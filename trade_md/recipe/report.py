@@ -48,7 +48,7 @@ def report_stage(ctx: RunContext, header: str, results: dict[str, dict[str, Any]
     record_session(stage, meter)
     costs = {name: ctx.cost(name) for name in STAGES}
     report = json_safe(_report(ctx, results, costs))
-    report["diagnosis"] = diagnose(report)
+    report["diagnosis"] = diagnose(report, str(ctx.out))
     write_json_atomic(stage / "report.json", report)
     with atomic_write_path(stage / "summary.md") as temp:
         temp.write_text(_markdown(report))
