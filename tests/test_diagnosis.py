@@ -52,6 +52,10 @@ def test_a_good_boundary_points_at_the_transfer_and_heavy_tails_are_named() -> N
 
 
 def test_without_a_t0_row_the_boundary_validation_decides() -> None:
+    without = _report({300.0: 0.2, 1000.0: 0.01}, gap=None)
+    without["stages"]["boundary"]["best_validation"] = None                  # nothing known at T0
+    assert diagnose(without) == ["ESS below 5 % at 1000 K; nothing measured at T0 tells whether the boundary or the "
+                                 "transfer limits it (evaluate T0 too: `--temperatures`)."]
     (finding,) = diagnose(_report({300.0: 0.2, 1000.0: 0.1}, gap=None))
     assert finding.startswith("The fit at T0 limits this run: ESS 3.00 % at 600 K")
     assert "had its steps, so neither" in finding

@@ -6,7 +6,7 @@ d = 60 internal degrees of freedom (d = 3N − 6; alanine dipeptide) MD at T0 15
 self-check and evaluation 10 % (:data:`SHARES`). A larger molecule needs more T0 data: MD takes 0.5 % more per degree of
 freedom beyond 60, at most 30 % (d ≥ 90: capped PHE, alanine tetrapeptide), and the boundary gives up what MD gains.
 Measured on capped PHE (d = 90, results §0e): with 38 ns of MD (15 %) the boundary overfit its frames and the ESS was
-about 1 % at 300–600 K; with 76 ns (what 30 % simulates on that section's faster CPU) 3.9–4.3 %. MD may grow by
+about 1 % at 300–600 K; with 76 ns (about what 30 % of 120 min simulates on §0c's CPU) 3.9–4.3 %. MD may grow by
 :data:`MD_EXTENSION_SHARE` (15 % of B) when its basins are not converged; ``--config`` ``md: {share: ...}`` sets its
 share. The boundary gets its share plus whatever MD left unused, minus what it overran. Transfer and check get their
 shares exactly, so that transfer variants trained from one boundary (``--boundary-from``) train for the same time.
@@ -169,7 +169,7 @@ def plan_budget(n_atoms: int, budget_minutes: float | None = None, *, quick: boo
     """The budget rule (module docs) for a molecule of ``n_atoms`` atoms and ``budget_minutes`` of wall time
     (default :data:`DEFAULT_BUDGET_MINUTES`, with ``quick`` :data:`QUICK_BUDGET_MINUTES`); cores: CPU cores for MD
     replicas (default: those this process may use); md_share: MD's share of the budget instead of the rule's
-(``--config`` ``md: {share: ...}``). InputError when the budget is too small."""
+    (``--config`` ``md: {share: ...}``). InputError when the budget is too small."""
     if budget_minutes is None:
         budget_minutes = QUICK_BUDGET_MINUTES if quick else DEFAULT_BUDGET_MINUTES
     if not (isinstance(budget_minutes, (int, float)) and math.isfinite(budget_minutes) and budget_minutes > 0):

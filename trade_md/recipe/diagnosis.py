@@ -11,7 +11,8 @@ Rules, in this order (each a finding, most with the change that addresses it):
      had widened it);
    - otherwise, fewer boundary steps than the recipe wants: the ``--budget`` that gives them;
    - otherwise no lever is named (results §0e: a larger flow or more reverse KL did not lift capped PHE's ESS).
-2. **The transfer**: ESS below :data:`ESS_GOAL` at evaluated temperatures other than T0 while T0 reaches it.
+2. **The transfer**: ESS below :data:`ESS_GOAL` at evaluated temperatures other than T0 while T0 reaches it (with
+   nothing measured at T0, those temperatures are named without a cause).
 3. **Heavy tails**: tail shape k above 0.7 at a temperature: its ESS and estimates rest on a few weights.
 
 Nothing flagged, the run says so. The findings go into ``report/report.json`` (``diagnosis``), ``summary.md`` and
@@ -44,7 +45,10 @@ def diagnose(report: dict[str, Any], run: str = "RUN") -> list[str]:
         findings.append(f"The fit at T0 limits this run: ESS {100 * at_t0:.2f} % at {t0:g} K, below "
                         f"{100 * ESS_GOAL:g} %, and every temperature starts from it. " + _boundary_advice(report))
     low = [t for t, row in rows.items() if t != t0 and row["ess"] < ESS_GOAL]
-    if low and not findings:
+    if low and at_t0 is None:
+        findings.append(f"ESS below {100 * ESS_GOAL:g} % at {_temperatures(low)}; nothing measured at T0 tells "
+                        "whether the boundary or the transfer limits it (evaluate T0 too: `--temperatures`).")
+    elif low and not findings:
         findings.append(f"The transfer limits {_temperatures(low)}: ESS below {100 * ESS_GOAL:g} % there, "
                         f"{100 * at_t0:.1f} % at T0. The transfer variants (`--transfer`, `--boundary-from` for "
                         "one boundary) are compared in the results page's §0.")
