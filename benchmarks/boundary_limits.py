@@ -46,8 +46,8 @@ from trade_md.formats.dataset import Dataset, load_dataset, write_dataset
 from trade_md.formats.files import json_safe, write_json_atomic
 from trade_md.recipe.context import run_data
 from trade_md.thermo import reduced_potential
+from trade_md.stopping import fit_gap
 from trade_md.train import train
-from trade_md.trainer import fit_gap
 
 
 def data_subset(dataset: Dataset, validation_fraction: float, fraction: float, out: Path) -> float:

@@ -14,7 +14,8 @@
   validation NLL is the best (the trainer keeps its checkpoint); after ``patience`` validations in a row that
   neither lowered the NLL by ``min_delta`` nor raised the ESS at T0 above its highest so far, the run stops;
   validations before ``patience_from`` × the schedule's length do not count (at a high learning rate the validation
-  NLL is noisy, and a cosine schedule improves it most as the rate decays).
+  NLL is noisy, and a cosine schedule improves it most as the rate decays);
+- how far the fit has moved onto its training frames (:func:`fit_gap`, read by a run's report).
 
 >>> from trade_md.config import MonitorConfig, Schedule
 >>> rules = StopRules(Schedule(steps=1000, minutes=1.0), MonitorConfig(select="val_nll", patience=2))
@@ -34,7 +35,7 @@ from typing import Any
 
 from trade_md.config import MonitorConfig, Schedule
 
-__all__ = ["FIT_WARMUP", "REFIT_AT", "StopRules"]
+__all__ = ["FIT_GAP_VALIDATIONS", "FIT_WARMUP", "REFIT_AT", "StopRules", "fit_gap"]
 
 FIT_WARMUP = 10
 """Steps left out before the timing window of a fitted schedule (one-off warm-up, e.g. of GPU kernels)."""
@@ -169,3 +170,19 @@ class StopRules:
         self.best_validation = dict(state.get("best_validation") or {})
         self.best_val_ess = float(state.get("best_val_ess", -1.0))
         self.stale_validations = int(state.get("stale_validations", 0))
+
+
+FIT_GAP_VALIDATIONS = 5
+"""Validations averaged by :func:`fit_gap`."""
+
+
+def fit_gap(history: list[dict[str, float]]) -> dict[str, float] | None:
+    """The NLL (nats) of the training batches and of the validation frames, each the mean over the last
+    :data:`FIT_GAP_VALIDATIONS` validations of ``history``, and ``gap`` = validation − training: how far the fit has
+    moved from what it learns about the molecule onto the frames it saw. None without NLL validations."""
+    shown = [h for h in history if "nll" in h and "val_nll" in h][-FIT_GAP_VALIDATIONS:]
+    if not shown:
+        return None
+    train = sum(h["nll"] for h in shown) / len(shown)
+    validation = sum(h["val_nll"] for h in shown) / len(shown)
+    return {"train_nll": train, "val_nll": validation, "gap": validation - train, "validations": len(shown)}

@@ -39,11 +39,11 @@ from trade_md.formats.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, Syst
 from trade_md.formats.files import atomic_write_path, write_json_atomic
 from trade_md.objectives import ExpectationGrid, TrainingContext
 from trade_md.progress import progress_bar
-from trade_md.stopping import StopRules
+from trade_md.stopping import StopRules, fit_gap
 from trade_md.thermo import reduced_potential
 from trade_md.trade import cap_reduced_energy, importance_estimate
 
-__all__ = ["BEST_DIR", "BEST_T0_DIR", "FIT_GAP_VALIDATIONS", "MAX_CONSECUTIVE_SKIPS", "Trainer", "fit_gap"]
+__all__ = ["BEST_DIR", "BEST_T0_DIR", "MAX_CONSECUTIVE_SKIPS", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +54,6 @@ BEST_T0_DIR = "best_t0"
 (``monitor.select: val_nll``)."""
 MAX_CONSECUTIVE_SKIPS = 100
 """Training stops with an error after this many consecutive non-finite steps."""
-
-FIT_GAP_VALIDATIONS = 5
-"""Validations averaged by :func:`fit_gap`."""
-
-
-def fit_gap(history: list[dict[str, float]]) -> dict[str, float] | None:
-    """The NLL (nats) of the training batches and of the validation frames, each the mean over the last
-    :data:`FIT_GAP_VALIDATIONS` validations of ``history``, and ``gap`` = validation − training: how far the fit has
-    moved from what it learns about the molecule onto the frames it saw. None without NLL validations."""
-    shown = [h for h in history if "nll" in h and "val_nll" in h][-FIT_GAP_VALIDATIONS:]
-    if not shown:
-        return None
-    train = sum(h["nll"] for h in shown) / len(shown)
-    validation = sum(h["val_nll"] for h in shown) / len(shown)
-    return {"train_nll": train, "val_nll": validation, "gap": validation - train, "validations": len(shown)}
 
 
 class Trainer:
@@ -354,8 +339,7 @@ class Trainer:
             "energy_evaluations": self.energy_evaluations,
             "reference_temperature": self.generator.reference_temperature,
             "system": self.system.name,
-            "last": self.history[-1] if self.history else {},
-            "fit_gap": fit_gap(self.history),
+            "last": self.history[-1] if self.history else {}, "fit_gap": fit_gap(self.history),
         }
         if self.grid is not None and self.grid.ready:
             summary["grid"] = {

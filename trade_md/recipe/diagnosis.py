@@ -5,7 +5,7 @@ Rules, in this order (each a finding, most with the change that addresses it):
 1. **The fit at T0**: ESS at T0 (the self-check's row at T0, else the boundary's best validation) below
    :data:`ESS_GOAL` limits every temperature, since the transfer starts from that model. Then:
 
-   - its fit gap (validation minus training NLL, nats; :func:`trade_md.trainer.fit_gap`) above :data:`GAP_LIMIT`:
+   - its fit gap (validation minus training NLL, nats; :func:`trade_md.stopping.fit_gap`) above :data:`GAP_LIMIT`:
      the boundary learned its frames more than the molecule, and more T0 data is the lever (results §0e: twice the MD
      closed capped PHE's gap from 2.9 to 0.55 nats and roughly doubled its ESS at T0; more steps on the same data
      had widened it);
