@@ -49,6 +49,9 @@ def test_a_good_boundary_points_at_the_transfer_and_heavy_tails_are_named() -> N
         "Heavy tails at 1000 K (k > 0.7): their ESS and estimates rest on a few weights; draw more samples there "
         "before trusting them, e.g. `trade-md sample --model runs/phe --temperature 1000 --n 900000`."]
     assert diagnose(_report(dict(zip(FIVE, (0.25, 0.31, 0.25, 0.068, 0.15)))))[0].startswith("Nothing limits")
+    quick = {**_report(dict(zip(FIVE, (0.01,) * 5)), gap=2.9), "options": {"quick": True}}
+    assert diagnose(quick) == ["A `--quick` run: its tiny preset says nothing about the molecule; drop `--quick` for "
+                               "the real result."]
 
 
 def test_without_a_t0_row_the_boundary_validation_decides() -> None:

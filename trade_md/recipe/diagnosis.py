@@ -15,8 +15,8 @@ Rules, in this order (each a finding, most with the change that addresses it):
    nothing measured at T0, those temperatures are named without a cause).
 3. **Heavy tails**: tail shape k above 0.7 at a temperature: its ESS and estimates rest on a few weights.
 
-Nothing flagged, the run says so. The findings go into ``report/report.json`` (``diagnosis``), ``summary.md`` and
-the run's last lines.
+Nothing flagged, the run says so; a ``--quick`` run gets no finding but that its numbers mean nothing. The findings
+go into ``report/report.json`` (``diagnosis``), ``summary.md`` and the run's last lines.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ reached 0.8 with an ESS at T0 of 25 %, capped PHE 2.9 on 38 ns of MD and 0.55 on
 def diagnose(report: dict[str, Any], run: str = "RUN") -> list[str]:
     """The findings (one sentence or two each, markdown) for a report dict of :mod:`trade_md.recipe.report` of the
     run directory ``run`` (named in the commands it suggests)."""
+    if (report.get("options") or {}).get("quick"):
+        return ["A `--quick` run: its tiny preset says nothing about the molecule; drop `--quick` for the real result."]
     rows = {row["temperature"]: row for row in report["self_check"]}
     boundary = report["stages"]["boundary"]
     t0 = report["t0"]
