@@ -88,13 +88,15 @@ def fit(run: Path, values: dict, out: Path, steps: int) -> Path:
 
 
 def subset_values(run: Path, dataset: Dataset, fraction: float, work: Path) -> dict:
-    """The run's boundary config on :func:`data_subset` (written to ``WORK/frames_<fraction>_data``), validated
-    on every validation frame and never stopped early."""
+    """The run's boundary config on :func:`data_subset` (written to ``WORK/frames_<fraction>_data``; for a
+    fraction of 1, ``dataset`` itself), validated on every validation frame and never stopped early."""
     values = boundary_values(run)
-    data = work / f"frames_{fraction:g}_data"
-    values["data"] = {**values["data"], "path": str(data),
-                      "validation_fraction": data_subset(dataset, values["data"]["validation_fraction"], fraction,
-                                                         data)}
+    values["data"] = {**values["data"], "path": str(dataset.path)}
+    if fraction < 1.0:
+        data = work / f"frames_{fraction:g}_data"
+        values["data"] = {**values["data"], "path": str(data),
+                          "validation_fraction": data_subset(dataset, values["data"]["validation_fraction"],
+                                                             fraction, data)}
     values["monitor"] = {**values["monitor"], "validations": 0, "patience": 0}
     return values
 

@@ -55,7 +55,8 @@ def test_vary_changes_one_setting_of_the_run_boundary_config(tmp_path: Path, mon
     changed, out = boundary_limits.varied_fit(tmp_path / "run", dataset, key, 2, 100, tmp_path / "work")
     assert out == tmp_path / "work" / "objectives.kl.weight=2"
     assert changed["objectives"] == {"nll": {"weight": 1.0}, "kl": {"weight": 2}}
-    assert changed["data"] == {"path": str(tmp_path / "work" / "frames_1_data"), "validation_fraction": 0.1}
+    assert changed["data"] == {"path": str(tmp_path / "pooled"), "validation_fraction": 0.1}   # not a copy
+    assert not (tmp_path / "work").exists()
     assert changed["monitor"] == {"patience": 0, "validations": 0}          # every held-out frame, no early stop
     with pytest.raises(SystemExit, match="boundary config has no objectives.klx$"):
         boundary_limits.varied_fit(tmp_path / "run", dataset, "objectives.klx.weight", 2, 100, tmp_path / "work")
