@@ -80,6 +80,7 @@ def test_unknown_config_keys_are_named(tmp_path: Path) -> None:
         ({"mode": "trade", "temperatures": {"range": [300.0, 900.0]},
           "objectives": {"nll": {}, "reweighted_nll": {"span": [250.0, 600.0]}}}, "span"),
         ({"objectives": {"fkl_range": {}}}, "removed"),
+        ({"flow": {"temperature_head": True}}, "temperature_head was removed.*delete it"),
         ({"mode": "trade", "temperature_min": 300.0, "temperature_max": 900.0, "fkl_range_weight": 1.0}, "removed"),
         ({"mode": "trade", "temperature_min": 200.0, "temperature_max": 600.0, "nll_weight": 0.0}, "boundary"),
     ],
@@ -87,6 +88,11 @@ def test_unknown_config_keys_are_named(tmp_path: Path) -> None:
 def test_bad_config_values_raise_input_error(values: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         TrainConfig.from_dict(values)
+
+
+def test_a_config_that_switches_temperature_heads_off_still_loads() -> None:
+    """Configs written before the heads were removed may say ``temperature_head: false``."""
+    assert TrainConfig.from_dict({"flow": {"n_layers": 2, "temperature_head": False}}).flow == {"n_layers": 2}
 
 
 def test_alanine_dipeptide_configs_parse() -> None:

@@ -224,18 +224,15 @@ def test_context_enters_through_zero_weights_until_trained() -> None:
     assert torch.allclose(reset, flow.log_prob(z, torch.zeros(20, 1, dtype=torch.float64)).detach(), atol=1e-12)
 
 
-@pytest.mark.parametrize("head", [False, True])
-def test_temperature_masks_cover_exactly_what_acts_away_from_t0(head: bool) -> None:
-    """Changing every masked entry (context weights, temperature heads, scaling layer) leaves log q at T0 as it
-    was (to rounding: the scaling layer computes c + 1 * (w - c)) and moves it elsewhere; changing an unmasked
-    entry moves it at T0. A flow with heads stays a consistent bijection (sample vs log_prob)."""
-    flow = random_flow(MIXED, thermal_scaling=True, temperature_head=head)
+def test_temperature_masks_cover_exactly_what_acts_away_from_t0() -> None:
+    """Changing every masked entry (context weights, scaling layer) leaves log q at T0 as it was (to rounding: the
+    scaling layer computes c + 1 * (w - c)) and moves it elsewhere; changing an unmasked entry moves it at T0. Sampled points give back their log q."""
+    flow = random_flow(MIXED, thermal_scaling=True)
     z = uniform_points(MIXED, 50)
     zero, hot = (torch.full((50, 1), c, dtype=torch.float64) for c in (0.0, 0.5))
     before = {c: flow.log_prob(z, ctx).detach() for c, ctx in (("zero", zero), ("hot", hot))}
     masks = flow.temperature_gradient_masks()
-    per_head = 2 * (flow.config()["n_hidden_layers"] + 1) if head else 0
-    assert len(masks) == len(flow.layers) * (1 + per_head) + 2
+    assert len(masks) == len(flow.layers) + 2
     with torch.no_grad():
         for parameter, mask in masks:
             parameter.add_(mask * torch.randn_like(parameter))
@@ -423,13 +420,17 @@ def test_generator_config_round_trip() -> None:
     assert clone.reference_temperature == 300.0
     fresh = Generator.from_config(model.config())
     assert fresh.dtype == torch.float32
-    headed = Generator.from_config(model.config(), model.state_dict(), adding=["temperature_head"])
-    assert torch.allclose(headed.log_prob(x, 300.0), model.log_prob(x, 300.0), atol=1e-12)
-    assert headed.flow.layers[0].temperature_head is not None
+    scaled = Generator.from_config(model.config(), model.state_dict(), adding=["thermal_scaling"])
+    assert torch.allclose(scaled.log_prob(x, 300.0), model.log_prob(x, 300.0), atol=1e-12)
+    assert scaled.flow.scaling is not None
     with pytest.raises(InputError, match="can be added"):
         Generator.from_config(model.config(), model.state_dict(), adding=["n_layers"])
     with pytest.raises(InputError, match="do not fit"):
-        Generator.from_config(headed.config(), model.state_dict())     # head weights missing, none added
+        Generator.from_config(scaled.config(), model.state_dict())     # scaling weights missing, none added
+    # configs written before temperature heads were removed name them: false loads, true is refused
+    assert Generator.from_config({**model.config(), "flow": {**model.config()["flow"], "temperature_head": False}})
+    with pytest.raises(InputError, match="temperature heads.*retrain"):
+        Generator.from_config({**model.config(), "flow": {**model.config()["flow"], "temperature_head": True}})
 
 
 def test_generator_input_errors() -> None:

@@ -474,19 +474,20 @@ def test_temperature_only_training_keeps_t0_and_transfers(trained: dict) -> None
 
 
 def _transfer_frozen_boundary(trained: dict, name: str, terms: dict[str, Any]) -> dict[float, float]:
-    """Temperature heads added to the toy's boundary-only model, trainable "temperature", 400 steps of the given
-    objectives (each ramped in over 100 steps, 256 points per step); checks that the model at T0 is the
-    boundary's, bit for bit, and returns the KL per T."""
+    """The thermal scaling layer added to the toy's boundary-only model (the recipe's transfer), trainable
+    "temperature", 400 steps of the given objectives (each ramped in over 100 steps, 256 points per step); checks
+    that the model at T0 is the boundary's, bit for bit, and returns the KL per T."""
     toy, start = TRANSFER[name]["toy"], trained[name, None]
     schedule = {"start": 0, "ramp": 100, "batch_size": 256}
     config = _transfer_config(name, "centred").updated({
-        "trainable": "temperature", "flow": {"temperature_head": True},
+        "trainable": "temperature", "flow": {"thermal_scaling": True},
         "schedule": {"steps": 400, "learning_rate": 5e-3},
         "objectives": {"nll": None, "kl": None, "trade": None,
                        **{term: {**schedule, **settings} for term, settings in terms.items()}}})
     generator = Generator.from_config(start.generator.config(), start.generator.state_dict(),
-                                      adding=["temperature_head"])
+                                      adding=["thermal_scaling"])
     data = toy.sample(20000, T0, generator=torch.Generator().manual_seed(1))
+    generator.initialise_thermal_scaling(data)
     trainer = _trainer(toy, config, data=data, generator=generator)
     trainer.run()
     assert torch.equal(trainer.generator.log_prob(data[:500], T0), start.generator.log_prob(data[:500], T0))
@@ -598,17 +599,17 @@ def test_cli_trains_resumes_and_reloads_alanine_dipeptide(tmp_path: Path, capsys
     continued.write_text(config.read_text() + f"init_from: {tmp_path / 'nll'}\n")
     assert main(["train", "--config", str(continued), "--data", str(tmp_path / "data"), "--out",
                  str(tmp_path / "continued"), "--steps", "2", "--no-progress"]) == 0
-    # a temperature-only run that adds the heads and the scaling layer keeps the boundary's model at T0
+    # a temperature-only run that adds the scaling layer keeps the boundary's model at T0
     headed = tmp_path / "headed.yaml"
     headed.write_text(
-        config.read_text().replace("n_bins: 4}", "n_bins: 4, thermal_scaling: true, temperature_head: true}")
+        config.read_text().replace("n_bins: 4}", "n_bins: 4, thermal_scaling: true}")
         + f"init_from: {tmp_path / 'nll'}\ntrainable: temperature\nnll_weight: 0.0\nkl_weight: 0.0\n"
     )
     assert main(["train", "--config", str(headed), "--data", str(tmp_path / "data"), "--out",
                  str(tmp_path / "headed"), "--steps", "3", "--no-progress"]) == 0
     transferred = load_generator(tmp_path / "headed").generator
     boundary = load_generator(tmp_path / "nll").generator
-    assert transferred.flow.layers[0].temperature_head is not None
+    assert transferred.flow.scaling is not None
     with torch.no_grad():
         assert torch.allclose(transferred.log_prob(frames, 600.0), boundary.log_prob(frames, 600.0), atol=1e-4)
         assert not torch.allclose(transferred.log_prob(frames, 300.0), boundary.log_prob(frames, 300.0), atol=1.0)

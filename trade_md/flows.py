@@ -71,9 +71,7 @@ class SplineCoupling(nn.Module):
     domains: all ``d`` feature domains; transformed: indices of the dims this layer changes; the conditioner is
     an MLP (SiLU) on ``[embedded passive features, context]`` whose output layer starts at zero (identity layer)
     and whose weights on the context start at zero, so that a model trained at T0 alone is the same model at
-    every T until its temperature dependence is trained. With ``temperature_head`` a second MLP of the same shape
-    adds ``Σ_k context_k · head_k(features)`` to the spline parameters: a temperature dependence that vanishes at
-    T0 (context 0) whatever its weights, so it can be trained without touching the model at T0.
+    every T until its temperature dependence is trained.
     """
 
     def __init__(
@@ -84,7 +82,6 @@ class SplineCoupling(nn.Module):
         hidden: int,
         n_hidden_layers: int,
         n_bins: int,
-        temperature_head: bool = False,
     ) -> None:
         super().__init__()
         self.domains = list(domains)
@@ -116,9 +113,6 @@ class SplineCoupling(nn.Module):
         n_inputs = 2 * len(angles) + len(intervals) + context_dim
         n_outputs = len(self.transformed) * (3 * n_bins + 1)
         self.conditioner = _zero_output_mlp(n_inputs, hidden, n_hidden_layers, n_outputs)
-        self.temperature_head = (
-            _zero_output_mlp(n_inputs, hidden, n_hidden_layers, context_dim * n_outputs) if temperature_head else None
-        )
         self.context_dim = context_dim
         self.reset_context_weights()
 
@@ -140,11 +134,7 @@ class SplineCoupling(nn.Module):
         low, length = self._interval_low.to(dtype), self._interval_length.to(dtype)
         # conditioner features: (cos, sin) of circular dims, interval dims rescaled onto [-1, 1], the context
         features = torch.cat([torch.cos(angles), torch.sin(angles), 2.0 * (intervals - low) / length - 1.0, context])
-        raw = _columns_mlp(self.conditioner, features)
-        if self.temperature_head is not None:
-            head = _columns_mlp(self.temperature_head, features).unflatten(0, (self.context_dim, -1))
-            raw = raw + (context.unsqueeze(1) * head).sum(dim=0)
-        raw = raw.unflatten(0, (len(self.transformed), 3 * self.n_bins + 1))
+        raw = _columns_mlp(self.conditioner, features).unflatten(0, (len(self.transformed), 3 * self.n_bins + 1))
         y, log_derivative = spline_columns(
             z.index_select(0, self.transformed_index), raw, self._low.to(dtype), self._high.to(dtype),
             self._circular, self.n_bins, inverse=inverse,
@@ -230,8 +220,7 @@ class ConditionalSplineFlow(nn.Module):
     n_layers: coupling layers; hidden, n_hidden_layers: conditioner MLP shape; n_bins: spline bins;
     seed: fixes the coupling masks and the circular phase shifts (stored as buffers and in :meth:`config`);
     thermal_scaling: end with a :class:`ThermalScaling` layer (the harmonic temperature dependence, identity at
-    T0; set its centres and exponents from data with :meth:`Generator.initialise_thermal_scaling`);
-    temperature_head: give every coupling a temperature head (see :class:`SplineCoupling`), zero at T0.
+    T0; set its centres and exponents from data with :meth:`Generator.initialise_thermal_scaling`).
     The base distribution is uniform on the product of domains and independent of the context.
     """
 
@@ -245,7 +234,6 @@ class ConditionalSplineFlow(nn.Module):
         n_bins: int = 8,
         seed: int = 0,
         thermal_scaling: bool = False,
-        temperature_head: bool = False,
     ) -> None:
         super().__init__()
         self.domains = [d if isinstance(d, Domain) else Domain(**d) for d in domains]
@@ -258,12 +246,11 @@ class ConditionalSplineFlow(nn.Module):
             )
         self.context_dim = int(context_dim)
         self._settings = {"n_layers": int(n_layers), "hidden": int(hidden), "n_hidden_layers": int(n_hidden_layers),
-                          "n_bins": int(n_bins), "seed": int(seed), "thermal_scaling": bool(thermal_scaling),
-                          "temperature_head": bool(temperature_head)}
+                          "n_bins": int(n_bins), "seed": int(seed), "thermal_scaling": bool(thermal_scaling)}
         generator = torch.Generator().manual_seed(int(seed))
         d = len(self.domains)
         self.layers = nn.ModuleList(
-            SplineCoupling(self.domains, mask, self.context_dim, hidden, n_hidden_layers, n_bins, temperature_head)
+            SplineCoupling(self.domains, mask, self.context_dim, hidden, n_hidden_layers, n_bins)
             for mask in _masks(d, n_layers, generator)
         )
         circular = torch.tensor([dom.is_circular for dom in self.domains])
@@ -283,8 +270,8 @@ class ConditionalSplineFlow(nn.Module):
 
     def temperature_gradient_masks(self) -> list[tuple[nn.Parameter, Tensor]]:
         """The parameters that act only away from T0, each with a 0/1 mask ``[same shape]`` of the entries that do:
-        the conditioners' input weights on the context (multiplied by ``log(T / T0) = 0`` at T0), the temperature
-        heads and the thermal scaling layer (both zero or the identity at T0). Training only these entries leaves
+        the conditioners' input weights on the context (multiplied by ``log(T / T0) = 0`` at T0) and the
+        thermal scaling layer (the identity at T0). Training only these entries leaves
         ``q(x | T0)`` exactly as it is."""
         masks = []
         for layer in self.layers:
@@ -292,8 +279,6 @@ class ConditionalSplineFlow(nn.Module):
             mask = torch.zeros_like(weight)
             mask[:, -self.context_dim:] = 1.0
             masks.append((weight, mask))
-            if layer.temperature_head is not None:
-                masks.extend((p, torch.ones_like(p)) for p in layer.temperature_head.parameters())
         if self.scaling is not None:
             masks.extend((p, torch.ones_like(p)) for p in self.scaling.parameters())
         return masks
@@ -309,6 +294,11 @@ class ConditionalSplineFlow(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ConditionalSplineFlow:
+        """The flow of :meth:`config`. Configs written before temperature heads were removed name them (false)."""
+        config = dict(config)
+        if config.pop("temperature_head", False):
+            raise InputError("this model has temperature heads, which trade-md no longer has (they did not help: "
+                             "benchmarks/results §12); retrain it with this version")
         return cls(**config)
 
     def _context(self, context: Tensor, n: int) -> Tensor:

@@ -95,7 +95,7 @@ def _coordinates_from_config(config: dict[str, Any]) -> nn.Module:
                      "'internal' (was the checkpoint written by another version of trade-md?)")
 
 
-ADDABLE_FLOW_PARTS: dict[str, str] = {"thermal_scaling": ".scaling.", "temperature_head": ".temperature_head."}
+ADDABLE_FLOW_PARTS: dict[str, str] = {"thermal_scaling": ".scaling."}
 """Flow settings that may be switched on for a model trained without them (they act only away from T0), with the
 name fragment of their weights."""
 
@@ -214,8 +214,8 @@ class Generator(nn.Module):
         """Rebuild from :meth:`config` (weights random) and, if given, load ``state_dict`` (dtype follows it).
 
         adding: flow parts (:data:`ADDABLE_FLOW_PARTS`) to switch on for weights trained without them; they act
-        only away from T0, so the model at T0 is the saved one. They start at the identity (zero heads; the
-        scaling layer still needs :meth:`initialise_thermal_scaling`).
+        only away from T0, so the model at T0 is the saved one. They start at the identity (the scaling layer still
+        needs :meth:`initialise_thermal_scaling`).
         """
         unknown = set(adding) - set(ADDABLE_FLOW_PARTS)
         if unknown:
@@ -250,7 +250,7 @@ def molecule_generator(
     training_positions: ``[n, atoms, 3]`` nm (normalisation statistics, :meth:`InternalCoordinates.of_system`);
     reference_temperature: ``T0`` in K; width_sigmas, dihedral_windows: the normalisation of the internal coordinates
     (:class:`~trade_md.ic.InternalCoordinates`: stiff dihedrals on windows instead of circles); flow_kwargs: :class:`~trade_md.flows.ConditionalSplineFlow` arguments
-    (n_layers, hidden, n_hidden_layers, n_bins, seed, thermal_scaling, temperature_head; the scaling layer's centres
+    (n_layers, hidden, n_hidden_layers, n_bins, seed, thermal_scaling; the scaling layer's centres
     and exponents come from ``training_positions``).
     """
     coordinates = InternalCoordinates.of_system(system, training_positions, width_sigmas=width_sigmas,

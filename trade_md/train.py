@@ -121,10 +121,10 @@ def generator_for(dataset: Dataset, config: TrainConfig, checkpoint: dict[str, A
 
 def _initial_generator(config: TrainConfig, system: SystemRecord, training: Any) -> Generator:
     """The trained model of ``config.init_from`` as the starting point of a new run (its system, T0 and flow
-    settings must be this run's). A run may add ``thermal_scaling`` and ``temperature_head`` to a model trained
-    without them: both act only away from T0, so the model is unchanged there; the scaling layer's centres and
-    exponents come from ``training`` (``[n, atoms, 3]`` nm), the heads start at zero. A model that was trained at
-    T0 alone starts with its context weights at zero: the same model at every T."""
+    settings must be this run's). A run may add ``thermal_scaling`` to a model trained without it: it acts
+    only away from T0, so the model is unchanged there; the scaling layer's centres and exponents come from
+    ``training`` (``[n, atoms, 3]`` nm). A model that was trained at T0 alone starts with its context weights at
+    zero: the same model at every T."""
     where = f"init_from {config.init_from}"
     start = read_checkpoint(config.init_from)
     SystemRecord(**start["system"]).check_same(system, where)

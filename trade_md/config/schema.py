@@ -160,8 +160,7 @@ class MonitorConfig:
 
 
 FLOW_KEYS: dict[str, int | type] = {"n_layers": 1, "hidden": 1, "n_hidden_layers": 1, "n_bins": 2, "seed": 0,
-                                    "thermal_scaling": bool, "temperature_head": bool, "width_sigmas": float,
-                                    "dihedral_windows": bool}
+                                    "thermal_scaling": bool, "width_sigmas": float, "dihedral_windows": bool}
 """The ``flow`` section's keys (:class:`~trade_md.flows.ConditionalSplineFlow` and
 :func:`~trade_md.generator.molecule_generator` arguments): a count's smallest value, ``bool``, or ``float`` (> 0)."""
 _SECTIONS: dict[str, type] = {"temperatures": Temperatures, "data": DataConfig, "schedule": Schedule,
@@ -212,6 +211,8 @@ class TrainConfig:
         settings["objectives"] = _objectives(values.get("objectives"), f"{source}: objectives")
         flow = values.get("flow")
         settings["flow"] = {} if flow is None else dict(flow) if isinstance(flow, dict) else flow
+        if isinstance(flow, dict) and flow.get("temperature_head") is False:   # older configs name the removed part
+            del settings["flow"]["temperature_head"]
         config = cls(**settings)
         config.validate(source)
         return config
@@ -273,6 +274,9 @@ class TrainConfig:
 
     def _validate_flow(self, where: str) -> None:
         """Known keys of :data:`FLOW_KEYS` with values of their kind (sizes are counts, parts are booleans)."""
+        if "temperature_head" in self.flow:
+            raise InputError(f"{where}: temperature_head was removed (temperature heads did not help: "
+                             "benchmarks/results §12); delete it")
         unknown = sorted(set(self.flow) - set(FLOW_KEYS))
         if unknown:
             raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(FLOW_KEYS)}")

@@ -5,10 +5,9 @@ Run it against a checkout of that commit, never against the current package:
     git worktree add /tmp/legacy 4361c9f
     PYTHONPATH=/tmp/legacy python tests/data/legacy_checkpoint/make_fixture.py tests/data/legacy_checkpoint
 
-It trains a tiny float64 TRADE model of alanine dipeptide (mode trade over 300-1000 K, T0 = 600 K, thermal scaling
-and temperature heads, 6 steps on 5 ps of MD at 600 K) with the flat ``TrainConfig`` of that commit, exports its
-checkpoint without the optimiser state (``checkpoint.pt``) and records what that code computes with it
-(``expected.npz``): log q of 8 MD frames at 300, 600 and 1000 K, and 16 samples (positions and log q) drawn at
+It trains a tiny float64 TRADE model of alanine dipeptide (mode trade over 300-1000 K, T0 = 600 K, thermal scaling,
+6 steps on 5 ps of MD at 600 K) with the flat ``TrainConfig`` of that commit, exports its checkpoint without the
+optimiser state (``checkpoint.pt``) and records what that code computes with it (``expected.npz``): log q of 8 MD frames at 300, 600 and 1000 K, and 16 samples (positions and log q) drawn at
 450 K after ``torch.manual_seed(SAMPLE_SEED)``. tests/test_checkpoint_compat.py checks the current code against it.
 """
 
@@ -46,7 +45,7 @@ TRAIN = {
     "kl_weight": 0.1, "kl_batch_size": 8, "trade_batch_size": 16, "trade_start": 2, "trade_ramp": 2,
     "grid_nodes": 4, "grid_samples": 32, "grid_refresh_every": 2, "checkpoint_every": 3, "validate_every": 3,
     "energy_platform": "Reference", "progress": False, "dtype": "float64", "learning_rate": 1e-2,
-    "flow": {"n_layers": 2, "hidden": 8, "n_bins": 4, "thermal_scaling": True, "temperature_head": True},
+    "flow": {"n_layers": 2, "hidden": 8, "n_bins": 4, "thermal_scaling": True},
 }
 
 
