@@ -32,6 +32,7 @@ from trade_md.recipe import (
     run_recipe,
     trained_range,
 )
+from trade_md.recipe import pipeline
 from trade_md.recipe.budget import check_samples, md_length
 from trade_md.recipe.context import run_data
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
@@ -200,6 +201,24 @@ def test_unconverged_md_is_extended_within_the_budget_or_the_run_stops_with_what
         _extension(ctx, _report(5, 0.05, 0.01), 10.0, meter)                            # 38 more ns: 43 of 18 min
     with pytest.raises(RecipeStopped, match="never entered"):
         _extension(ctx, _report(0, 0.0, 0.0), 10.0, meter)
+
+
+def test_a_stopped_run_says_why_in_its_directory_until_it_gets_through(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def stopping(ctx: Any, header: str) -> dict:
+        raise RecipeStopped("MD at 600 K is not converged after 1 ns (P 0.01); To go on: resume with --budget 9")
+
+    monkeypatch.setattr(pipeline, "md_stage", stopping)
+    with pytest.raises(RecipeStopped):
+        run_recipe(tmp_path / "run", options=RunOptions(quick=True), progress=False, say=lambda line: None)
+    text = (tmp_path / "run" / "stopped.md").read_text()
+    assert "not converged after 1 ns" in text and "--budget 9" in text and "--resume`: none." in text
+    monkeypatch.setattr(pipeline, "md_stage", lambda ctx, header: {"data": "data"})
+    for stage in ("boundary_stage", "transfer_stage", "check_stage"):
+        monkeypatch.setattr(pipeline, stage, lambda *args: {"model": "model"})
+    monkeypatch.setattr(pipeline, "report_stage", lambda ctx, header, results: tmp_path / "summary.md")
+    run_recipe(tmp_path / "run", resume=True, progress=False, say=lambda line: None)
+    assert not (tmp_path / "run" / "stopped.md").exists()
 
 
 def test_boundary_data_from_parallel_tempering_counts_the_md_behind_it(tmp_path: Path) -> None:

@@ -15,11 +15,11 @@ import torch
 
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.formats.dataset import load_dataset
-from trade_md.formats.files import read_json, write_json_atomic
+from trade_md.formats.files import atomic_write_path, read_json, write_json_atomic
 from trade_md.formats.reference import Reference, default_reference, load_reference
 from trade_md.recipe.budget import DEFAULT_BUDGET_MINUTES, QUICK_BUDGET_MINUTES, plan_budget
 from trade_md.recipe.check import check_stage
-from trade_md.recipe.context import STAGES, RunContext, stage_result
+from trade_md.recipe.context import STAGES, RecipeStopped, RunContext, stage_result
 from trade_md.recipe.md_stage import first_round, md_stage
 from trade_md.recipe.options import RunOptions
 from trade_md.recipe.report import report_stage
@@ -35,6 +35,9 @@ RECIPE_FORMAT = "trade-md run/2"
 SYSTEM_FILE = "system.json"
 """The molecule of a run directory (:meth:`MolecularSystem.serialize`)."""
 DEFAULT_SYSTEM = "alanine-dipeptide"
+
+STOPPED_FILE = "stopped.md"
+"""In the run directory while the run is stopped: why, and what to do (:class:`RecipeStopped`)."""
 
 
 def run_recipe(
@@ -71,13 +74,28 @@ def _run(out: Path, system: MolecularSystem | None, options: RunOptions, resume:
     _record_session(out, options, plan)
     n = len(STAGES)
     results: dict[str, dict[str, Any]] = {}
-    results["md"] = md_stage(ctx, f"[1/{n}]")
-    results["boundary"] = boundary_stage(ctx, f"[2/{n}]", results["md"]["data"])
-    results["transfer"] = transfer_stage(ctx, f"[3/{n}]", results["md"]["data"], results["boundary"]["model"])
-    results["check"] = check_stage(ctx, f"[4/{n}]", results["transfer"]["model"], results["transfer"].get("grid"))
+    try:
+        results["md"] = md_stage(ctx, f"[1/{n}]")
+        results["boundary"] = boundary_stage(ctx, f"[2/{n}]", results["md"]["data"])
+        results["transfer"] = transfer_stage(ctx, f"[3/{n}]", results["md"]["data"], results["boundary"]["model"])
+        results["check"] = check_stage(ctx, f"[4/{n}]", results["transfer"]["model"], results["transfer"].get("grid"))
+    except RecipeStopped as stop:
+        _record_stop(out, stop, list(results))
+        raise
+    (out / STOPPED_FILE).unlink(missing_ok=True)
     summary = report_stage(ctx, f"[5/{n}]", results)
     say(f"done in {time.perf_counter() - started:.0f} s")
     return summary
+
+
+def _record_stop(out: Path, stop: RecipeStopped, finished: list[str]) -> None:
+    """Write why the run stopped, and how to go on, to ``out/stopped.md`` (removed once a resumed run gets through
+    its stages), so that a run left unattended says it in its own directory."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    kept = ", ".join(f"`{name}/`" for name in finished) or "none"
+    with atomic_write_path(out / STOPPED_FILE) as temp:
+        temp.write_text(f"# `trade-md run` stopped ({when})\n\n{stop}\n\nFinished stages, kept for `--resume`: "
+                        f"{kept}.\n")
 
 
 def _prepare(out: Path, system: MolecularSystem | None, options: RunOptions, resume: bool
