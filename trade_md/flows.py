@@ -270,9 +270,9 @@ class ConditionalSplineFlow(nn.Module):
 
     def temperature_gradient_masks(self) -> list[tuple[nn.Parameter, Tensor]]:
         """The parameters that act only away from T0, each with a 0/1 mask ``[same shape]`` of the entries that do:
-        the conditioners' input weights on the context (multiplied by ``log(T / T0) = 0`` at T0) and the
-        thermal scaling layer (the identity at T0). Training only these entries leaves
-        ``q(x | T0)`` exactly as it is."""
+        the conditioners' input weights on the context (multiplied by ``log(T / T0) = 0`` at T0) and the thermal
+        scaling layer (the identity at T0). Training only these entries leaves ``q(x | T0)`` as it is: bit for bit
+        without the scaling layer, to float rounding with it (it maps ``w`` to ``c + 1 (w - c)`` there)."""
         masks = []
         for layer in self.layers:
             weight = layer.conditioner[0].weight
