@@ -45,8 +45,8 @@ from trade_md.formats.checkpoint import load_generator, read_checkpoint
 from trade_md.formats.dataset import Dataset, load_dataset, write_dataset
 from trade_md.formats.files import json_safe, write_json_atomic
 from trade_md.recipe.context import run_data
-from trade_md.thermo import reduced_potential
 from trade_md.stopping import fit_gap
+from trade_md.thermo import reduced_potential
 from trade_md.train import train
 
 
@@ -91,12 +91,11 @@ def subset_values(run: Path, dataset: Dataset, fraction: float, work: Path) -> d
     """The run's boundary config on :func:`data_subset` (written to ``WORK/frames_<fraction>_data``; for a
     fraction of 1, ``dataset`` itself), validated on every validation frame and never stopped early."""
     values = boundary_values(run)
-    values["data"] = {**values["data"], "path": str(dataset.path)}
+    path, validation = str(dataset.path), values["data"]["validation_fraction"]
     if fraction < 1.0:
         data = work / f"frames_{fraction:g}_data"
-        values["data"] = {**values["data"], "path": str(data),
-                          "validation_fraction": data_subset(dataset, values["data"]["validation_fraction"],
-                                                             fraction, data)}
+        path, validation = str(data), data_subset(dataset, validation, fraction, data)
+    values["data"] = {**values["data"], "path": path, "validation_fraction": validation}
     values["monitor"] = {**values["monitor"], "validations": 0, "patience": 0}
     return values
 
