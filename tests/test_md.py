@@ -90,6 +90,46 @@ def test_hbond_constraints_two_femtoseconds(tmp_path: Path) -> None:
         np.testing.assert_allclose(distances, length, rtol=1e-4)
 
 
+def test_hydrogen_mass_repartitioning_moves_mass_from_the_bonded_atom(ala2: MolecularSystem) -> None:
+    heavy = md.repartition_hydrogen_mass(ala2, 4.0)
+    masses = np.array([[s.getParticleMass(i)._value for i in range(22)] for s in (ala2.system, heavy)])
+    hydrogens = [atom.index for atom in ala2.topology.atoms() if atom.element.symbol == "H"]
+    assert len(hydrogens) == 12 and np.allclose(masses[1, hydrogens], 4.0)
+    assert masses[1].sum() == pytest.approx(masses[0].sum(), abs=1e-9)      # each pair keeps its mass
+    methyl = next(a.index for a in ala2.topology.atoms() if a.residue.name == "ACE" and a.name == "CH3")
+    assert masses[1, methyl] == pytest.approx(masses[0, methyl] - 3 * (4.0 - masses[0, hydrogens[0]]))
+    assert masses[0, hydrogens[0]] == pytest.approx(1.008, abs=1e-3)         # the molecule's system is untouched
+    with pytest.raises(InputError, match=r"hydrogen mass 5 amu leaves atom \d+ \(CH3, ACE\) 0.0\d amu"):
+        md.repartition_hydrogen_mass(ala2, 5.0)
+    with pytest.raises(InputError, match="hydrogen mass 0.5 amu is invalid"):
+        md.repartition_hydrogen_mass(ala2, 0.5)
+
+
+def test_two_femtoseconds_with_heavy_hydrogens_sample_what_one_does(ala2: MolecularSystem, tmp_path: Path) -> None:
+    """Masses leave the distribution of positions as it is; at 2 fs only the integrator's error could change it. 300
+    ps at 600 K each, frames every 0.1 ps: the spread of the X–H bond lengths (what a 2 fs step at 1 amu widens first)
+    and the mean energy agree with 1 fs within 4 standard errors (about 5 % of the spread: this catches a gross error;
+    the 3 ns runs of results §10b resolve 0.5 %), and equipartition holds with the new masses."""
+    runs = {}
+    for label, timestep, mass in (("1fs", 1.0, None), ("2fs", 2.0, 4.0)):
+        runs[label] = run_md(ala2, 600.0, tmp_path / label, ns=0.3, seed=5, timestep_fs=timestep,
+                             hydrogen_mass_amu=mass, frame_interval_ps=0.1, equilibration_ps=10.0, **QUICK)
+    assert runs["2fs"].metadata["hydrogen_mass_amu"] == 4.0 and runs["2fs"].metadata["steps_per_replica"] == 155_000
+    xh = np.array([(a.index, b.index) for a, b in ala2.topology.bonds() if "H" in (a.element.symbol, b.element.symbol)])
+    spread = {}
+    for label, dataset in runs.items():
+        lengths = np.linalg.norm(dataset.positions[:, xh[:, 0]] - dataset.positions[:, xh[:, 1]], axis=-1)
+        blocks = lengths.reshape(10, -1, len(xh)).std(axis=1).mean(axis=1)
+        spread[label] = (lengths.std(axis=0).mean(), blocks.std(ddof=1) / math.sqrt(10))
+    print(f"X-H bond spread (nm): 1 fs {spread['1fs']}, 2 fs + 4 amu {spread['2fs']}")
+    assert abs(spread["2fs"][0] - spread["1fs"][0]) < 4.0 * math.hypot(spread["2fs"][1], spread["1fs"][1])
+    assert math.hypot(spread["2fs"][1], spread["1fs"][1]) < 0.02 * spread["1fs"][0]       # the test's resolution
+    error = math.hypot(*(block_standard_error([d.energies]) for d in runs.values()))
+    assert abs(runs["2fs"].energies.mean() - runs["1fs"].energies.mean()) < 4.0 * error
+    mean, kinetic_error = _kinetic_temperature(tmp_path / "2fs", 63)
+    assert abs(mean - 600.0) < 4.0 * kinetic_error and kinetic_error < 0.03 * 600.0
+
+
 # ----------------------------------------------------------------------------------------------------- datasets
 
 
@@ -148,6 +188,8 @@ def test_resume_after_interruption_reproduces_an_uninterrupted_run(
         run_md(ala2, 600.0, tmp_path / "cut", **settings)
     with pytest.raises(InputError, match="temperature 500.0 \\(run has 600.0\\)"):
         run_md(ala2, 500.0, tmp_path / "cut", resume=True, **settings)
+    with pytest.raises(InputError, match="hydrogen_mass_amu 4.0 \\(run has None\\)"):
+        run_md(ala2, 600.0, tmp_path / "cut", resume=True, hydrogen_mass_amu=4.0, **settings)
     with pytest.raises(SystemMismatchError, match="same system"):
         run_md(load_system("alanine-dipeptide", constraints="HBonds"), 600.0, tmp_path / "cut", resume=True, **settings)
     resumed = run_md(ala2, 600.0, tmp_path / "cut", resume=True, **settings)
@@ -219,8 +261,10 @@ def test_load_dataset_errors(tmp_path: Path) -> None:
 
 
 def test_invalid_md_settings(ala2: MolecularSystem, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="timestep 2.0 fs is too long .*--constraints HBonds"):
+    with pytest.raises(InputError, match="timestep 2.0 fs is too long .*hydrogen mass None.*--hydrogen-mass 4"):
         run_md(ala2, 600.0, tmp_path / "a", timestep_fs=2.0, **QUICK)
+    with pytest.raises(InputError, match="timestep 2.0 fs is too long .*hydrogen mass 3.0: at most 1 fs"):
+        run_md(ala2, 600.0, tmp_path / "a", timestep_fs=2.0, hydrogen_mass_amu=3.0, **QUICK)
     with pytest.raises(InputError, match="not a whole number"):
         run_md(ala2, 600.0, tmp_path / "b", frame_interval_ps=0.0015, **QUICK)
     with pytest.raises(InputError, match="temperature must be"):
@@ -248,8 +292,12 @@ def test_cli_md_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "10 frames from 1 runs" in printed and "at 600 K" in printed and "WARNING: only" in printed
     assert load_dataset(out).temperature == 600.0  # the built-in's reference temperature
     bad = parser.parse_args(["md", "--system", "alanine-dipeptide", "--timestep", "2", "--out", str(tmp_path / "x")])
-    with pytest.raises(InputError, match="--constraints HBonds"):
+    with pytest.raises(InputError, match="--hydrogen-mass 4"):
         bad.func(bad)
+    heavy = parser.parse_args(["md", "--system", "alanine-dipeptide", "--ns", "0.002", "--frame-interval", "0.5",
+                               "--equilibration", "1", "--replicas", "1", "--platform", "Reference", "--timestep", "2",
+                               "--hydrogen-mass", "4", "--no-progress", "--out", str(tmp_path / "h")])
+    assert heavy.func(heavy) == 0 and load_dataset(tmp_path / "h").metadata["hydrogen_mass_amu"] == 4.0
     custom = parser.parse_args(["md", "--pdb", str(SYSTEMS_DIR / "alanine_dipeptide" / "ala2.pdb"),
                                 "--forcefield", "amber99sbildn.xml",
                                 "--forcefield", "amber99_obc.xml", "--out", str(tmp_path / "y")])

@@ -136,8 +136,19 @@ def test_config_md_share_replaces_the_rule_share_and_is_checked(tmp_path: Path) 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("trade_md.recipe.md_stage.measure_md_speed", lambda *args, **kwargs: 28000.0)
         (settings,) = first_round(load_system("alanine-dipeptide"), plan, options, 0.3 * 7200.0)["rounds"]
-    assert "share" not in settings
-    assert settings["ns"] == pytest.approx(md_length(plan, 0.5 * 0.3 * 7200.0, 28000.0)["ns"])
+    assert "share" not in settings and settings["timestep_fs"] == 2.0 and settings["hydrogen_mass_amu"] == 4.0
+    assert settings["ns"] == pytest.approx(md_length(plan, 0.5 * 0.3 * 7200.0, 28000.0, timestep_fs=2.0)["ns"])
+    slow = RunOptions(budget=120.0, overrides={"md": {"timestep_fs": 1.0, "hydrogen_mass_amu": None}}).resolve(600.0,
+                                                                                                          None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("trade_md.recipe.md_stage.measure_md_speed", lambda *args, **kwargs: 28000.0)
+        (one_fs,) = first_round(load_system("alanine-dipeptide"), plan, slow, 0.3 * 7200.0)["rounds"]
+        (hbonds,) = first_round(load_system("alanine-dipeptide", constraints="HBonds"), plan, options,
+                                0.3 * 7200.0)["rounds"]
+    assert one_fs["timestep_fs"] == 1.0 and one_fs["hydrogen_mass_amu"] is None
+    assert one_fs["ns"] == pytest.approx(md_length(plan, 0.5 * 0.3 * 7200.0, 28000.0)["ns"])
+    assert settings["ns"] / one_fs["ns"] == pytest.approx(2.0, rel=0.01)     # twice the ns in the same minutes
+    assert hbonds["timestep_fs"] == 2.0 and hbonds["hydrogen_mass_amu"] is None
     for share in (0.6, 0, "most"):
         (tmp_path / "run.yaml").write_text(f"md: {{share: {share}}}\n")
         with pytest.raises(InputError, match=r"md.share .* must be a fraction of the budget in \(0, 0.45\]"):
@@ -146,9 +157,12 @@ def test_config_md_share_replaces_the_rule_share_and_is_checked(tmp_path: Path) 
 
 def test_the_run_configs_of_the_results_page_are_valid() -> None:
     configs = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "run").glob("*.yaml"))
-    assert {path.name for path in configs} >= {"md_share_15.yaml", "circle_dihedrals.yaml", "md_76ns.yaml"}
+    assert {path.name for path in configs} >= {"md_share_15.yaml", "circle_dihedrals.yaml", "md_76ns.yaml",
+                                               "md_1fs.yaml"}
     assert all(isinstance(load_overrides(path), dict) for path in configs)
-    assert load_overrides(configs[0].with_name("md_share_15.yaml")) == {"md": {"share": 0.15}}
+    one_fs = {"timestep_fs": 1.0, "hydrogen_mass_amu": None}
+    assert load_overrides(configs[0].with_name("md_share_15.yaml")) == {"md": {"share": 0.15, **one_fs}}
+    assert load_overrides(configs[0].with_name("md_1fs.yaml")) == {"md": one_fs}
 
 
 def test_bad_input_fails_before_any_work_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

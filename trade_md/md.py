@@ -1,7 +1,8 @@
 """Reference MD at one temperature: the boundary data of TRADE.
 
 :func:`run_md` runs ``replicas`` independent Langevin trajectories (LangevinMiddle, friction 1/ps, 1 fs; 2 fs
-allowed with HBonds constraints), each minimised and equilibrated first, and pools their frames into a dataset
+with HBonds constraints, or with heavier hydrogens, :func:`repartition_hydrogen_mass`: masses leave the Boltzmann
+distribution of positions as it is), each minimised and equilibrated first, and pools their frames into a dataset
 (:mod:`trade_md.formats.dataset`: ``topology.pdb`` + ``trajectory.dcd``, ``data.npz`` with positions
 ``[n, atoms, 3]`` nm, potential and kinetic energies ``[n]`` kJ/mol, times ``[n]`` ps and run index ``[n]``,
 ``system.json``, and ``run.json`` with the settings, package versions and the basin-convergence report of
@@ -43,12 +44,16 @@ from trade_md.progress import progress_bar
 from trade_md.systems import MolecularSystem
 from trade_md.thermo import kinetic_temperature, to_kelvin
 
-__all__ = ["DEFAULT_NS", "degrees_of_freedom", "openmm_seed", "run_md"]
+__all__ = ["DEFAULT_NS", "HMR_MIN_MASS_AMU", "degrees_of_freedom", "openmm_seed", "repartition_hydrogen_mass",
+           "run_md"]
 
 DEFAULT_NS: float = 30.0
 """Default total simulated time (ns, summed over replicas). Measured for alanine dipeptide at 600 K: 30 ns (2 x 15 ns)
 gave 63 entries into φ > 0 and a population of 0.060 ± 0.011 (18 %; 0.062 ± 0.010 over 50 ns); the Reference
 platform runs ~28,000 steps/s per free core, so the default job takes ~9 min on 2 free cores."""
+HMR_MIN_MASS_AMU: float = 4.0
+"""Hydrogen mass (amu) from which a system without constraints may run 2 fs steps (results §10b: at 600 K 1 fs and
+2 fs with 4 amu agree in energies and bond lengths; 2 fs at 1 amu widens the X–H bonds)."""
 
 
 def run_md(
@@ -60,6 +65,7 @@ def run_md(
     replicas: int | None = None,
     seed: int | None = None,
     timestep_fs: float = 1.0,
+    hydrogen_mass_amu: float | None = None,
     friction_per_ps: float = 1.0,
     frame_interval_ps: float = 1.0,
     equilibration_ps: float = 100.0,
@@ -71,8 +77,10 @@ def run_md(
     """Run ``replicas`` independent Langevin trajectories, ``ns`` nanoseconds in all, and write a dataset to ``out``.
 
     temperature: K (float or quantity). replicas: default one per CPU core (1 runs in this process, more in spawned
-    processes). seed: default random (recorded in run.json). timestep_fs: at most 1 fs, 2 fs with HBonds
-    constraints. platform: a name, or "auto" for the fastest, measured (:func:`trade_md.platforms.select_platform`).
+    processes). seed: default random (recorded in run.json). timestep_fs: at most 1 fs; 2 fs with HBonds
+    constraints or ``hydrogen_mass_amu`` >= :data:`HMR_MIN_MASS_AMU`. hydrogen_mass_amu: every hydrogen's mass in
+    the dynamics (:func:`repartition_hydrogen_mass`; None: the force field's; the dataset keeps the force field's).
+    platform: a name, or "auto" for the fastest, measured (:func:`trade_md.platforms.select_platform`).
     resume: continue an interrupted run in ``out`` with its recorded settings (arguments left at their defaults are
     not compared). progress: a progress bar, when the caller enabled bars (:mod:`trade_md.progress`).
     Returns the dataset as :func:`trade_md.formats.dataset.load_dataset` reads it.
@@ -80,11 +88,11 @@ def run_md(
     out = Path(out)
     started = time.perf_counter()
     if resume:
-        plan = _resume_plan(system, out, temperature, ns, replicas, seed, timestep_fs, friction_per_ps,
-                            frame_interval_ps)
+        plan = _resume_plan(system, out, temperature, ns, replicas, seed, timestep_fs, hydrogen_mass_amu,
+                            friction_per_ps, frame_interval_ps)
     else:
-        plan = _new_plan(system, to_kelvin(temperature), ns, replicas, seed, timestep_fs, friction_per_ps,
-                         frame_interval_ps, equilibration_ps, chunk_ps, platform, out)
+        plan = _new_plan(system, to_kelvin(temperature), ns, replicas, seed, timestep_fs, hydrogen_mass_amu,
+                         friction_per_ps, frame_interval_ps, equilibration_ps, chunk_ps, platform, out)
     todo = [k for k in range(plan["replicas"]) if _frames_done(out, k) < plan["frames_per_replica"]]
     total = plan["replicas"] * (plan["equilibration_ps"] + plan["frames_per_replica"] * plan["frame_interval_ps"])
     done = sum(_progress_ps(out, k, plan) for k in range(plan["replicas"]))
@@ -98,8 +106,8 @@ def run_md(
 
 
 def _new_plan(system: MolecularSystem, temperature: float, ns: float, replicas: int | None, seed: int | None,
-              timestep_fs: float, friction_per_ps: float, frame_interval_ps: float, equilibration_ps: float,
-              chunk_ps: float, platform: str, out: Path) -> dict[str, Any]:
+              timestep_fs: float, hydrogen_mass_amu: float | None, friction_per_ps: float, frame_interval_ps: float,
+              equilibration_ps: float, chunk_ps: float, platform: str, out: Path) -> dict[str, Any]:
     if (out / "run.json").exists():
         raise InputError(f"{out} already holds a complete dataset; choose another --out or delete it")
     if (out / "plan.json").exists():
@@ -116,10 +124,13 @@ def _new_plan(system: MolecularSystem, temperature: float, ns: float, replicas: 
         raise InputError(f"replicas must be at least 1, got {replicas}")
     if not (math.isfinite(equilibration_ps) and equilibration_ps >= 0):
         raise InputError(f"equilibration must be >= 0 ps, got {equilibration_ps}")
-    max_step = 2.0 if system.constraints == "HBonds" else 1.0
+    if hydrogen_mass_amu is not None:
+        repartition_hydrogen_mass(system, hydrogen_mass_amu)    # InputError when it cannot
+    heavy = hydrogen_mass_amu is not None and hydrogen_mass_amu >= HMR_MIN_MASS_AMU
+    max_step = 2.0 if system.constraints == "HBonds" or (heavy and system.constraints is None) else 1.0
     if timestep_fs > max_step + 1e-9:
-        raise InputError(f"timestep {timestep_fs} fs is too long for constraints={system.constraints}: at most "
-                         f"{max_step:g} fs (use --constraints HBonds for 2 fs)")
+        raise InputError(f"timestep {timestep_fs} fs is too long for constraints={system.constraints}, hydrogen "
+                         f"mass {hydrogen_mass_amu}: at most {max_step:g} fs (2 fs: --hydrogen-mass 4 or HBonds)")
     steps_per_frame = frame_interval_ps * 1000.0 / timestep_fs
     if abs(steps_per_frame - round(steps_per_frame)) > 1e-6 or round(steps_per_frame) < 1:
         raise InputError(f"frame interval {frame_interval_ps} ps is not a whole number of {timestep_fs} fs steps")
@@ -132,6 +143,7 @@ def _new_plan(system: MolecularSystem, temperature: float, ns: float, replicas: 
         "format": DATASET_FORMAT,
         "temperature": float(temperature),
         "timestep_fs": float(timestep_fs),
+        "hydrogen_mass_amu": None if hydrogen_mass_amu is None else float(hydrogen_mass_amu),
         "friction_per_ps": float(friction_per_ps),
         "frame_interval_ps": float(frame_interval_ps),
         "steps_per_frame": int(round(steps_per_frame)),
@@ -153,7 +165,7 @@ def _new_plan(system: MolecularSystem, temperature: float, ns: float, replicas: 
 
 
 def _resume_plan(system: MolecularSystem, out: Path, temperature: Any, ns: float, replicas: int | None,
-                 seed: int | None, timestep_fs: float, friction_per_ps: float,
+                 seed: int | None, timestep_fs: float, hydrogen_mass_amu: float | None, friction_per_ps: float,
                  frame_interval_ps: float) -> dict[str, Any]:
     if (out / "run.json").exists():
         raise InputError(f"{out} already holds a complete dataset; nothing to resume")
@@ -167,10 +179,11 @@ def _resume_plan(system: MolecularSystem, out: Path, temperature: Any, ns: float
                                   "same system options")
     given = {"temperature": to_kelvin(temperature), "timestep_fs": timestep_fs, "friction_per_ps": friction_per_ps,
              "frame_interval_ps": frame_interval_ps, "replicas": replicas, "seed": seed,
-             "ns": ns}
+             "ns": ns, "hydrogen_mass_amu": hydrogen_mass_amu}
     defaults = {"timestep_fs": 1.0, "friction_per_ps": 1.0, "frame_interval_ps": 1.0, "ns": DEFAULT_NS}
-    differences = [f"{key} {value} (run has {plan[key]})" for key, value in given.items()
-                   if value is not None and value != defaults.get(key) and not math.isclose(float(value), plan[key])]
+    differences = [f"{key} {value} (run has {plan.get(key)})" for key, value in given.items()
+                   if value is not None and value != defaults.get(key)
+                   and (plan.get(key) is None or not math.isclose(float(value), plan[key]))]
     if differences:
         raise InputError(f"--resume with settings that differ from the interrupted run in {out}: "
                          f"{', '.join(differences)}; repeat the original command with --resume")
@@ -185,7 +198,9 @@ def _context(system: MolecularSystem, plan: dict[str, Any], seed: int) -> tuple[
                                                  plan["friction_per_ps"] / unit.picosecond,
                                                  plan["timestep_fs"] * unit.femtosecond)
     integrator.setRandomNumberSeed(seed)
-    context = openmm.Context(system.system, integrator, openmm.Platform.getPlatformByName(plan["platform"]),
+    mass = plan.get("hydrogen_mass_amu")
+    dynamics = system.system if mass is None else repartition_hydrogen_mass(system, mass)
+    context = openmm.Context(dynamics, integrator, openmm.Platform.getPlatformByName(plan["platform"]),
                              plan["platform_properties"])
     return context, integrator
 
@@ -362,6 +377,30 @@ def _finish(out: Path, plan: dict[str, Any], wall_s: float) -> Dataset:
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     (out / "plan.json").unlink(missing_ok=True)
     return dataset
+
+
+def repartition_hydrogen_mass(system: MolecularSystem, mass_amu: float) -> openmm.System:
+    """A copy of ``system.system`` in which every hydrogen bonded to a heavier atom weighs ``mass_amu`` (amu), the mass
+    it gains taken from that atom, so each such pair keeps its mass (OpenMM's ``hydrogenMass``). InputError when a
+    heavy atom would keep less than 1 amu, or ``mass_amu`` is below a hydrogen's own mass."""
+    if not (math.isfinite(mass_amu) and mass_amu >= 1.0):
+        raise InputError(f"hydrogen mass {mass_amu} amu is invalid; give at least a hydrogen's own mass, e.g. "
+                         f"--hydrogen-mass {HMR_MIN_MASS_AMU:g}")
+    dynamics = openmm.XmlSerializer.clone(system.system)
+    hydrogens = {atom.index for atom in system.topology.atoms()
+                 if atom.element is not None and atom.element.symbol == "H"}
+    for first, second in system.topology.bonds():
+        for h, heavy in ((first, second), (second, first)):
+            if h.index in hydrogens and heavy.index not in hydrogens:
+                gained = mass_amu - dynamics.getParticleMass(h.index).value_in_unit(unit.dalton)
+                left = dynamics.getParticleMass(heavy.index).value_in_unit(unit.dalton) - gained
+                if left < 1.0:
+                    raise InputError(f"hydrogen mass {mass_amu:g} amu leaves atom {heavy.index} ({heavy.name}, "
+                                     f"{heavy.residue.name}) {left:.2f} amu; choose a lighter "
+                                     "--hydrogen-mass")
+                dynamics.setParticleMass(h.index, mass_amu * unit.dalton)
+                dynamics.setParticleMass(heavy.index, left * unit.dalton)
+    return dynamics
 
 
 def openmm_seed(seed: int, *keys: int) -> int:

@@ -35,7 +35,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, help="output directory (new, or an interrupted one with --resume)")
     parser.add_argument("--replicas", type=int, help="independent runs in parallel (default: one per CPU core)")
     parser.add_argument("--seed", type=int, help="random seed (default: random, recorded in run.json)")
-    parser.add_argument("--timestep", type=float, default=1.0, help="fs (default 1; up to 2 with --constraints HBonds)")
+    parser.add_argument("--timestep", type=float, default=1.0,
+                        help="fs (default 1; up to 2 with --hydrogen-mass 4 or --constraints HBonds)")
+    parser.add_argument("--hydrogen-mass", type=float, metavar="AMU",
+                        help="hydrogen mass in the dynamics, taken from the bonded atom (default: the force field's); "
+                             "4 allows --timestep 2 without constraints")
     parser.add_argument("--friction", type=float, default=1.0, help="1/ps (default 1)")
     parser.add_argument("--frame-interval", type=float, default=1.0, help="ps between saved frames (default 1)")
     parser.add_argument("--equilibration", type=float, default=100.0, help="ps per replica before frames (default 100)")
@@ -56,7 +60,7 @@ def _md_command(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # printed in the summary, once
         dataset = run_md(system, temperature, args.out, ns=args.ns, replicas=args.replicas, seed=args.seed,
-                         timestep_fs=args.timestep, friction_per_ps=args.friction,
+                         timestep_fs=args.timestep, hydrogen_mass_amu=args.hydrogen_mass, friction_per_ps=args.friction,
                          frame_interval_ps=args.frame_interval, equilibration_ps=args.equilibration,
                          platform=args.platform, resume=args.resume, progress=not args.no_progress)
     print(_summary(args.out, dataset))

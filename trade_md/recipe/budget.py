@@ -29,7 +29,8 @@ validations in a row (of about 40) bring neither a lower validation NLL nor a hi
 validation.
 
 **MD length** from the MD share and the MD speed measured on the molecule (:func:`md_length`): one replica per CPU
-core, at most 8 (``--quick``: one), 10 % of the time kept for start-up, the rest simulated; equilibration 10 % of each
+core, at most 8 (``--quick``: one), 10 % of the time kept for start-up, the rest simulated (2 fs steps with 4 amu
+hydrogens, :data:`trade_md.recipe.md_stage.MD_TIMESTEP_FS`); equilibration 10 % of each
 replica, at most 100 ps; a frame every 1 ps, or more often for short runs (at least 10,000 frames, at most every
 0.1 ps). A first round fills half the share at the speed of one replica measured alone; further rounds fill the rest at
 the speed the rounds so far reached (with every replica running, on a CPU maybe shared), so MD keeps to its share.

@@ -27,7 +27,7 @@ from trade_md.convergence import MAX_RELATIVE_ERROR, MIN_MINOR_ENTRIES, Converge
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.formats.dataset import Dataset, load_dataset, write_dataset
 from trade_md.formats.files import read_json, write_json_atomic
-from trade_md.md import openmm_seed, run_md
+from trade_md.md import HMR_MIN_MASS_AMU, openmm_seed, run_md
 from trade_md.platforms import measure_md_speed, select_platform
 from trade_md.recipe.budget import MD_FIRST_ROUND_SHARE, MD_STARTUP_SHARE, BudgetPlan, md_length, md_round
 from trade_md.recipe.context import RecipeStopped, RunContext, mark_complete, stage_result
@@ -36,6 +36,10 @@ from trade_md.recipe.options import RunOptions
 
 __all__ = ["check_dataset", "data_cost", "first_round", "md_stage", "needed_length_factor"]
 
+MD_TIMESTEP_FS = 2.0
+"""fs, with hydrogens of :data:`~trade_md.md.HMR_MIN_MASS_AMU` (no constraints) or HBonds constraints: twice the
+simulated time of 1 fs per minute, and the same distribution of positions (results §10b); a user System with other
+constraints runs 1 fs. ``--config`` ``md: {timestep_fs: 1.0, hydrogen_mass_amu: null}``: 1 fs, force-field masses."""
 MAX_EXTENSIONS = 3
 """MD rounds at most that extend the MD beyond its share for convergence."""
 MAX_FILLS = 2
@@ -74,9 +78,10 @@ def _md_rounds(ctx: RunContext, stage: Path, header: str, meter: Meter, counted:
         write_json_atomic(state_path, state)
     if not (stage / "round_0").exists():
         first = state["rounds"][0]
+        masses = f", hydrogens {first['hydrogen_mass_amu']:g} amu" if first.get("hydrogen_mass_amu") else ""
         ctx.say(f"{header} MD at {ctx.t0:g} K: {first['ns']:.3g} ns ({first['replicas']} x "
-                f"{first['ns'] / first['replicas']:.3g} ns, {state['speed_steps_per_s']:.0f} steps/s per replica on "
-                f"{state['platform']}) -> {stage}")
+                f"{first['ns'] / first['replicas']:.3g} ns, {first['timestep_fs']:g} fs steps{masses}, "
+                f"{state['speed_steps_per_s']:.0f} steps/s per replica on {state['platform']}) -> {stage}")
     else:
         ctx.say(f"{header} MD at {ctx.t0:g} K: resuming round {len(state['rounds'])} -> {stage}")
     while True:
@@ -129,7 +134,9 @@ def _fill(ctx: RunContext, state: dict[str, Any], ns: float, meter: Meter) -> fl
 
 
 def _add_round(ctx: RunContext, stage: Path, state: dict[str, Any], ns: float, kind: str) -> None:
-    settings = {**md_round(ctx.plan, ns), "timestep_fs": state["rounds"][0]["timestep_fs"], "kind": kind,
+    first = state["rounds"][0]
+    settings = {**md_round(ctx.plan, ns), "timestep_fs": first["timestep_fs"],
+                "hydrogen_mass_amu": first.get("hydrogen_mass_amu"), "kind": kind,
                 "seed": openmm_seed(ctx.options.seed, 0x6D64, len(state["rounds"]))}
     state["rounds"].append(settings)
     write_json_atomic(stage / "rounds.json", state)
@@ -141,9 +148,11 @@ def first_round(system: Any, plan: BudgetPlan, options: RunOptions, seconds: flo
     the ``--config`` md section. InputError when the budget is too small for the molecule."""
     platform, properties = select_platform(system, "auto", threads=1, purpose="dynamics")
     speed = measure_md_speed(system, platform, properties, seconds=1.0)
-    timestep = 2.0 if system.constraints == "HBonds" else 1.0
+    dynamics = {"timestep_fs": 1.0 if system.constraints == "custom" else MD_TIMESTEP_FS,
+                "hydrogen_mass_amu": HMR_MIN_MASS_AMU if system.constraints is None else None}
+    dynamics.update({key: value for key, value in options.overrides.get("md", {}).items() if key in dynamics})
     share = 1.0 if options.quick else MD_FIRST_ROUND_SHARE
-    settings = md_length(plan, share * seconds, speed, timestep_fs=timestep)
+    settings = md_length(plan, share * seconds, speed, timestep_fs=dynamics["timestep_fs"])
     if options.quick and settings["ns"] < plan.md_min_ns:       # a first look: the minimum MD, however slow the CPU
         settings = md_round(plan, plan.md_min_ns)
     settings.update({key: value for key, value in options.overrides.get("md", {}).items() if key != "share"})
@@ -153,7 +162,7 @@ def first_round(system: Any, plan: BudgetPlan, options: RunOptions, seconds: flo
                          f"simulates {settings['ns'] / share:.2g} ns at {speed:.0f} steps/s, at least "
                          f"{plan.md_min_ns:g} ns are needed; raise --budget to {math.ceil(needed)} or more, or use "
                          "--quick")
-    settings.update(timestep_fs=timestep, kind="share", seed=openmm_seed(options.seed, 0x6D64, 0))
+    settings.update(**dynamics, kind="share", seed=openmm_seed(options.seed, 0x6D64, 0))
     return {"platform": platform, "speed_steps_per_s": speed, "rounds": [settings]}
 
 
@@ -166,6 +175,7 @@ def _run_round(ctx: RunContext, directory: Path, settings: dict[str, Any]) -> Da
         warnings.simplefilter("ignore", ConvergenceWarning)   # judged on the pooled rounds
         return run_md(ctx.system, ctx.t0, directory, ns=float(settings["ns"]), replicas=replicas,
                       seed=int(settings["seed"]), timestep_fs=float(settings["timestep_fs"]),
+                      hydrogen_mass_amu=settings.get("hydrogen_mass_amu"),
                       frame_interval_ps=frame_interval, equilibration_ps=float(settings["equilibration_ps"]),
                       resume=(directory / "plan.json").is_file(), progress=ctx.progress)
 

@@ -9,6 +9,7 @@ The ``--config`` file (YAML) overrides what the rule chooses, section by section
 
     md: {ns: 30.0, replicas: 2, frame_interval_ps: 1.0, equilibration_ps: 100.0}   # fixed MD instead of the rule's
     md: {share: 0.3}                                 # or MD's share of the budget (0 < share <= 0.45)
+    md: {timestep_fs: 1.0, hydrogen_mass_amu: null}  # 1 fs steps, force-field masses (default: 2 fs, 4 amu)
     boundary: {schedule: {learning_rate: 5.0e-4}}    # deep-merged onto the boundary's TrainConfig (trade_md.config)
     transfer: {grid: {nodes: 26}}                    # ... onto the transfer's
     check: {samples: 100000}                         # self-check samples per temperature
@@ -43,8 +44,8 @@ TRANSFERS: dict[str, str] = {
     "none": "no transfer training: the boundary with its thermal scaling layer at the harmonic start (a = 1)",
 }
 """``--transfer`` variants, all from the same boundary."""
-_OVERRIDE_SECTIONS = {"md": {"ns", "replicas", "frame_interval_ps", "equilibration_ps", "share"}, "boundary": None,
-                      "transfer": None, "check": {"samples"}}
+_OVERRIDE_SECTIONS = {"md": {"ns", "replicas", "frame_interval_ps", "equilibration_ps", "share", "timestep_fs",
+                             "hydrogen_mass_amu"}, "boundary": None, "transfer": None, "check": {"samples"}}
 _MUTABLE = ("budget", "device")
 MAX_MD_SHARE_OVERRIDE = 0.45
 """``md: {share: ...}`` at most: the boundary keeps at least 10 % of the budget."""
