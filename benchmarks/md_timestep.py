@@ -43,9 +43,8 @@ FRAME_FS = 100.0
 def run(molecule: MolecularSystem, temperature: float, ns: float, timestep_fs: float, hydrogen_mass: float | None,
         seed: int) -> dict[str, Any]:
     """One run's statistics (module docs)."""
-    system = openmm.XmlSerializer.clone(molecule.system)
-    if hydrogen_mass is not None:
-        system = repartition_hydrogen_mass(molecule, hydrogen_mass)
+    system = (openmm.XmlSerializer.clone(molecule.system) if hydrogen_mass is None      # force groups set below
+              else repartition_hydrogen_mass(molecule, hydrogen_mass))
     groups = {}
     for index, force in enumerate(system.getForces()):
         force.setForceGroup(index)
