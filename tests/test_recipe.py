@@ -37,7 +37,7 @@ from trade_md.recipe.budget import check_samples, md_length
 from trade_md.recipe.context import run_data
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
     seconds_per_step
-from trade_md.recipe.md_stage import _extension, data_cost, first_round, needed_length_factor
+from trade_md.recipe.md_stage import _extension, data_cost, first_round, md_dynamics, needed_length_factor
 from trade_md.recipe.options import load_overrides
 from trade_md.recipe.report import _flow_line, _reference_table, _stage_summary
 from trade_md.recipe.training import FLOW_CHOICE_FILE, _flow_choice, boundary_config, transfer_config
@@ -153,6 +153,18 @@ def test_config_md_share_replaces_the_rule_share_and_is_checked(tmp_path: Path) 
         (tmp_path / "run.yaml").write_text(f"md: {{share: {share}}}\n")
         with pytest.raises(InputError, match=r"md.share .* must be a fraction of the budget in \(0, 0.45\]"):
             load_overrides(tmp_path / "run.yaml")
+
+
+def test_config_md_dynamics_are_checked_before_any_work() -> None:
+    plain, hbonds = load_system("alanine-dipeptide"), load_system("alanine-dipeptide", constraints="HBonds")
+    assert md_dynamics(plain, {}) == {"timestep_fs": 2.0, "hydrogen_mass_amu": 4.0}
+    assert md_dynamics(plain, {"timestep_fs": 1.0, "hydrogen_mass_amu": None}) == {"timestep_fs": 1.0,
+                                                                                  "hydrogen_mass_amu": None}
+    assert md_dynamics(hbonds, {"hydrogen_mass_amu": None}) == {"timestep_fs": 2.0, "hydrogen_mass_amu": None}
+    for md in ({"hydrogen_mass_amu": None}, {"hydrogen_mass_amu": 3.0}, {"timestep_fs": 2.5}):
+        with pytest.raises(InputError, match=r"--config md: timestep_fs .* set md.timestep_fs: 1.0, or "
+                                             r"md.hydrogen_mass_amu: 4"):
+            md_dynamics(plain, md)
 
 
 def test_the_run_configs_of_the_results_page_are_valid() -> None:

@@ -44,8 +44,8 @@ from trade_md.progress import progress_bar
 from trade_md.systems import MolecularSystem
 from trade_md.thermo import kinetic_temperature, to_kelvin
 
-__all__ = ["DEFAULT_NS", "HMR_MIN_MASS_AMU", "degrees_of_freedom", "openmm_seed", "repartition_hydrogen_mass",
-           "run_md"]
+__all__ = ["DEFAULT_NS", "HMR_MIN_MASS_AMU", "degrees_of_freedom", "max_timestep_fs", "openmm_seed",
+           "repartition_hydrogen_mass", "run_md"]
 
 DEFAULT_NS: float = 30.0
 """Default total simulated time (ns, summed over replicas). Measured for alanine dipeptide at 600 K: 30 ns (2 x 15 ns)
@@ -54,6 +54,13 @@ platform runs ~28,000 steps/s per free core, so the default job takes ~9 min on 
 HMR_MIN_MASS_AMU: float = 4.0
 """Hydrogen mass (amu) from which a system without constraints may run 2 fs steps (results §10b: at 600 K 1 fs and
 2 fs with 4 amu agree in energies and bond lengths; 2 fs at 1 amu widens the X–H bonds)."""
+
+
+def max_timestep_fs(constraints: str | None, hydrogen_mass_amu: float | None) -> float:
+    """The longest Langevin step (fs) allowed: 2 with HBonds, or without constraints and hydrogens of at least
+    :data:`HMR_MIN_MASS_AMU`; else 1."""
+    heavy = hydrogen_mass_amu is not None and hydrogen_mass_amu >= HMR_MIN_MASS_AMU
+    return 2.0 if constraints == "HBonds" or (heavy and constraints is None) else 1.0
 
 
 def run_md(
@@ -77,9 +84,9 @@ def run_md(
     """Run ``replicas`` independent Langevin trajectories, ``ns`` nanoseconds in all, and write a dataset to ``out``.
 
     temperature: K (float or quantity). replicas: default one per CPU core (1 runs in this process, more in spawned
-    processes). seed: default random (recorded in run.json). timestep_fs: at most 1 fs; 2 fs with HBonds
-    constraints or ``hydrogen_mass_amu`` >= :data:`HMR_MIN_MASS_AMU`. hydrogen_mass_amu: every hydrogen's mass in
-    the dynamics (:func:`repartition_hydrogen_mass`; None: the force field's; the dataset keeps the force field's).
+    processes). seed: default random (recorded in run.json). timestep_fs: at most :func:`max_timestep_fs`.
+    hydrogen_mass_amu: every hydrogen's mass in the dynamics (:func:`repartition_hydrogen_mass`; None: the force
+    field's; the dataset keeps the force field's).
     platform: a name, or "auto" for the fastest, measured (:func:`trade_md.platforms.select_platform`).
     resume: continue an interrupted run in ``out`` with its recorded settings (arguments left at their defaults are
     not compared). progress: a progress bar, when the caller enabled bars (:mod:`trade_md.progress`).
@@ -126,8 +133,7 @@ def _new_plan(system: MolecularSystem, temperature: float, ns: float, replicas: 
         raise InputError(f"equilibration must be >= 0 ps, got {equilibration_ps}")
     if hydrogen_mass_amu is not None:
         repartition_hydrogen_mass(system, hydrogen_mass_amu)    # InputError when it cannot
-    heavy = hydrogen_mass_amu is not None and hydrogen_mass_amu >= HMR_MIN_MASS_AMU
-    max_step = 2.0 if system.constraints == "HBonds" or (heavy and system.constraints is None) else 1.0
+    max_step = max_timestep_fs(system.constraints, hydrogen_mass_amu)
     if timestep_fs > max_step + 1e-9:
         raise InputError(f"timestep {timestep_fs} fs is too long for constraints={system.constraints}, hydrogen "
                          f"mass {hydrogen_mass_amu}: at most {max_step:g} fs (2 fs: --hydrogen-mass 4 or HBonds)")
@@ -226,12 +232,8 @@ def _run_replica(out: Path, k: int, report: Callable[[float], Any]) -> None:
         empty = {"positions": [], "potential_energies": [], "kinetic_energies": [], "times": []}
         _write_checkpoint(out, k, empty, state, time.perf_counter() - begun)
         checkpoint = _load_checkpoint(out, k)
-    frames = {
-        "positions": list(checkpoint["positions"]),
-        "potential_energies": checkpoint["potential_energies"].tolist(),
-        "kinetic_energies": checkpoint["kinetic_energies"].tolist(),
-        "times": checkpoint["times"].tolist(),
-    }
+    frames = {key: list(checkpoint[key]) if key == "positions" else checkpoint[key].tolist()
+              for key in ("positions", "potential_energies", "kinetic_energies", "times")}
     state = openmm.XmlSerializer.deserialize(str(checkpoint["state_xml"]))
     compute_s = float(checkpoint["compute_s"])
     while len(frames["times"]) < plan["frames_per_replica"]:
@@ -282,8 +284,7 @@ def _run_processes(out: Path, todo: list[int], report: Callable[[float], Any]) -
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     processes = {k: context.Process(target=_replica_process, args=(str(out), k, messages, os.getpid()),
-                                  name=f"trade-md-md-{k}")
-                 for k in todo}
+                                  name=f"trade-md-md-{k}") for k in todo}
     for process in processes.values():
         process.start()
     running = set(todo)
@@ -396,8 +397,7 @@ def repartition_hydrogen_mass(system: MolecularSystem, mass_amu: float) -> openm
                 left = dynamics.getParticleMass(heavy.index).value_in_unit(unit.dalton) - gained
                 if left < 1.0:
                     raise InputError(f"hydrogen mass {mass_amu:g} amu leaves atom {heavy.index} ({heavy.name}, "
-                                     f"{heavy.residue.name}) {left:.2f} amu; choose a lighter "
-                                     "--hydrogen-mass")
+                                     f"{heavy.residue.name}) {left:.2f} amu; choose a lighter --hydrogen-mass")
                 dynamics.setParticleMass(h.index, mass_amu * unit.dalton)
                 dynamics.setParticleMass(heavy.index, left * unit.dalton)
     return dynamics

@@ -27,14 +27,14 @@ from trade_md.convergence import MAX_RELATIVE_ERROR, MIN_MINOR_ENTRIES, Converge
 from trade_md.errors import InputError, SystemMismatchError
 from trade_md.formats.dataset import Dataset, load_dataset, write_dataset
 from trade_md.formats.files import read_json, write_json_atomic
-from trade_md.md import HMR_MIN_MASS_AMU, openmm_seed, run_md
+from trade_md.md import HMR_MIN_MASS_AMU, max_timestep_fs, openmm_seed, run_md
 from trade_md.platforms import measure_md_speed, select_platform
 from trade_md.recipe.budget import MD_FIRST_ROUND_SHARE, MD_STARTUP_SHARE, BudgetPlan, md_length, md_round
 from trade_md.recipe.context import RecipeStopped, RunContext, mark_complete, stage_result
 from trade_md.recipe.cost import Meter, record_session
 from trade_md.recipe.options import RunOptions
 
-__all__ = ["check_dataset", "data_cost", "first_round", "md_stage", "needed_length_factor"]
+__all__ = ["check_dataset", "data_cost", "first_round", "md_dynamics", "md_stage", "needed_length_factor"]
 
 MD_TIMESTEP_FS = 2.0
 """fs, with hydrogens of :data:`~trade_md.md.HMR_MIN_MASS_AMU` (no constraints) or HBonds constraints: twice the
@@ -148,9 +148,7 @@ def first_round(system: Any, plan: BudgetPlan, options: RunOptions, seconds: flo
     the ``--config`` md section. InputError when the budget is too small for the molecule."""
     platform, properties = select_platform(system, "auto", threads=1, purpose="dynamics")
     speed = measure_md_speed(system, platform, properties, seconds=1.0)
-    dynamics = {"timestep_fs": 1.0 if system.constraints == "custom" else MD_TIMESTEP_FS,
-                "hydrogen_mass_amu": HMR_MIN_MASS_AMU if system.constraints is None else None}
-    dynamics.update({key: value for key, value in options.overrides.get("md", {}).items() if key in dynamics})
+    dynamics = md_dynamics(system, options.overrides.get("md", {}))
     share = 1.0 if options.quick else MD_FIRST_ROUND_SHARE
     settings = md_length(plan, share * seconds, speed, timestep_fs=dynamics["timestep_fs"])
     if options.quick and settings["ns"] < plan.md_min_ns:       # a first look: the minimum MD, however slow the CPU
@@ -164,6 +162,20 @@ def first_round(system: Any, plan: BudgetPlan, options: RunOptions, seconds: flo
                          "--quick")
     settings.update(**dynamics, kind="share", seed=openmm_seed(options.seed, 0x6D64, 0))
     return {"platform": platform, "speed_steps_per_s": speed, "rounds": [settings]}
+
+
+def md_dynamics(system: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``timestep_fs`` and ``hydrogen_mass_amu`` of the MD (:data:`MD_TIMESTEP_FS`), the ``--config`` md section's
+    values put on; InputError, naming those keys, when the step is too long for the masses and constraints."""
+    dynamics = {"timestep_fs": 1.0 if system.constraints == "custom" else MD_TIMESTEP_FS,
+                "hydrogen_mass_amu": HMR_MIN_MASS_AMU if system.constraints is None else None}
+    dynamics.update({key: value for key, value in overrides.items() if key in dynamics})
+    longest = max_timestep_fs(system.constraints, dynamics["hydrogen_mass_amu"])
+    if dynamics["timestep_fs"] > longest + 1e-9:
+        raise InputError(f"--config md: timestep_fs {dynamics['timestep_fs']:g} is too long with hydrogen_mass_amu "
+                         f"{dynamics['hydrogen_mass_amu']} and constraints {system.constraints}: at most {longest:g} "
+                         f"fs; set md.timestep_fs: 1.0, or md.hydrogen_mass_amu: {HMR_MIN_MASS_AMU:g}")
+    return dynamics
 
 
 def _run_round(ctx: RunContext, directory: Path, settings: dict[str, Any]) -> Dataset:
