@@ -214,8 +214,8 @@ def test_parallel_replicas_are_pooled_with_their_index(ala2: MolecularSystem, tm
 
 @pytest.mark.slow
 def test_workers_stop_when_the_md_command_is_killed(tmp_path: Path) -> None:
-    """SIGTERM to `trade-md md` (no cleanup runs) leaves no replica process computing on (each has ~1 min of MD
-    left); the finished chunks stay for --resume."""
+    """SIGTERM to `trade-md md` ends it as Ctrl-C does (exit 143) and leaves no replica process computing on (each
+    has ~1 min of MD left); the finished chunks stay for --resume."""
     import os
     import signal
     import subprocess
@@ -226,14 +226,15 @@ def test_workers_stop_when_the_md_command_is_killed(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "trade_md.cli", "md", "--system", "alanine-dipeptide", "--temperature", "600",
                "--ns", "3", "--replicas", "2", "--frame-interval", "0.5", "--equilibration", "1",
                "--platform", "Reference", "--seed", "3", "--no-progress", "--out", str(out)]
-    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120.0
     while not list((out / "checkpoints").glob("run_*.npz")) and time.monotonic() < deadline:
         time.sleep(0.2)
     workers = [int(pid) for pid in Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()]
     assert len(workers) >= 2  # the two replicas (and the resource tracker)
     parent.send_signal(signal.SIGTERM)
-    parent.wait(timeout=30)
+    _, stderr = parent.communicate(timeout=30)
+    assert parent.returncode == 143 and "terminated; finished checkpoints and datasets are kept" in stderr
 
     def alive(pid: int) -> bool:
         try:

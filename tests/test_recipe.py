@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -35,6 +36,7 @@ from trade_md.recipe import (
 from trade_md.recipe import pipeline
 from trade_md.recipe.budget import check_samples, md_length
 from trade_md.recipe.context import run_data
+from trade_md.recipe.cost import COST_FILE, Meter, record_session, stage_cost
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
     seconds_per_step
 from trade_md.recipe.md_stage import _extension, data_cost, first_round, md_dynamics, needed_length_factor
@@ -153,6 +155,29 @@ def test_config_md_share_replaces_the_rule_share_and_is_checked(tmp_path: Path) 
         (tmp_path / "run.yaml").write_text(f"md: {{share: {share}}}\n")
         with pytest.raises(InputError, match=r"md.share .* must be a fraction of the budget in \(0, 0.45\]"):
             load_overrides(tmp_path / "run.yaml")
+
+
+def test_a_killed_session_keeps_its_cost_to_its_last_tick(tmp_path: Path) -> None:
+    """A stage's Meter writes its session's time every tick; a process that dies without cleanup (os._exit, as
+    under SIGKILL) leaves that entry, counted and noted; a closed session replaces its own open entry."""
+    import subprocess
+    import sys
+
+    script = ("import os, sys, time; from pathlib import Path; from trade_md.recipe.cost import Meter; "
+              "meter = Meter(Path(sys.argv[1]), every_s=0.05); time.sleep(0.6); os._exit(0)")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=60)
+    (killed,) = json.loads((tmp_path / COST_FILE).read_text())["sessions"]
+    assert killed["open"] and 0.4 < killed["wall_s"] < 0.7
+    meter = Meter(tmp_path, every_s=0.05)
+    time.sleep(0.2)
+    assert len(json.loads((tmp_path / COST_FILE).read_text())["sessions"]) == 2      # its open entry
+    record_session(tmp_path, meter, energy_evaluations=7)
+    time.sleep(0.1)                                                                  # no tick after the close
+    sessions = json.loads((tmp_path / COST_FILE).read_text())["sessions"]
+    assert len(sessions) == 2 and sessions[1]["energy_evaluations"] == 7 and "open" not in sessions[1]
+    cost = stage_cost(tmp_path)
+    assert cost.sessions == 2 and cost.energy_evaluations == 7 and cost.wall_s > killed["wall_s"] + 0.2
+    assert len(cost.notes) == 1 and "killed after 0.0 min" in cost.notes[0]
 
 
 def test_config_md_dynamics_are_checked_before_any_work() -> None:

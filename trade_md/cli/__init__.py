@@ -2,20 +2,32 @@
 
 Each subcommand lives in the module of its concept; that module exposes ``register_cli(subparsers)``, which
 adds its parser(s) and sets ``func`` to a handler ``(args: argparse.Namespace) -> int``. Errors derived from
-:class:`trade_md.errors.TradeMDError` print as one line (exit status 2), never as a traceback.
+:class:`trade_md.errors.TradeMDError` print as one line (exit status 2), never as a traceback. SIGTERM (a scheduler's
+or a closing session's stop) ends a command as Ctrl-C does: every ``finally`` runs, checkpoints and cost records
+are written, exit status 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from trade_md import __version__
 from trade_md.errors import TradeMDError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["Terminated", "main", "build_parser"]
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so that the command stops as on Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 # Modules that contribute subcommands, in the order `trade-md --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -51,14 +63,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 1
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return int(args.func(args) or 0)
     except TradeMDError as error:
         print(f"trade-md {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("trade-md: interrupted; finished checkpoints and datasets are kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(f"trade-md: {'terminated' if isinstance(interrupt, Terminated) else 'interrupted'}; finished "
+              "checkpoints and datasets are kept", file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

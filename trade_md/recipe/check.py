@@ -100,7 +100,7 @@ def check_stage(ctx: RunContext, header: str, model: str, grid: dict[str, Any] |
                 f"({done['n_samples']} samples per temperature), skipped")
         return done
     stage.mkdir(parents=True, exist_ok=True)
-    meter = Meter()
+    meter = Meter(stage)
     counted = {"energy_evaluations": 0}
     try:
         return _check(ctx, stage, header, model, grid, temperatures, meter, counted)

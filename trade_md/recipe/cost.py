@@ -3,7 +3,9 @@
 A :class:`Meter` times one session of a stage: wall time by :func:`time.perf_counter`, CPU time as the user + system
 time of this process and of its finished child processes (:func:`resource.getrusage`; MD replicas and energy workers
 are children that end with their stage). A stage's ``cost.json`` lists its sessions (a resumed stage adds one), each
-written when the session ends, also on an interruption; :func:`stage_cost` sums them.
+written when the session ends, also on an interruption (Ctrl-C, SIGTERM); while it runs, a meter given the stage's
+directory rewrites its entry every :data:`SESSION_TICK_S` marked ``open``, so a session killed without warning still
+counts to its last minute (less its running children's CPU time). :func:`stage_cost` sums them.
 
 >>> cost = Cost(wall_s=2.0, cpu_s=3.0, energy_evaluations=10, simulated_ns=0.5)
 >>> (cost + cost).wall_s, (cost + cost).energy_evaluations
@@ -12,7 +14,9 @@ written when the session ends, also on an interruption; :func:`stage_cost` sums 
 
 from __future__ import annotations
 
+import os
 import resource
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,9 +24,11 @@ from typing import Any
 
 from trade_md.formats.files import read_json, write_json_atomic
 
-__all__ = ["COST_FILE", "Cost", "Meter", "record_session", "stage_cost"]
+__all__ = ["COST_FILE", "SESSION_TICK_S", "Cost", "Meter", "record_session", "stage_cost"]
 
 COST_FILE = "cost.json"
+SESSION_TICK_S = 60.0
+"""Seconds between the writes of a running session's cost so far."""
 
 
 @dataclass
@@ -57,10 +63,15 @@ def _cpu_seconds() -> float:
 
 
 class Meter:
-    """Wall and CPU time since it was made (:attr:`wall_s`, :attr:`cpu_s`)."""
+    """Wall and CPU time since it was made (:attr:`wall_s`, :attr:`cpu_s`); given ``directory``, it writes them to
+    ``directory/cost.json`` every ``every_s`` seconds (an ``open`` entry) until :func:`record_session` closes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None, every_s: float = SESSION_TICK_S) -> None:
         self._wall, self._cpu = time.perf_counter(), _cpu_seconds()
+        self._directory, self._id = directory, f"{os.getpid()}-{time.time_ns()}"
+        self._lock, self._closed = threading.Lock(), threading.Event()
+        if directory is not None:
+            threading.Thread(target=self._tick, args=(every_s,), daemon=True, name="trade-md-cost").start()
 
     @property
     def wall_s(self) -> float:
@@ -70,14 +81,30 @@ class Meter:
     def cpu_s(self) -> float:
         return _cpu_seconds() - self._cpu
 
+    def _tick(self, every_s: float) -> None:
+        while not self._closed.wait(every_s):
+            with self._lock:
+                if not self._closed.is_set() and self._directory is not None and self._directory.is_dir():
+                    _write_session(self._directory, self._id, {"wall_s": self.wall_s, "cpu_s": self.cpu_s,
+                                                               "open": True})
+
+    def close(self, directory: Path, work: dict[str, Any]) -> None:
+        """Stop the periodic writes and write this session's final entry to ``directory/cost.json``."""
+        with self._lock:
+            self._closed.set()
+            _write_session(directory, self._id, {"wall_s": self.wall_s, "cpu_s": self.cpu_s, **work})
+
+
+def _write_session(directory: Path, session: str, entry: dict[str, Any]) -> None:
+    path = directory / COST_FILE
+    sessions = [s for s in (read_json(path)["sessions"] if path.is_file() else []) if s.get("id") != session]
+    write_json_atomic(path, {"sessions": [*sessions, {"id": session, **entry}]})
+
 
 def record_session(directory: Path, meter: Meter, **work: Any) -> None:
-    """Append this session's wall and CPU time and ``work`` (e.g. ``energy_evaluations=...`` counted in this session)
-    to ``directory/cost.json``."""
-    path = directory / COST_FILE
-    sessions = read_json(path)["sessions"] if path.is_file() else []
-    sessions.append({"wall_s": meter.wall_s, "cpu_s": meter.cpu_s, **work})
-    write_json_atomic(path, {"sessions": sessions})
+    """Write this session's wall and CPU time and ``work`` (e.g. ``energy_evaluations=...`` counted in this session)
+    to ``directory/cost.json``, in place of its ``open`` entry, if any."""
+    meter.close(directory, work)
 
 
 def stage_cost(directory: Path) -> Cost:
@@ -87,8 +114,10 @@ def stage_cost(directory: Path) -> Cost:
         return Cost()
     total = Cost()
     for session in read_json(path)["sessions"]:
+        killed = [f"a session killed after {session['wall_s'] / 60:.1f} min: counted to its last minute, without "
+                  "its work"] if session.get("open") else []
         total = total + Cost(wall_s=session["wall_s"], cpu_s=session["cpu_s"],
                              energy_evaluations=int(session.get("energy_evaluations", 0)),
-                             simulated_ns=float(session.get("simulated_ns", 0.0)), sessions=1)
+                             simulated_ns=float(session.get("simulated_ns", 0.0)), sessions=1, notes=killed)
     return total
 

@@ -62,7 +62,7 @@ def md_stage(ctx: RunContext, header: str) -> dict[str, Any]:
     stage.mkdir(parents=True, exist_ok=True)
     if ctx.options.boundary_data is not None:
         return _imported(ctx, stage, header)
-    meter = Meter()
+    meter = Meter(stage)
     counted = {"energy_evaluations": 0, "simulated_ns": 0.0}
     try:
         return _md_rounds(ctx, stage, header, meter, counted)

@@ -202,6 +202,9 @@ def _markdown(report: dict[str, Any]) -> str:
               f"Budget {report['budget']['minutes']:g} min; this run's stages took "
               f"{report['budget']['spent_minutes']:.1f} min. MD counts one force evaluation per step; the check counts "
               "one energy per sample."]
+    notes = [f"- {_LABELS.get(name, name)}: {note}" for name, cost in report["cost"]["stages"].items()
+             for note in cost.get("notes") or []]
+    lines += ["", *notes] if notes else []
     rule = report["budget"]["rule"]
     fitted = rule["fitted"]
     flow = report["stages"]["boundary"].get("flow") or rule["flow"]

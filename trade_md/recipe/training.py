@@ -138,7 +138,7 @@ def _allocation(ctx: RunContext, stage: Path, name: str) -> float:
 
 
 def _train(ctx: RunContext, config: TrainConfig, stage: Path) -> dict[str, Any]:
-    meter = Meter()
+    meter = Meter(stage)
     before = int(read_checkpoint(stage)["energy_evaluations"]) if (stage / CHECKPOINT_NAME).is_file() else 0
     evaluations = before
     try:
