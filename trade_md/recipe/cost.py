@@ -85,8 +85,11 @@ class Meter:
         while not self._closed.wait(every_s):
             with self._lock:
                 if not self._closed.is_set() and self._directory is not None and self._directory.is_dir():
-                    _write_session(self._directory, self._id, {"wall_s": self.wall_s, "cpu_s": self.cpu_s,
-                                                               "open": True})
+                    try:
+                        _write_session(self._directory, self._id, {"wall_s": self.wall_s, "cpu_s": self.cpu_s,
+                                                                   "open": True})
+                    except OSError:        # a full or vanished disk: the final record will say it, not this thread
+                        return
 
     def close(self, directory: Path, work: dict[str, Any]) -> None:
         """Stop the periodic writes and write this session's final entry to ``directory/cost.json``."""
