@@ -35,7 +35,7 @@ from trade_md.recipe import (
 )
 from trade_md.recipe import pipeline
 from trade_md.recipe.budget import check_samples, md_length
-from trade_md.recipe.context import run_data
+from trade_md.recipe.context import RunContext, run_data
 from trade_md.recipe.cost import COST_FILE, Meter, record_session, stage_cost
 from trade_md.recipe.flow_choice import MIN_BOUNDARY_STEPS, PROBE_STEPS, WARMUP_STEPS, candidates, choose_flow, \
     seconds_per_step
@@ -155,6 +155,35 @@ def test_config_md_share_replaces_the_rule_share_and_is_checked(tmp_path: Path) 
         (tmp_path / "run.yaml").write_text(f"md: {{share: {share}}}\n")
         with pytest.raises(InputError, match=r"md.share .* must be a fraction of the budget in \(0, 0.45\]"):
             load_overrides(tmp_path / "run.yaml")
+
+
+def test_boundary_and_transfer_share_what_the_md_left(tmp_path: Path) -> None:
+    """The allocation rule: the defaults when MD keeps to its share; an MD overrun shortens boundary and transfer in
+    proportion to their shares (the tetrapeptide's MD took 57.8 of 127 min); a boundary that stops early leaves its
+    time to the transfer; each keeps 10 % of the budget at least."""
+    plan = plan_budget(42, 127.0, cores=2)                     # d = 120: MD 30 %, boundary 25 %, transfer 35 %
+    ctx = RunContext(tmp_path, None, None, plan, None, None, print, False)  # type: ignore[arg-type]
+
+    def spend(stage: str, minutes: float) -> None:
+        (tmp_path / stage).mkdir(exist_ok=True)
+        (tmp_path / stage / COST_FILE).write_text(json.dumps({"sessions": [{"wall_s": 60 * minutes, "cpu_s": 0}]}))
+
+    def minutes(stage: str) -> float:
+        return ctx.allocation_seconds(stage) / 60.0
+
+    shares = plan.shares
+    spend("md", shares["md"] * 127.0)
+    assert minutes("boundary") == pytest.approx(shares["boundary"] * 127.0)
+    spend("boundary", minutes("boundary"))
+    assert minutes("transfer") == pytest.approx(shares["transfer"] * 127.0)
+    assert minutes("check") == pytest.approx(12.7) and minutes("md") == pytest.approx(3 * 12.7)
+    spend("md", 57.8)
+    left = 127.0 * (1 - shares["check"]) - 57.8
+    assert minutes("boundary") == pytest.approx(left * 25 / 60) and minutes("boundary") > 0.1 * 127.0 + 10
+    spend("boundary", 10.0)                                    # stopped early: the transfer gets the rest
+    assert minutes("transfer") == pytest.approx(left - 10.0)
+    spend("md", 110.0)
+    assert minutes("boundary") == minutes("transfer") == pytest.approx(12.7)
 
 
 def test_a_killed_session_keeps_its_cost_to_its_last_tick(tmp_path: Path) -> None:

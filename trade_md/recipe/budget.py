@@ -8,8 +8,10 @@ freedom beyond 60, at most 30 % (d ≥ 90: capped PHE, alanine tetrapeptide), an
 Measured on capped PHE (d = 90, results §0e): with 38 ns of MD (15 %) the boundary overfit its frames and the ESS was
 about 1 % at 300–600 K; with 76 ns (about what 30 % of 120 min simulates on §0c's CPU) 3.9–4.3 %. MD may grow by
 :data:`MD_EXTENSION_SHARE` (15 % of B) when its basins are not converged; ``--config`` ``md: {share: ...}`` sets its
-share. The boundary gets its share plus whatever MD left unused, minus what it overran. Transfer and check get their
-shares exactly, so that transfer variants trained from one boundary (``--boundary-from``) train for the same time.
+share. The check gets its share; the boundary and the transfer share what MD (and, for the transfer, the boundary)
+left, in proportion to their shares, each at least 10 % of B: an MD extension shortens both (before, it came out of the
+boundary alone, which on the tetrapeptide left it the 10 % floor), and a boundary that stops early leaves its time to
+the transfer. Transfer variants trained from one boundary (``--boundary-from``) still train for the same time.
 
 **Flow size** from the degrees of freedom d = 3N − 6 of an N-atom molecule (the J1 flow for alanine dipeptide, d = 60):
 ``hidden = min(512, 64 ⌈d / 30⌉)``, ``n_layers = min(12, 8 + 2 max(0, ⌈log2(d / 60)⌉))``, two hidden layers of

@@ -104,15 +104,18 @@ class RunContext:
         return sum(self.cost(name).wall_s for name in names)
 
     def allocation_seconds(self, name: str) -> float:
-        """Wall seconds stage ``name`` may use (the rule of :mod:`trade_md.recipe.budget`): transfer and check get
-        their shares exactly; the boundary gets what is left before them, at least 10 % of the budget; MD its
-        share (its extension, up to the plan's ``md_max_minutes``, is decided by the MD stage)."""
-        budget = 60.0 * self.plan.budget_minutes
-        if name in ("md", "transfer", "check"):
-            return self.plan.shares[name] * budget
-        if name == "boundary":
-            reserved = (self.plan.shares["transfer"] + self.plan.shares["check"]) * budget
-            return max(0.1 * budget, budget - self.spent_seconds("boundary") - reserved)
+        """Wall seconds stage ``name`` may use (the rule of :mod:`trade_md.recipe.budget`): MD and check get their
+        shares (the MD's extension, up to the plan's ``md_max_minutes``, is decided by the MD stage); the boundary and
+        the transfer share what the stages before them and the check leave, in proportion to their shares (so an MD
+        extension costs both, and a boundary that stops early leaves its time to the transfer), each at least 10 %
+        of the budget. Stages that take their time: the defaults when the MD keeps to its share."""
+        budget, shares = 60.0 * self.plan.budget_minutes, self.plan.shares
+        if name in ("md", "check"):
+            return shares[name] * budget
+        if name in ("boundary", "transfer"):
+            left = budget - self.spent_seconds(name) - shares["check"] * budget
+            part = shares[name] / (shares[name] + (shares["transfer"] if name == "boundary" else 0.0))
+            return max(0.1 * budget, left * part)
         return 0.0
 
     def note(self, line: str) -> None:
