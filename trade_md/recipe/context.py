@@ -108,13 +108,13 @@ class RunContext:
         shares (the MD's extension, up to the plan's ``md_max_minutes``, is decided by the MD stage); the boundary and
         the transfer share what the stages before them and the check leave, in proportion to their shares (so an MD
         extension costs both, and a boundary that stops early leaves its time to the transfer), each at least 10 %
-        of the budget. Stages that take their time: the defaults when the MD keeps to its share."""
+        of the budget. When every stage keeps to its time, each gets its share."""
         budget, shares = 60.0 * self.plan.budget_minutes, self.plan.shares
         if name in ("md", "check"):
             return shares[name] * budget
         if name in ("boundary", "transfer"):
             left = budget - self.spent_seconds(name) - shares["check"] * budget
-            part = shares[name] / (shares[name] + (shares["transfer"] if name == "boundary" else 0.0))
+            part = shares["boundary"] / (shares["boundary"] + shares["transfer"]) if name == "boundary" else 1.0
             return max(0.1 * budget, left * part)
         return 0.0
 

@@ -68,10 +68,10 @@ class Meter:
 
     def __init__(self, directory: Path | None = None, every_s: float = SESSION_TICK_S) -> None:
         self._wall, self._cpu = time.perf_counter(), _cpu_seconds()
-        self._directory, self._id = directory, f"{os.getpid()}-{time.time_ns()}"
+        self._id = f"{os.getpid()}-{time.time_ns()}"
         self._lock, self._closed = threading.Lock(), threading.Event()
         if directory is not None:
-            threading.Thread(target=self._tick, args=(every_s,), daemon=True, name="trade-md-cost").start()
+            threading.Thread(target=self._tick, args=(directory, every_s), daemon=True, name="trade-md-cost").start()
 
     @property
     def wall_s(self) -> float:
@@ -81,13 +81,13 @@ class Meter:
     def cpu_s(self) -> float:
         return _cpu_seconds() - self._cpu
 
-    def _tick(self, every_s: float) -> None:
+    def _tick(self, directory: Path, every_s: float) -> None:
         while not self._closed.wait(every_s):
             with self._lock:
-                if not self._closed.is_set() and self._directory is not None and self._directory.is_dir():
+                if not self._closed.is_set() and directory.is_dir():
                     try:
-                        _write_session(self._directory, self._id, {"wall_s": self.wall_s, "cpu_s": self.cpu_s,
-                                                                   "open": True})
+                        _write_session(directory, self._id, {"wall_s": self.wall_s, "cpu_s": self.cpu_s,
+                                                             "open": True})
                     except OSError:        # a full or vanished disk: the final record will say it, not this thread
                         return
 
