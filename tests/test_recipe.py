@@ -188,7 +188,8 @@ def test_boundary_and_transfer_share_what_the_md_left(tmp_path: Path) -> None:
 
 def test_a_killed_session_keeps_its_cost_to_its_last_tick(tmp_path: Path) -> None:
     """A stage's Meter writes its session's time every tick; a process that dies without cleanup (os._exit, as
-    under SIGKILL) leaves that entry, counted and noted; a closed session replaces its own open entry."""
+    under SIGKILL) leaves that entry, counted and noted; a closed session replaces its own open entry. The running
+    session's own entry is left out where the stage adds its meter (a double count stopped an MD stage half way)."""
     import subprocess
     import sys
 
@@ -199,7 +200,10 @@ def test_a_killed_session_keeps_its_cost_to_its_last_tick(tmp_path: Path) -> Non
     assert killed["open"] and 0.4 < killed["wall_s"] < 0.7
     meter = Meter(tmp_path, every_s=0.05)
     time.sleep(0.2)
-    assert len(json.loads((tmp_path / COST_FILE).read_text())["sessions"]) == 2      # its open entry
+    assert len(json.loads((tmp_path / COST_FILE).read_text())["sessions"]) == 2      # its open entry,
+    running = stage_cost(tmp_path, without=meter).wall_s + meter.wall_s               # not counted twice by a stage
+    assert running == pytest.approx(killed["wall_s"] + meter.wall_s, abs=0.05)        # that adds its own meter
+    assert stage_cost(tmp_path).wall_s > running - meter.wall_s + 0.1
     record_session(tmp_path, meter, energy_evaluations=7)
     time.sleep(0.1)                                                                  # no tick after the close
     sessions = json.loads((tmp_path / COST_FILE).read_text())["sessions"]
@@ -274,7 +278,7 @@ def test_unconverged_md_is_extended_within_the_budget_or_the_run_stops_with_what
     assert needed_length_factor(_report(40, 0.05, 0.02)) == pytest.approx(4.0)         # error 40 % -> 20 %
     assert needed_length_factor(_report(0, 0.0, 0.0)) is None
     plan = plan_budget(22, 60.0)                              # MD may use 21 min; 9 min spent on 10 ns so far
-    ctx = SimpleNamespace(plan=plan, t0=600.0, out=tmp_path, cost=lambda name: SimpleNamespace(wall_s=540.0))
+    ctx = SimpleNamespace(plan=plan, t0=600.0, out=tmp_path, cost=lambda name, without: SimpleNamespace(wall_s=540.0))
     meter = SimpleNamespace(wall_s=0.0)
     assert _extension(ctx, _report(15, 0.05, 0.005), 10.0, meter) == pytest.approx(6.0)   # 1.2 x 20/15 - 1
     with pytest.raises(RecipeStopped, match=r"--resume --out .* --budget 124.*--boundary-data"):

@@ -17,7 +17,7 @@ from trade_md.errors import InputError, TradeMDError
 from trade_md.formats.files import read_json, write_json_atomic
 from trade_md.formats.reference import Reference
 from trade_md.recipe.budget import BudgetPlan
-from trade_md.recipe.cost import Cost, stage_cost
+from trade_md.recipe.cost import Cost, Meter, stage_cost
 from trade_md.recipe.options import RunOptions
 from trade_md.systems import RUN_RECORD_FILE, MolecularSystem
 
@@ -94,9 +94,9 @@ class RunContext:
             return self.shared / name
         return self.out / name
 
-    def cost(self, name: str) -> Cost:
-        """The summed sessions of stage ``name`` so far."""
-        return stage_cost(self.stage_dir(name))
+    def cost(self, name: str, without: Meter | None = None) -> Cost:
+        """The summed sessions of stage ``name`` so far, without the running session of ``without``."""
+        return stage_cost(self.stage_dir(name), without)
 
     def spent_seconds(self, before: str) -> float:
         """Wall seconds of the stages before ``before`` (all sessions)."""

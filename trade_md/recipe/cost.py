@@ -74,6 +74,11 @@ class Meter:
             threading.Thread(target=self._tick, args=(directory, every_s), daemon=True, name="trade-md-cost").start()
 
     @property
+    def id(self) -> str:
+        """This session's key in ``cost.json``."""
+        return self._id
+
+    @property
     def wall_s(self) -> float:
         return time.perf_counter() - self._wall
 
@@ -110,13 +115,16 @@ def record_session(directory: Path, meter: Meter, **work: Any) -> None:
     meter.close(directory, work)
 
 
-def stage_cost(directory: Path) -> Cost:
-    """The summed sessions of ``directory/cost.json`` (zero when there is none)."""
+def stage_cost(directory: Path, without: Meter | None = None) -> Cost:
+    """The summed sessions of ``directory/cost.json`` (zero when there is none), leaving out the ``open`` entry of the
+    running session ``without``: a stage adding its own meter must not count its time twice."""
     path = directory / COST_FILE
     if not path.is_file():
         return Cost()
     total = Cost()
     for session in read_json(path)["sessions"]:
+        if without is not None and session.get("id") == without.id:
+            continue
         killed = [f"a session killed after {session['wall_s'] / 60:.1f} min: counted to its last minute, without "
                   "its work"] if session.get("open") else []
         total = total + Cost(wall_s=session["wall_s"], cpu_s=session["cpu_s"],

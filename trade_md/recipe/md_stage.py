@@ -126,7 +126,7 @@ def _md_rounds(ctx: RunContext, stage: Path, header: str, meter: Meter, counted:
 def _fill(ctx: RunContext, state: dict[str, Any], ns: float, meter: Meter) -> float | None:
     """ns of a round that fills the rest of the MD share at the speed reached so far, or None (little left)."""
     share = ctx.allocation_seconds("md")
-    spent = ctx.cost("md").wall_s + meter.wall_s
+    spent = ctx.cost("md", without=meter).wall_s + meter.wall_s
     fills = sum(r.get("kind") == "share" for r in state["rounds"][1:])
     if share - spent < FILL_MIN_SHARE * share or fills >= MAX_FILLS:
         return None
@@ -250,7 +250,7 @@ def _extension(ctx: RunContext, report: dict[str, Any], ns: float, meter: Meter)
         raise RecipeStopped(_stop_message(ctx, ns, verdict, "a basin was never entered, so no MD length can be "
                                                             "estimated", None))
     extension = max(1.2 * factor - 1.0, 0.2) * ns
-    spent = ctx.cost("md").wall_s + meter.wall_s
+    spent = ctx.cost("md", without=meter).wall_s + meter.wall_s
     seconds_per_ns = spent / ns
     allowed = 60.0 * ctx.plan.md_max_minutes - spent
     if extension * seconds_per_ns > allowed:
