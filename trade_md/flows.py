@@ -298,7 +298,7 @@ class ConditionalSplineFlow(nn.Module):
         config = dict(config)
         if config.pop("temperature_head", False):
             raise InputError("this model has temperature heads, which trade-md no longer has (they did not help: "
-                             "benchmarks/results §12); retrain it with this version")
+                             "benchmarks/results/HISTORY.md, 12); retrain it with this version")
         return cls(**config)
 
     def _context(self, context: Tensor, n: int) -> Tensor:

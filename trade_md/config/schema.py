@@ -276,7 +276,7 @@ class TrainConfig:
         """Known keys of :data:`FLOW_KEYS` with values of their kind (sizes are counts, parts are booleans)."""
         if "temperature_head" in self.flow:
             raise InputError(f"{where}: temperature_head was removed (temperature heads did not help: "
-                             "benchmarks/results §12); delete it")
+                             "benchmarks/results/HISTORY.md, 12); delete it")
         unknown = sorted(set(self.flow) - set(FLOW_KEYS))
         if unknown:
             raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(FLOW_KEYS)}")

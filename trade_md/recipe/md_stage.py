@@ -89,8 +89,9 @@ def _md_rounds(ctx: RunContext, stage: Path, header: str, meter: Meter, counted:
             directory = stage / f"round_{k}"
             if not (directory / "run.json").is_file():
                 dataset = _run_round(ctx, directory, settings)
-                counted["energy_evaluations"] += int(dataset.metadata["replicas"] * dataset.metadata["steps_per_replica"])
-                counted["simulated_ns"] += _simulated_ns(dataset.metadata)
+                metadata = dataset.metadata
+                counted["energy_evaluations"] += int(metadata["replicas"] * metadata["steps_per_replica"])
+                counted["simulated_ns"] += _simulated_ns(metadata)
         datasets = [load_dataset(stage / f"round_{k}") for k in range(len(state["rounds"]))]
         ns = sum(d.metadata["ns_total"] for d in datasets)
         fixed = ctx.options.quick or "ns" in ctx.options.overrides.get("md", {})
@@ -123,10 +124,15 @@ def _md_rounds(ctx: RunContext, stage: Path, header: str, meter: Meter, counted:
         "convergence": report, "temperatures_sampled": [ctx.t0], "notes": notes})
 
 
+def _spent(ctx: RunContext, meter: Meter) -> float:
+    """Wall seconds of MD so far: the stage's earlier sessions and this one (its own ``open`` entry left out)."""
+    return ctx.cost("md", without=meter).wall_s + meter.wall_s
+
+
 def _fill(ctx: RunContext, state: dict[str, Any], ns: float, meter: Meter) -> float | None:
     """ns of a round that fills the rest of the MD share at the speed reached so far, or None (little left)."""
     share = ctx.allocation_seconds("md")
-    spent = ctx.cost("md", without=meter).wall_s + meter.wall_s
+    spent = _spent(ctx, meter)
     fills = sum(r.get("kind") == "share" for r in state["rounds"][1:])
     if share - spent < FILL_MIN_SHARE * share or fills >= MAX_FILLS:
         return None
@@ -250,7 +256,7 @@ def _extension(ctx: RunContext, report: dict[str, Any], ns: float, meter: Meter)
         raise RecipeStopped(_stop_message(ctx, ns, verdict, "a basin was never entered, so no MD length can be "
                                                             "estimated", None))
     extension = max(1.2 * factor - 1.0, 0.2) * ns
-    spent = ctx.cost("md", without=meter).wall_s + meter.wall_s
+    spent = _spent(ctx, meter)
     seconds_per_ns = spent / ns
     allowed = 60.0 * ctx.plan.md_max_minutes - spent
     if extension * seconds_per_ns > allowed:
